@@ -1,0 +1,100 @@
+"""Checkpoints (Orbax): the train state with the data iterator's position, and exported models.
+
+Layout of a stage's folder:
+
+    <stage>/checkpoints/<step>/state      the TrainState (params, BatchNorm stats, optimizer state)
+    <stage>/checkpoints/<step>/data       the data iterator's state (JSON)
+    <stage>/model/                        the exported variables (params and BatchNorm stats only)
+    <stage>/model.json                    what rebuilds the model: its config and the dataset spec
+
+Nothing is pickled: Orbax writes arrays with TensorStore and JSON beside them.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from kd import models
+from kd.data import DatasetSpec
+from kd.errors import UserError
+
+MODEL_DIR = "model"
+MODEL_JSON = "model.json"
+
+
+def train_manager(stage_dir: str, *, keep: int) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.abspath(os.path.join(stage_dir, "checkpoints")),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+      item_names=("state", "data"),
+  )
+
+
+def save_train_state(manager: ocp.CheckpointManager, step: int, state, data_state: dict) -> None:
+  """Saves asynchronously; the previous checkpoints stay until this one is complete."""
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+
+
+def restore_train_state(manager: ocp.CheckpointManager, abstract_state):
+  """Returns (state, data_state) of the latest checkpoint, or None when there is none.
+
+  `abstract_state` (from `jax.eval_shape`, with shardings) gives the structure, dtypes and
+  placement of the restored arrays.
+  """
+  step = manager.latest_step()
+  if step is None:
+    return None
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+  return restored.state, restored.data
+
+
+def export_model(stage_dir: str, model_config: dict, spec: DatasetSpec, variables) -> None:
+  """Writes the model's variables and what is needed to rebuild it (see the module docstring)."""
+  path = os.path.abspath(os.path.join(stage_dir, MODEL_DIR))
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(path, variables, force=True)
+  description = {"model": dict(model_config), "dataset": dataclasses.asdict(spec)}
+  with open(os.path.join(stage_dir, MODEL_JSON), "w") as f:
+    json.dump(description, f, indent=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+  """An exported model, ready to apply: `apply(variables, batch, train=False)["logits"]`."""
+
+  model_config: dict[str, Any]
+  spec: DatasetSpec
+  module: Any
+  apply: models.ApplyFn
+  variables: Any
+
+
+def load_model(stage_dir: str) -> LoadedModel:
+  """Loads the model a stage exported (`<workdir>/<stage>`), e.g. a teacher for a later stage."""
+  description_path = os.path.join(stage_dir, MODEL_JSON)
+  if not os.path.exists(description_path):
+    raise UserError(f"no exported model in {stage_dir} (no {MODEL_JSON}): run that stage to the end "
+                    "first, or point the config at the right workdir")
+  with open(description_path) as f:
+    description = json.load(f)
+  spec_dict = description["dataset"]
+  spec = DatasetSpec(**{**spec_dict, "input_shape": tuple(spec_dict["input_shape"])})
+  model_config = description["model"]
+  model_config = {k: tuple(v) if isinstance(v, list) else v for k, v in model_config.items()}
+  module = models.build_model(model_config, spec.num_classes)
+  example = jax.ShapeDtypeStruct((1,) + spec.input_shape, spec.input_dtype)
+  abstract = jax.eval_shape(lambda x: models.init_variables(module, jax.random.key(0), x), example)
+  with ocp.StandardCheckpointer() as checkpointer:
+    try:
+      variables = checkpointer.restore(os.path.abspath(os.path.join(stage_dir, MODEL_DIR)), abstract)
+    except (ValueError, KeyError) as e:
+      raise UserError(f"the model in {stage_dir} does not match its {MODEL_JSON} ({e}); "
+                      "retrain that stage in a fresh workdir") from e
+  return LoadedModel(model_config, spec, module, models.make_apply(module, spec.input_key),
+                     dict(variables))

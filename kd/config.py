@@ -1,0 +1,196 @@
+"""The config schema of an experiment, and its validation.
+
+An experiment is a sequence of *stages*, each one training run: a student model trained with a
+method (a loss), optionally against the exported model of an earlier stage as its teacher.
+
+    config.seed                  int, the seed of initialisation, dropout and data order
+    config.data                  dataset name, TFDS data_dir, splits, batch sizes
+    config.mesh.data             devices on the data-parallel axis (-1: all)
+    config.checkpoint            every_steps, keep
+    config.log_every_steps       progress line, metrics.jsonl and TensorBoard
+    config.eval_every_steps      accuracy on data.eval_split during training (0: only at the end)
+    config.stage_order           the stages to run, in order
+    config.stages.<name>         model, method, teacher, num_steps, optimizer
+    config.report                the stages the report card compares: teacher, baseline, student
+
+Experiment files build on `base_config()` and `stage_config()`. `validate()` checks a config before
+anything is compiled and raises ConfigError with one line that names the key and the fix.
+"""
+
+import difflib
+from typing import Any
+
+import ml_collections
+
+from kd import methods
+from kd import models
+from kd.errors import ConfigError
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every experiment-level key with its default; experiment files override them."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data = ml_collections.ConfigDict({
+      "name": "digits",
+      "data_dir": "",  # Empty: TFDS's default (TFDS_DATA_DIR, else ~/tensorflow_datasets).
+      "train_split": "train",
+      "eval_split": "test",  # Evaluated during training.
+      "test_split": "test",  # The report card's split.
+      "batch_size": 64,  # Global, over all devices and processes.
+      "eval_batch_size": 256,
+  })
+  config.mesh = ml_collections.ConfigDict({"data": -1})
+  config.checkpoint = ml_collections.ConfigDict({"every_steps": 500, "keep": 2})
+  config.log_every_steps = 100
+  config.eval_every_steps = 0
+  config.stage_order = ()
+  config.stages = ml_collections.ConfigDict()
+  # Which stages the report card compares (see kd.report).
+  config.report = ml_collections.ConfigDict({"teacher": "teacher", "baseline": "baseline",
+                                             "student": "student"})
+  return config
+
+
+def optimizer_config(**overrides) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict({
+      "name": "adamw",
+      "learning_rate": 1e-3,  # Peak rate, reached after warmup_steps.
+      "weight_decay": 1e-4,
+      "momentum": 0.9,  # sgd only.
+      "schedule": "cosine",
+      "warmup_steps": 0,
+      "grad_clip_norm": 0.0,  # 0: no clipping.
+      **overrides,
+  })
+
+
+def stage_config(model: dict[str, Any], method: dict[str, Any], *, teacher: str = "",
+                 num_steps: int = 1000, **optimizer) -> ml_collections.ConfigDict:
+  """One stage: train `model` with `method` for `num_steps`, distilling from stage `teacher`."""
+  return ml_collections.ConfigDict({
+      "model": dict(model),
+      "method": dict(method),
+      "teacher": teacher,  # Name of an earlier stage whose exported model is the teacher.
+      "num_steps": num_steps,
+      "optimizer": optimizer_config(**optimizer),
+  })
+
+
+_STAGE_SCHEMA = stage_config({"name": "cnn"}, {"name": "supervised"})
+_FREE_FORM = ("model", "method")  # Checked against the model's attributes / method's parameters.
+
+
+def _type_name(value) -> str:
+  return type(value).__name__
+
+
+def _check_keys_and_types(config, schema, prefix: str) -> None:
+  """Every key of `config` exists in `schema` with a compatible type."""
+  for key in config.keys():
+    path = f"{prefix}{key}"
+    if key not in schema:
+      close = difflib.get_close_matches(key, list(schema.keys()), n=1)
+      hint = f"did you mean {prefix}{close[0]}? " if close else ""
+      raise ConfigError(f"unknown config key {path}: {hint}known keys here: {sorted(schema.keys())}")
+    value, expected = config[key], schema[key]
+    if isinstance(expected, ml_collections.ConfigDict):
+      if not isinstance(value, (ml_collections.ConfigDict, dict)):
+        raise ConfigError(f"{path} must be a group of keys, got {_type_name(value)}")
+      if key == "stages" and not prefix:
+        for name in value.keys():
+          _check_stage(value[name], f"stages.{name}")
+      else:
+        _check_keys_and_types(value, expected, f"{path}.")
+    elif isinstance(expected, bool) or isinstance(value, bool):
+      if type(value) is not type(expected):
+        raise ConfigError(f"{path}={value!r} must be a {_type_name(expected)}")
+    elif isinstance(expected, float):
+      if not isinstance(value, (int, float)):
+        raise ConfigError(f"{path}={value!r} must be a number")
+    elif isinstance(expected, (tuple, list)):
+      if not isinstance(value, (tuple, list)):
+        raise ConfigError(f"{path}={value!r} must be a tuple, e.g. ('a', 'b')")
+    elif not isinstance(value, type(expected)):
+      raise ConfigError(f"{path}={value!r} must be a {_type_name(expected)}, "
+                        f"got a {_type_name(value)}")
+
+
+def _check_stage(stage, where: str) -> None:
+  if not isinstance(stage, (ml_collections.ConfigDict, dict)):
+    raise ConfigError(f"{where} must be a stage built with kd.config.stage_config()")
+  for key in _STAGE_SCHEMA.keys():
+    if key not in stage:
+      raise ConfigError(f"{where} has no {key!r}: build stages with kd.config.stage_config()")
+  rigid = {k: stage[k] for k in stage.keys() if k not in _FREE_FORM}
+  _check_keys_and_types(rigid, _STAGE_SCHEMA, f"{where}.")
+  models.check_model_config(stage.model, f"{where}.model")
+  methods.check_method_config(stage.method, f"{where}.method")
+  if stage.num_steps <= 0:
+    raise ConfigError(f"{where}.num_steps={stage.num_steps} must be > 0")
+  optimizer = stage.optimizer
+  if optimizer.name not in OPTIMIZERS:
+    raise ConfigError(f"{where}.optimizer.name={optimizer.name!r}: choose one of {OPTIMIZERS}")
+  if optimizer.schedule not in SCHEDULES:
+    raise ConfigError(f"{where}.optimizer.schedule={optimizer.schedule!r}: choose one of {SCHEDULES}")
+  if not optimizer.learning_rate > 0:
+    raise ConfigError(f"{where}.optimizer.learning_rate={optimizer.learning_rate} must be > 0")
+  for key in ("weight_decay", "grad_clip_norm", "momentum"):
+    if optimizer[key] < 0:
+      raise ConfigError(f"{where}.optimizer.{key}={optimizer[key]} must be >= 0")
+  if not 0 <= optimizer.warmup_steps < stage.num_steps:
+    raise ConfigError(f"{where}.optimizer.warmup_steps={optimizer.warmup_steps} must be in "
+                      f"[0, num_steps={stage.num_steps})")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+  """Raises ConfigError (one line: the key, the problem, the fix) if the config cannot run.
+
+  Args:
+    config: an experiment config.
+    num_devices: devices available to the mesh; None skips the checks that need them.
+  """
+  _check_keys_and_types(config, base_config(), "")
+  data = config.data
+  for key in ("batch_size", "eval_batch_size"):
+    if data[key] <= 0:
+      raise ConfigError(f"data.{key}={data[key]} must be > 0")
+  if config.checkpoint.every_steps <= 0:
+    raise ConfigError(f"checkpoint.every_steps={config.checkpoint.every_steps} must be > 0")
+  if config.checkpoint.keep < 1:
+    raise ConfigError(f"checkpoint.keep={config.checkpoint.keep} must be >= 1")
+  if config.log_every_steps <= 0:
+    raise ConfigError(f"log_every_steps={config.log_every_steps} must be > 0")
+  if config.eval_every_steps < 0:
+    raise ConfigError(f"eval_every_steps={config.eval_every_steps} must be >= 0 (0: only at the end)")
+  if not config.stage_order:
+    raise ConfigError(f"stage_order is empty: list the stages to run, from {sorted(config.stages.keys())}")
+  seen = []
+  for name in config.stage_order:
+    if name not in config.stages:
+      raise ConfigError(f"stage_order names {name!r}, which is not in stages {sorted(config.stages.keys())}")
+    stage = config.stages[name]
+    if methods.needs_teacher(stage.method):
+      if not stage.teacher:
+        raise ConfigError(f"stages.{name}.method {stage.method.name!r} needs a teacher: set "
+                          f"stages.{name}.teacher to an earlier stage, one of {seen}")
+      if stage.teacher not in seen:
+        raise ConfigError(f"stages.{name}.teacher={stage.teacher!r} must be a stage that runs before "
+                          f"{name!r} in stage_order; earlier stages: {seen}")
+    seen.append(name)
+  for role in config.report.keys():
+    if config.report[role] not in config.stages:
+      raise ConfigError(f"report.{role}={config.report[role]!r} is not a stage; stages: "
+                        f"{sorted(config.stages.keys())}")
+  if num_devices is not None:
+    mesh_devices = num_devices if config.mesh.data == -1 else config.mesh.data
+    if config.mesh.data != -1 and not 0 < config.mesh.data <= num_devices:
+      raise ConfigError(f"mesh.data={config.mesh.data} but {num_devices} devices are available: "
+                        "set it to -1 (all) or a number up to that")
+    for key in ("batch_size", "eval_batch_size"):
+      if data[key] % mesh_devices:
+        raise ConfigError(f"data.{key}={data[key]} does not divide over {mesh_devices} devices: "
+                          f"use a multiple of {mesh_devices}")

@@ -1,0 +1,175 @@
+"""TFDS + Grain input pipeline.
+
+Every dataset, offline or from the TFDS catalog, goes the same way:
+`tfds.data_source(name, split, data_dir)` (ArrayRecord, random access, no TensorFlow) -> a Grain
+pipeline over example indices -> batches of numpy arrays.
+
+The pipeline shuffles and batches *indices* (`grain.MapDataset.range`), then gathers each batch
+of examples at once. The example order is therefore a function of the seed alone, the iterator's
+whole state is one integer (saved in the checkpoint, so that a resumed run sees exactly the examples
+an uninterrupted run would have seen), and a split that fits in memory is read from disk once.
+"""
+
+import dataclasses
+from typing import Any, Iterator
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from kd.data.digits import Digits
+from kd.errors import DataError
+
+# Datasets that `kd` builds on this machine from packages it installs: no download.
+OFFLINE_BUILDERS = {"digits": Digits}
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What a model and a trainer must know about a prepared dataset."""
+
+  name: str
+  input_key: str  # The feature the model reads, e.g. "image".
+  input_shape: tuple[int, ...]  # One example's shape, e.g. (8, 8, 1).
+  input_dtype: str
+  num_classes: int
+  split_sizes: dict[str, int]
+
+
+def _resolve_data_dir(data_dir: str) -> str | None:
+  return data_dir or None  # None: TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets).
+
+
+def _builder(name: str, data_dir: str):
+  """Returns the dataset's builder, prepared as ArrayRecord (preparing it if needed)."""
+  data_dir = _resolve_data_dir(data_dir)
+  if name in OFFLINE_BUILDERS:
+    builder = OFFLINE_BUILDERS[name](data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()
+    return builder
+  try:
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+  except Exception as e:  # TFDS raises several types for unknown names.
+    raise DataError(
+        f"unknown dataset {name!r}: use one of the offline datasets {sorted(OFFLINE_BUILDERS)} "
+        "or a TFDS catalog name (e.g. mnist, cifar10)") from e
+  if not builder.is_prepared():
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # No network, or a dataset that needs manual download.
+      raise DataError(
+          f"dataset {name!r} is not prepared in {builder.data_dir} and could not be prepared here "
+          f"({type(e).__name__}): run `tfds build {name} --file_format=array_record` on a machine "
+          "that can download it, copy the folder, and set --config.data.data_dir to it") from e
+  return builder
+
+
+def _input_key(features) -> str:
+  for key in ("image", "tokens", "text", "features"):
+    if key in features:
+      return key
+  raise DataError(f"no model input among the dataset's features {list(features)}")
+
+
+def load_spec(name: str, data_dir: str = "") -> DatasetSpec:
+  """Prepares the dataset if needed and describes it."""
+  builder = _builder(name, data_dir)
+  features = builder.info.features
+  key = _input_key(features)
+  if "label" not in features:
+    raise DataError(f"dataset {name!r} has no 'label' feature; it has {list(features)}")
+  return DatasetSpec(
+      name=name,
+      input_key=key,
+      input_shape=tuple(features[key].shape),
+      input_dtype=np.dtype(features[key].np_dtype).name,
+      num_classes=int(features["label"].num_classes),
+      split_sizes={split: info.num_examples for split, info in builder.info.splits.items()},
+  )
+
+
+def load_arrays(name: str, split: str, data_dir: str = "") -> Batch:
+  """Reads a whole split (`train`, `test`, `train[:90%]`, ...) into memory as stacked arrays.
+
+  Returns: {input_key: [N, ...], "label": int32 [N]}.
+  """
+  spec = load_spec(name, data_dir)
+  check_split(name, split, data_dir, spec)
+  source = tfds.data_source(name, split=split, data_dir=_resolve_data_dir(data_dir), download=False)
+  examples = [source[i] for i in range(len(source))]
+  return {
+      spec.input_key: np.stack([np.asarray(e[spec.input_key]) for e in examples]),
+      "label": np.asarray([e["label"] for e in examples], dtype=np.int32),
+  }
+
+
+class _Gather:
+  """Maps a batch of example indices to the batch of examples (a picklable Grain transform)."""
+
+  def __init__(self, arrays: Batch):
+    self.arrays = arrays
+
+  def __call__(self, indices: np.ndarray) -> Batch:
+    return {key: value[indices] for key, value in self.arrays.items()}
+
+
+def train_iterator(arrays: Batch, *, batch_size: int, seed: int, shard_index: int = 0,
+                   shard_count: int = 1, prefetch: int = 2) -> grain.DatasetIterator:
+  """An endless iterator of shuffled batches, reshuffled each epoch; checkpointable.
+
+  Each process reads its own `batch_size // shard_count` examples of every global batch, so the
+  global batch is the same whatever the number of processes.
+
+  Args:
+    arrays: a split in memory, as `load_arrays` returns it.
+    batch_size: the global batch size.
+    seed: the only source of the example order.
+    shard_index: this process's index among `shard_count` data-loading processes.
+    shard_count: number of processes that load data.
+    prefetch: batches prepared ahead by a background thread.
+
+  Returns:
+    A Grain iterator with `get_state()` / `set_state()`.
+  """
+  num_examples = len(arrays["label"])
+  if batch_size > num_examples:
+    raise DataError(f"batch size {batch_size} is larger than the split ({num_examples} examples): "
+                    "lower --config.data.batch_size")
+  per_process = batch_size // shard_count
+  indices = (grain.MapDataset.range(num_examples).seed(seed).shuffle().repeat(None)
+             .batch(batch_size, drop_remainder=True)
+             .map(lambda batch: batch[shard_index * per_process:(shard_index + 1) * per_process])
+             .map(_Gather(arrays)))
+  options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch) if prefetch else None
+  return iter(indices.to_iter_dataset(options))
+
+
+def eval_batches(arrays: Batch, batch_size: int) -> Iterator[Batch]:
+  """Every example once, in order, in batches of one fixed shape (so one compile).
+
+  The last batch is padded; `mask` is 1 for real examples and 0 for padding.
+  """
+  num_examples = len(arrays["label"])
+  for start in range(0, num_examples, batch_size):
+    stop = min(start + batch_size, num_examples)
+    pad = batch_size - (stop - start)
+    batch: dict[str, Any] = {
+        key: np.concatenate([value[start:stop], np.zeros((pad,) + value.shape[1:], value.dtype)])
+        for key, value in arrays.items()
+    }
+    batch["mask"] = np.concatenate([np.ones(stop - start, bool), np.zeros(pad, bool)])
+    yield batch
+
+
+def check_split(name: str, split: str, data_dir: str, spec: DatasetSpec) -> None:
+  """Raises DataError, naming the available splits, unless `split` reads at least one example."""
+  try:
+    source = tfds.data_source(name, split=split, data_dir=_resolve_data_dir(data_dir), download=False)
+    size = len(source)
+  except Exception as e:  # TFDS raises ValueError, KeyError or AssertionError for bad splits.
+    raise DataError(f"cannot read split {split!r} of {name!r} ({e}); available splits: "
+                    f"{sorted(spec.split_sizes)} (slices such as 'train[:90%]' work too)") from e
+  if size == 0:
+    raise DataError(f"split {split!r} of dataset {name!r} is empty: choose a non-empty split or slice")

@@ -1,0 +1,276 @@
+"""Training one stage: the train state, the jitted distillation step, and the loop around it."""
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from kd import checkpoint
+from kd import data
+from kd import evaluation
+from kd import logs
+from kd import methods
+from kd import models
+from kd import provenance
+from kd.errors import UserError
+
+RESULT_JSON = "result.json"  # Written last: its presence means the stage is finished.
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training, as one pytree (checkpointed whole).
+
+  Attributes:
+    step: number of updates applied so far.
+    params: the student's trainable parameters.
+    model_state: the student's other variable collections (e.g. {"batch_stats": ...}).
+    opt_state: the optimizer's state.
+    rng: base PRNG key; step `i` uses `fold_in(rng, i)`, so a resumed run draws the same numbers.
+  """
+
+  step: jax.Array
+  params: Any
+  model_state: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def make_optimizer(optimizer_config: ml_collections.ConfigDict,
+                   num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optax transform a stage's `optimizer` block describes, and its learning-rate schedule."""
+  peak, warmup = optimizer_config.learning_rate, optimizer_config.warmup_steps
+  if optimizer_config.schedule == "cosine":
+    learning_rate = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else peak, peak_value=peak, warmup_steps=warmup, decay_steps=num_steps)
+  else:
+    learning_rate = optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)], [warmup])
+  if optimizer_config.name == "adamw":
+    transform = optax.adamw(learning_rate, weight_decay=optimizer_config.weight_decay)
+  else:
+    transform = optax.chain(optax.add_decayed_weights(optimizer_config.weight_decay),
+                            optax.sgd(learning_rate, momentum=optimizer_config.momentum, nesterov=True))
+  if optimizer_config.grad_clip_norm:
+    transform = optax.chain(optax.clip_by_global_norm(optimizer_config.grad_clip_norm), transform)
+  return transform, learning_rate
+
+
+def init_train_state(rng: jax.Array, example_inputs: jax.Array, *, module, optimizer) -> TrainState:
+  """A fresh TrainState; pure, so `jax.eval_shape` and `jax.jit(out_shardings=...)` apply."""
+  init_rng, step_rng = jax.random.split(rng)
+  variables = models.init_variables(module, init_rng, example_inputs)
+  params = variables.pop("params")
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                    opt_state=optimizer.init(params), rng=step_rng)
+
+
+def train_step(state: TrainState, teacher_variables, batch, *, student_apply, teacher_apply,
+               loss_fn, optimizer, learning_rate) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update: teacher forward (no gradient), student forward and backward, optimizer update.
+
+  Pure: no I/O, no config. The teacher's variables are an argument (never baked into the program
+  as constants) and are only read.
+
+  Args:
+    state: the student's TrainState (donated by the compiled step).
+    teacher_variables: the teacher's variables, or {} for a stage without a teacher.
+    batch: {input_key: [B, ...], "label": [B]}.
+    student_apply, teacher_apply: pure apply functions (`kd.models.make_apply`); teacher_apply is
+      None for a stage without a teacher.
+    loss_fn: `loss(student_out, teacher_out, batch) -> (loss, metrics)` (`kd.methods.build_loss`).
+    optimizer: an optax transform.
+    learning_rate: its schedule, reported in the metrics.
+
+  Returns:
+    (new_state, metrics) with scalar metrics: loss, the method's terms, accuracy, grad_norm,
+    learning_rate.
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+  teacher_out = None
+  if teacher_apply is not None:
+    teacher_out = jax.lax.stop_gradient(teacher_apply(teacher_variables, batch, train=False))
+
+  def objective(params):
+    student_out = student_apply({"params": params, **state.model_state}, batch, train=True,
+                                rngs={"dropout": rng})
+    loss, terms = loss_fn(student_out, teacher_out, batch)
+    return loss, (student_out, terms)
+
+  (loss, (student_out, terms)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  new_state = state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      model_state=student_out.get("state", state.model_state),
+      opt_state=opt_state,
+  )
+  accuracy = jnp.mean(jnp.argmax(student_out["logits"], -1) == batch["label"])
+  metrics = {"loss": loss, **terms, "accuracy": accuracy, "grad_norm": optax.global_norm(grads),
+             "learning_rate": learning_rate(state.step)}
+  return new_state, metrics
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  """A 1-D mesh over `mesh.data` devices (-1: all), axis "data"."""
+  num_devices = jax.device_count() if mesh_config.data == -1 else mesh_config.data
+  return jax.make_mesh((num_devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
+                       devices=jax.devices()[:num_devices])
+
+
+def shard_batch(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  """Places this process's part of a global batch on the mesh, split over the data axis."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def is_finished(stage_dir: str) -> bool:
+  return os.path.exists(os.path.join(stage_dir, RESULT_JSON))
+
+
+def read_result(stage_dir: str) -> dict[str, Any]:
+  with open(os.path.join(stage_dir, RESULT_JSON)) as f:
+    return json.load(f)
+
+
+def load_teacher(config: ml_collections.ConfigDict, stage_name: str, workdir: str,
+                 spec: data.DatasetSpec) -> checkpoint.LoadedModel | None:
+  teacher_name = config.stages[stage_name].teacher
+  if not teacher_name:
+    return None
+  teacher = checkpoint.load_model(os.path.join(workdir, teacher_name))
+  if teacher.spec.num_classes != spec.num_classes or teacher.spec.input_shape != spec.input_shape:
+    raise UserError(
+        f"teacher {teacher_name!r} was trained on {teacher.spec.name} ({teacher.spec.num_classes} classes, "
+        f"inputs {teacher.spec.input_shape}) but stage {stage_name!r} uses {spec.name} "
+        f"({spec.num_classes} classes, inputs {spec.input_shape}): use matching datasets")
+  return teacher
+
+
+def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: str, *,
+                stop_after_step: int | None = None) -> dict[str, Any] | None:
+  """Trains one stage of an experiment into `<workdir>/<stage_name>`, resuming if interrupted.
+
+  A finished stage (its `result.json` exists) is not run again. Otherwise training starts from the
+  latest checkpoint in the stage's folder, if any, with the data iterator where it stood.
+
+  Args:
+    config: a validated experiment config.
+    stage_name: a key of `config.stages`.
+    workdir: the experiment's folder.
+    stop_after_step: return after this step, once its checkpoint is written, leaving the stage
+      unfinished (for time-boxed jobs; a later call resumes it).
+
+  Returns:
+    The stage's result (final eval metrics, throughput), or None if stopped early.
+  """
+  stage = config.stages[stage_name]
+  stage_dir = os.path.join(workdir, stage_name)
+  if is_finished(stage_dir):
+    logging.info("[%s] already finished in %s; skipping", stage_name, stage_dir)
+    return read_result(stage_dir)
+
+  # Data.
+  data_config = config.data
+  spec = data.load_spec(data_config.name, data_config.data_dir)
+  train_arrays = data.load_arrays(data_config.name, data_config.train_split, data_config.data_dir)
+  eval_arrays = data.load_arrays(data_config.name, data_config.eval_split, data_config.data_dir)
+  mesh = make_mesh(config.mesh)
+  replicated = jax.NamedSharding(mesh, jax.P())
+  batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
+  iterator = data.train_iterator(train_arrays, batch_size=data_config.batch_size, seed=config.seed,
+                                 shard_index=jax.process_index(), shard_count=jax.process_count())
+
+  # Models and the step.
+  module = models.build_model(stage.model, spec.num_classes)
+  student_apply = models.make_apply(module, spec.input_key)
+  teacher = load_teacher(config, stage_name, workdir, spec)
+  teacher_variables = jax.device_put(teacher.variables, replicated) if teacher else {}
+  optimizer, learning_rate = make_optimizer(stage.optimizer, stage.num_steps)
+  loss_fn = methods.build_loss(stage.method)
+  example_inputs = jnp.zeros((1,) + spec.input_shape, spec.input_dtype)
+  init = functools.partial(init_train_state, module=module, optimizer=optimizer)
+  rng = jax.random.PRNGKey(config.seed)
+  abstract_state = jax.eval_shape(init, rng, example_inputs)
+  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+  step_fn = jax.jit(
+      functools.partial(train_step, student_apply=student_apply,
+                        teacher_apply=teacher.apply if teacher else None, loss_fn=loss_fn,
+                        optimizer=optimizer, learning_rate=learning_rate),
+      in_shardings=(state_sharding, jax.tree.map(lambda _: replicated, teacher_variables), batch_sharding),
+      out_shardings=(state_sharding, replicated),
+      donate_argnums=0,
+  )
+
+  # State: restored, or fresh.
+  manager = checkpoint.train_manager(stage_dir, keep=config.checkpoint.keep)
+  abstract_with_shardings = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_sharding)
+  restored = checkpoint.restore_train_state(manager, abstract_with_shardings)
+  if restored is not None:
+    state, data_state = restored
+    iterator.set_state(data_state)
+    logging.info("[%s] resuming from step %d", stage_name, int(state.step))
+  else:
+    state = jax.jit(init, out_shardings=state_sharding)(rng, example_inputs)
+  provenance.record(stage_dir, config.to_dict())
+
+  # The loop.
+  writer = logs.MetricsWriter(stage_dir)
+  step = int(state.step)
+  progress = logs.Progress(stage_name, step, stage.num_steps, data_config.batch_size)
+  window, start_step, start_time = [], step, time.perf_counter()
+  predict = evaluation.make_predict(student_apply, mesh)
+  while step < stage.num_steps:
+    batch = shard_batch(next(iterator), batch_sharding)
+    state, metrics = step_fn(state, teacher_variables, batch)
+    step += 1
+    window.append(metrics)
+    if step % config.log_every_steps == 0 or step == stage.num_steps:
+      scalars = {f"train/{k}": float(np.mean(v)) for k, v in jax.device_get(
+          jax.tree.map(lambda *xs: np.stack(xs), *window)).items()}
+      window = []
+      writer.write(step, scalars)
+      progress.log(step, scalars)
+    if config.eval_every_steps and step % config.eval_every_steps == 0 and step < stage.num_steps:
+      variables = {"params": state.params, **state.model_state}
+      writer.write(step, _eval_scalars(predict, variables, eval_arrays, data_config.eval_batch_size))
+    if step % config.checkpoint.every_steps == 0 or step == stage.num_steps:
+      checkpoint.save_train_state(manager, step, state, iterator.get_state())
+    if stop_after_step is not None and step >= stop_after_step and step < stage.num_steps:
+      manager.wait_until_finished()
+      writer.close()
+      logging.info("[%s] stopped after step %d as asked; run again to resume", stage_name, step)
+      return None
+  seconds = time.perf_counter() - start_time
+  manager.wait_until_finished()
+
+  # Final evaluation, export, and the marker that the stage is finished.
+  variables = {"params": state.params, **state.model_state}
+  eval_scalars = _eval_scalars(predict, variables, eval_arrays, data_config.eval_batch_size)
+  writer.write(step, eval_scalars)
+  writer.close()
+  checkpoint.export_model(stage_dir, stage.model.to_dict(), spec, jax.device_get(variables))
+  result = {"stage": stage_name, "step": step, **eval_scalars,
+            "train_seconds": seconds,
+            "train_examples_per_second": (step - start_step) * data_config.batch_size / max(seconds, 1e-9)}
+  with open(os.path.join(stage_dir, RESULT_JSON + ".tmp"), "w") as f:
+    json.dump(result, f, indent=2)
+  os.replace(os.path.join(stage_dir, RESULT_JSON + ".tmp"), os.path.join(stage_dir, RESULT_JSON))
+  logging.info("[%s] finished: %s accuracy %.4f", stage_name, data_config.eval_split,
+               eval_scalars["eval/accuracy"])
+  return result
+
+
+def _eval_scalars(predict, variables, arrays, batch_size) -> dict[str, float]:
+  logits = predict(variables, arrays, batch_size)
+  return {"eval/accuracy": evaluation.accuracy(logits, arrays["label"]),
+          "eval/loss": evaluation.cross_entropy(logits, arrays["label"])}

@@ -1,0 +1,30 @@
+"""Installs `kd`, a JAX/Flax framework for knowledge-distillation experiments."""
+
+import setuptools
+
+setuptools.setup(
+    name="kd",
+    version="0.1.0",
+    description="Knowledge-distillation experiments in JAX/Flax: configs, pure train steps, reports.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["kd", "kd.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "ml-collections>=1.1",
+        "tensorflow-datasets>=4.9.10",
+        "absl-py>=2.5",
+        "grain>=0.2.18",
+        "array-record>=0.8",
+        "tensorboardX>=2.6",
+        "scikit-learn>=1.9",  # The offline `digits` dataset.
+    ],
+    extras_require={
+        "test": ["pytest>=8", "nbclient>=0.11", "ipykernel>=6", "matplotlib>=3.8"],
+        "notebook": ["jupyter", "matplotlib>=3.8"],
+    },
+)
