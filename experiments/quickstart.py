@@ -21,11 +21,15 @@ from kd.config import stage_config
 from kd.methods import method_config
 
 TEACHER = {"name": "cnn", "channels": (32, 64), "hidden": 256}
-STUDENT = {"name": "cnn", "channels": (8, 16), "hidden": 32}
+# One conv block of 32 channels: 1/5 of the teacher's parameters and ~3x faster on a CPU, where XLA
+# runs convolutions with fewer than ~32 channels slowly (an (8, 16)-channel net is no faster).
+STUDENT = {"name": "cnn", "channels": (32,), "hidden": 32}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = base_config()
+  # One seed is too noisy on 359 test digits (one example is 0.28%): report the mean of three.
+  config.seeds = (0, 1, 2)
   config.data.name = "digits"
   config.data.batch_size = 64
   config.stages.teacher = stage_config(TEACHER, method_config("supervised"), num_steps=1500,
@@ -41,6 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint.every_steps = 500
 
   if arg == "smoke":
+    config.seeds = (0,)
     for stage in config.stages.values():
       stage.num_steps = 20
     config.log_every_steps = 10

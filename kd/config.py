@@ -3,7 +3,8 @@
 An experiment is a sequence of *stages*, each one training run: a student model trained with a
 method (a loss), optionally against the exported model of an earlier stage as its teacher.
 
-    config.seed                  int, the seed of initialisation, dropout and data order
+    config.seeds                 one run per seed, each in <workdir>/seed_<n>; the seed fixes
+                                 initialisation, dropout and data order; the report averages them
     config.data                  dataset name, TFDS data_dir, splits, batch sizes
     config.mesh.data             devices on the data-parallel axis (-1: all)
     config.checkpoint            every_steps, keep
@@ -33,7 +34,7 @@ SCHEDULES = ("cosine", "constant")
 def base_config() -> ml_collections.ConfigDict:
   """Every experiment-level key with its default; experiment files override them."""
   config = ml_collections.ConfigDict()
-  config.seed = 0
+  config.seeds = (0,)
   config.data = ml_collections.ConfigDict({
       "name": "digits",
       "data_dir": "",  # Empty: TFDS's default (TFDS_DATA_DIR, else ~/tensorflow_datasets).
@@ -70,10 +71,16 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
 
 def stage_config(model: dict[str, Any], method: dict[str, Any], *, teacher: str = "",
                  num_steps: int = 1000, **optimizer) -> ml_collections.ConfigDict:
-  """One stage: train `model` with `method` for `num_steps`, distilling from stage `teacher`."""
+  """One stage: train `model` with `method` for `num_steps`, distilling from stage `teacher`.
+
+  `model` is filled with the model's defaults (`kd.models.model_config`) so that every attribute
+  can be overridden from the command line; `method` likewise (`kd.methods.method_config`).
+  """
+  model = models.model_config(**model)
+  method = methods.method_config(**method)
   return ml_collections.ConfigDict({
-      "model": dict(model),
-      "method": dict(method),
+      "model": model,
+      "method": method,
       "teacher": teacher,  # Name of an earlier stage whose exported model is the teacher.
       "num_steps": num_steps,
       "optimizer": optimizer_config(**optimizer),
@@ -166,6 +173,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     raise ConfigError(f"log_every_steps={config.log_every_steps} must be > 0")
   if config.eval_every_steps < 0:
     raise ConfigError(f"eval_every_steps={config.eval_every_steps} must be >= 0 (0: only at the end)")
+  if not config.seeds or not all(isinstance(s, int) and s >= 0 for s in config.seeds):
+    raise ConfigError(f"seeds={config.seeds!r} must be a non-empty tuple of integers >= 0, e.g. (0, 1, 2)")
+  if len(set(config.seeds)) != len(config.seeds):
+    raise ConfigError(f"seeds={config.seeds!r} repeats a seed; list each seed once")
   if not config.stage_order:
     raise ConfigError(f"stage_order is empty: list the stages to run, from {sorted(config.stages.keys())}")
   seen = []

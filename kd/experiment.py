@@ -1,5 +1,6 @@
 """Runs an experiment: its stages in order (each skipped when finished), then the report card."""
 
+import importlib.util
 import os
 from typing import Any, Sequence
 
@@ -25,14 +26,18 @@ def check(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str]
     data.check_split(config.data.name, split, config.data.data_dir, spec)
   for name in stages:
     teacher = config.stages[name].teacher
-    if teacher and teacher not in stages and not train.is_finished(os.path.join(workdir, teacher)):
-      raise ConfigError(f"stage {name!r} needs teacher stage {teacher!r}, which has no finished run in "
-                        f"{workdir}: run it too (leave out --stages) or point --workdir at its run")
+    for seed in config.seeds:
+      run_dir = train.seed_dir(workdir, seed)
+      if teacher and teacher not in stages and not train.is_finished(os.path.join(run_dir, teacher)):
+        raise ConfigError(f"stage {name!r} needs teacher stage {teacher!r}, which has no finished run in "
+                          f"{run_dir}: run it too (leave out --stages) or point --workdir at its run")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,
         stages: Sequence[str] | None = None) -> dict[str, Any] | None:
-  """Runs `stages` (default: `config.stage_order`) into `workdir`, then the report card.
+  """Runs `stages` (default: `config.stage_order`) for every seed, then the report card.
+
+  Each seed's run lives in `<workdir>/seed_<n>/<stage>`; the report averages over seeds.
 
   Returns:
     The report (also in `<workdir>/report.json`), or None when a stage the report needs is not
@@ -41,12 +46,39 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   stages = list(stages or config.stage_order)
   check(config, workdir, stages)
   os.makedirs(workdir, exist_ok=True)
-  for name in config.stage_order:
-    if name in stages:
-      train.train_stage(config, name, workdir)
-  if not all(train.is_finished(os.path.join(workdir, config.report[role])) for role in report_lib.ROLES):
+  for seed in config.seeds:
+    for name in config.stage_order:
+      if name in stages:
+        train.train_stage(config, name, train.seed_dir(workdir, seed), seed=seed)
+  if not all(train.is_finished(os.path.join(train.seed_dir(workdir, seed), config.report[role]))
+             for role in report_lib.ROLES for seed in config.seeds):
     logging.info("Not every stage of the report card is finished; no report.")
     return None
   report = report_lib.build(config, workdir)
   print(report_lib.write(report, workdir), flush=True)
   return report
+
+
+def load_config(path: str, arg: str | None = None, *, validate: bool = True,
+                **overrides) -> ml_collections.ConfigDict:
+  """Loads `get_config(arg)` from an experiment file, applies dotted overrides, and validates it.
+
+  Example: `load_config("experiments/quickstart.py", "smoke", **{"stages.student.num_steps": 50})`.
+  """
+  spec = importlib.util.spec_from_file_location("kd_experiment_config", path)
+  if spec is None or not os.path.exists(path):
+    raise ConfigError(f"no experiment file at {path}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg is not None else module.get_config()
+  for dotted, value in overrides.items():
+    node = config
+    *parents, leaf = dotted.split(".")
+    for parent in parents:
+      node = node[parent]
+    if leaf not in node:
+      raise ConfigError(f"unknown config key {dotted}")
+    node[leaf] = value
+  if validate:
+    config_lib.validate(config)
+  return config

@@ -8,6 +8,9 @@ Any problem with the flags or the config is one line on stderr, `error: ...`, an
 before anything is compiled or written.
 """
 
+import difflib
+import logging as std_logging
+import os
 import sys
 
 from absl import app
@@ -24,7 +27,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and the report.")
 _STAGES = flags.DEFINE_list("stages", None, "Run only these stages (default: config.stage_order).")
 
-USAGE = "usage: python -m kd.main --config=experiments/<file>.py[:arg] --workdir=<dir> [--config.<key>=<value> ...]"
+USAGE = ("python -m kd.main --config=experiments/<file>.py[:arg] --workdir=<dir> "
+         "[--config.<key>=<value> ...]")
 
 
 def _fail(message: str) -> None:
@@ -32,26 +36,69 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+def _one_line(error: BaseException) -> str:
+  # The last line of a wrapped traceback is the error itself.
+  lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+  return lines[-1].strip("'\"") if lines else type(error).__name__
+
+
+def _config_file(argv: list[str]) -> str | None:
+  for arg in argv:
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1].split(":", 1)[0]
+  return None
+
+
+def _bad_override(argv: list[str]) -> str | None:
+  """Names the first `--config.<key>=...` whose key is not in the config, with the keys there."""
+  path = _config_file(argv)
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "")
+  arg = spec.split(":", 1)[1] if ":" in spec else None
+  try:
+    config = experiment.load_config(path, arg, validate=False)
+  except Exception:  # pylint: disable=broad-except
+    return None
+  for override in argv:
+    if not override.startswith("--config."):
+      continue
+    keys = override[len("--config."):].split("=", 1)[0].split(".")
+    node = config
+    for depth, key in enumerate(keys):
+      if not hasattr(node, "keys") or key not in node:
+        known = sorted(node.keys()) if hasattr(node, "keys") else []
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"did you mean {'.'.join(keys[:depth] + close)}? " if close else ""
+        return (f"unknown config key {'.'.join(keys[:depth + 1])} in {override}: {hint}"
+                f"keys there: {known}")
+      node = node[key]
+  return None
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """Parses flags; a bad flag or config is one line and exit status 2 (not a traceback)."""
+  path = _config_file(argv)
+  if path is None:
+    _fail(f"--config is required: {USAGE}")
+  if not os.path.isfile(path):
+    _fail(f"config file {path} does not exist: give the path of an experiment file, e.g. "
+          "--config=experiments/quickstart.py")
   try:
     remaining = flags.FLAGS(argv)
-  except flags.Error as e:
-    message = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-    _fail(f"{message}\n{USAGE}" if "config" not in message else message)
+  except Exception as e:  # pylint: disable=broad-except
+    # absl raises flags.Error; ml_collections raises KeyError or AttributeError for unknown keys
+    # and whatever the config file's get_config raises.
+    _fail(_bad_override(argv) or _one_line(e))
   if len(remaining) > 1:
-    _fail(f"unexpected arguments {remaining[1:]}\n{USAGE}")
-  if _CONFIG.value is None:
-    _fail(f"--config is required\n{USAGE}")
+    _fail(f"unexpected arguments {remaining[1:]}: {USAGE}")
   if not _WORKDIR.value:
-    _fail(f"--workdir is required\n{USAGE}")
+    _fail(f"--workdir is required: {USAGE}")
   return remaining
 
 
 def _quiet_library_logs() -> None:
   # Orbax logs every save and restore at INFO; keep the progress lines readable.
   logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= logging.WARNING or "/orbax/" not in record.pathname)
+      lambda record: record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname)
 
 
 def main(argv: list[str]) -> None:

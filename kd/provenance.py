@@ -41,13 +41,13 @@ def package_versions() -> dict[str, str | None]:
   return versions
 
 
-def collect(config_dict: dict) -> dict:
+def collect(config_dict: dict, seed: int) -> dict:
   devices = jax.devices()
   return {
       "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "command": sys.argv,
       "config": config_dict,
-      "seed": config_dict.get("seed"),
+      "seed": seed,
       "git": git_commit(),
       "packages": package_versions(),
       "python": platform.python_version(),
@@ -57,10 +57,10 @@ def collect(config_dict: dict) -> dict:
   }
 
 
-def record(directory: str, config_dict: dict) -> None:
+def record(directory: str, config_dict: dict, seed: int) -> None:
   """Writes `<directory>/provenance.json`; a resumed run appends itself to its `resumes` list."""
   path = os.path.join(directory, "provenance.json")
-  entry = collect(config_dict)
+  entry = collect(config_dict, seed)
   if os.path.exists(path):
     with open(path) as f:
       existing = json.load(f)

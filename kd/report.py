@@ -39,18 +39,13 @@ def _measure_model(loaded: checkpoint.LoadedModel, arrays, mesh, eval_batch_size
   return metrics, logits
 
 
-def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Measures the exported models of the report's stages on `data.test_split`."""
-  arrays = data.load_arrays(config.data.name, config.data.test_split, config.data.data_dir)
-  mesh = train.make_mesh(config.mesh)
-  report: dict[str, Any] = {"dataset": config.data.name, "split": config.data.test_split,
-                            "examples": int(len(arrays["label"])), "seed": config.seed}
+def build_run(config: ml_collections.ConfigDict, run_dir: str, arrays, mesh) -> dict[str, Any]:
+  """The report card of one seed's run (`<workdir>/seed_<n>`)."""
+  report: dict[str, Any] = {}
   logits = {}
   for role in ROLES:
-    stage_name = config.report[role]
-    loaded = checkpoint.load_model(os.path.join(workdir, stage_name))
+    loaded = checkpoint.load_model(os.path.join(run_dir, config.report[role]))
     report[role], logits[role] = _measure_model(loaded, arrays, mesh, config.data.eval_batch_size)
-    report[role]["stage"] = stage_name
   teacher, student = report["teacher"], report["student"]
   report.update({
       "retention": student["accuracy"] / teacher["accuracy"],
@@ -61,31 +56,80 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "kl": evaluation.mean_kl(logits["student"], logits["teacher"]),
       "ece": student["ece"],
       "gain_over_baseline": student["accuracy"] - report["baseline"]["accuracy"],
-      "device": jax.devices()[0].device_kind,
   })
   return report
 
 
+def _mean_and_std(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Averages the numeric leaves of several runs' reports (same structure) over the runs."""
+  mean, std = {}, {}
+  for key, value in runs[0].items():
+    if isinstance(value, dict):
+      mean[key], std[key] = _mean_and_std([run[key] for run in runs])
+    else:
+      values = np.array([run[key] for run in runs], dtype=np.float64)
+      mean[key], std[key] = float(values.mean()), float(values.std(ddof=1) if len(runs) > 1 else 0.0)
+  return mean, std
+
+
+def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Measures the exported models of the report's stages on `data.test_split`, for every seed.
+
+  The top-level numbers are means over `config.seeds`; `std` holds their standard deviations
+  (0 for one seed) and `per_seed` each seed's report.
+  """
+  arrays = data.load_arrays(config.data.name, config.data.test_split, config.data.data_dir)
+  mesh = train.make_mesh(config.mesh)
+  runs = [build_run(config, train.seed_dir(workdir, seed), arrays, mesh) for seed in config.seeds]
+  mean, std = _mean_and_std(runs)
+  for role in ROLES:
+    mean[role]["stage"] = config.report[role]
+  return {
+      **mean,
+      "std": std,
+      "per_seed": {str(seed): run for seed, run in zip(config.seeds, runs)},
+      "seeds": list(config.seeds),
+      "dataset": config.data.name,
+      "split": config.data.test_split,
+      "examples": int(len(arrays["label"])),
+      "device": jax.devices()[0].device_kind,
+  }
+
+
+def _pm(report, path: tuple[str, ...], fmt: str) -> str:
+  """`mean ± std` of a report entry, or just the mean for a single seed."""
+  mean, std = report, report["std"]
+  for key in path:
+    mean, std = mean[key], std[key]
+  if len(report["seeds"]) == 1:
+    return format(mean, fmt)
+  return f"{format(mean, fmt)} ± {format(std, fmt)}"
+
+
 def to_markdown(report: dict[str, Any]) -> str:
-  """The report card as a Markdown table and a summary line."""
+  """The report card as a Markdown table and summary lines."""
+  seeds = report["seeds"]
+  averaged = f"mean ± std over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds[0]}"
   lines = [
       f"Report card: {report['dataset']} {report['split']} ({report['examples']} examples), "
-      f"latency on {report['device']}",
+      f"{averaged}; latency on {report['device']}",
       "",
       "| model | stage | accuracy | params | bytes | latency b1 (ms) | latency b256 (ms) | ECE |",
       "|---|---|---:|---:|---:|---:|---:|---:|",
   ]
   for role in ROLES:
     m = report[role]
-    lines.append(f"| {role} | {m['stage']} | {m['accuracy']:.2%} | {m['params']:,} | {m['bytes']:,} | "
-                 f"{m['latency_ms_b1']:.3f} | {m['latency_ms_b256']:.3f} | {m['ece']:.4f} |")
+    lines.append(f"| {role} | {m['stage']} | {_pm(report, (role, 'accuracy'), '.2%')} | {m['params']:,.0f} | "
+                 f"{m['bytes']:,.0f} | {m['latency_ms_b1']:.3f} | {m['latency_ms_b256']:.3f} | "
+                 f"{_pm(report, (role, 'ece'), '.4f')} |")
   lines += [
       "",
-      f"student vs teacher: retention {report['retention']:.2%}, compression {report['compression']:.1f}x, "
-      f"speedup {report['speedup']:.1f}x (b256) / {report['speedup_b1']:.1f}x (b1), "
-      f"agreement {report['agreement']:.2%}, KL(teacher||student) {report['kl']:.4f} nats, "
-      f"ECE {report['ece']:.4f}",
-      f"student vs baseline: {report['gain_over_baseline']:+.2%} accuracy",
+      f"student vs teacher: retention {_pm(report, ('retention',), '.2%')}, "
+      f"compression {report['compression']:.1f}x, "
+      f"speedup {report['speedup']:.2f}x (b256) / {report['speedup_b1']:.2f}x (b1), "
+      f"agreement {_pm(report, ('agreement',), '.2%')}, "
+      f"KL(teacher||student) {_pm(report, ('kl',), '.4f')} nats, ECE {_pm(report, ('ece',), '.4f')}",
+      f"student vs baseline: {_pm(report, ('gain_over_baseline',), '+.2%')} accuracy",
   ]
   return "\n".join(lines) + "\n"
 

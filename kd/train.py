@@ -115,7 +115,7 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
       opt_state=opt_state,
   )
   accuracy = jnp.mean(jnp.argmax(student_out["logits"], -1) == batch["label"])
-  metrics = {"loss": loss, **terms, "accuracy": accuracy, "grad_norm": optax.global_norm(grads),
+  metrics = {"loss": loss, **terms, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads),
              "learning_rate": learning_rate(state.step)}
   return new_state, metrics
 
@@ -141,12 +141,12 @@ def read_result(stage_dir: str) -> dict[str, Any]:
     return json.load(f)
 
 
-def load_teacher(config: ml_collections.ConfigDict, stage_name: str, workdir: str,
+def load_teacher(config: ml_collections.ConfigDict, stage_name: str, run_dir: str,
                  spec: data.DatasetSpec) -> checkpoint.LoadedModel | None:
   teacher_name = config.stages[stage_name].teacher
   if not teacher_name:
     return None
-  teacher = checkpoint.load_model(os.path.join(workdir, teacher_name))
+  teacher = checkpoint.load_model(os.path.join(run_dir, teacher_name))
   if teacher.spec.num_classes != spec.num_classes or teacher.spec.input_shape != spec.input_shape:
     raise UserError(
         f"teacher {teacher_name!r} was trained on {teacher.spec.name} ({teacher.spec.num_classes} classes, "
@@ -155,9 +155,14 @@ def load_teacher(config: ml_collections.ConfigDict, stage_name: str, workdir: st
   return teacher
 
 
-def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: str, *,
+def seed_dir(workdir: str, seed: int) -> str:
+  """The folder of one seed's run of an experiment; its stages are subfolders."""
+  return os.path.join(workdir, f"seed_{seed}")
+
+
+def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str, *, seed: int,
                 stop_after_step: int | None = None) -> dict[str, Any] | None:
-  """Trains one stage of an experiment into `<workdir>/<stage_name>`, resuming if interrupted.
+  """Trains one stage of an experiment into `<run_dir>/<stage_name>`, resuming if interrupted.
 
   A finished stage (its `result.json` exists) is not run again. Otherwise training starts from the
   latest checkpoint in the stage's folder, if any, with the data iterator where it stood.
@@ -165,7 +170,9 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: str
   Args:
     config: a validated experiment config.
     stage_name: a key of `config.stages`.
-    workdir: the experiment's folder.
+    run_dir: the folder of this seed's run (`seed_dir(workdir, seed)`); a teacher stage is read
+      from `<run_dir>/<teacher>`.
+    seed: seeds initialisation, dropout and the data order.
     stop_after_step: return after this step, once its checkpoint is written, leaving the stage
       unfinished (for time-boxed jobs; a later call resumes it).
 
@@ -173,7 +180,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: str
     The stage's result (final eval metrics, throughput), or None if stopped early.
   """
   stage = config.stages[stage_name]
-  stage_dir = os.path.join(workdir, stage_name)
+  stage_dir = os.path.join(run_dir, stage_name)
   if is_finished(stage_dir):
     logging.info("[%s] already finished in %s; skipping", stage_name, stage_dir)
     return read_result(stage_dir)
@@ -186,19 +193,19 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: str
   mesh = make_mesh(config.mesh)
   replicated = jax.NamedSharding(mesh, jax.P())
   batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
-  iterator = data.train_iterator(train_arrays, batch_size=data_config.batch_size, seed=config.seed,
+  iterator = data.train_iterator(train_arrays, batch_size=data_config.batch_size, seed=seed,
                                  shard_index=jax.process_index(), shard_count=jax.process_count())
 
   # Models and the step.
   module = models.build_model(stage.model, spec.num_classes)
   student_apply = models.make_apply(module, spec.input_key)
-  teacher = load_teacher(config, stage_name, workdir, spec)
+  teacher = load_teacher(config, stage_name, run_dir, spec)
   teacher_variables = jax.device_put(teacher.variables, replicated) if teacher else {}
   optimizer, learning_rate = make_optimizer(stage.optimizer, stage.num_steps)
   loss_fn = methods.build_loss(stage.method)
   example_inputs = jnp.zeros((1,) + spec.input_shape, spec.input_dtype)
   init = functools.partial(init_train_state, module=module, optimizer=optimizer)
-  rng = jax.random.PRNGKey(config.seed)
+  rng = jax.random.PRNGKey(seed)
   abstract_state = jax.eval_shape(init, rng, example_inputs)
   state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
   step_fn = jax.jit(
@@ -221,7 +228,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: str
     logging.info("[%s] resuming from step %d", stage_name, int(state.step))
   else:
     state = jax.jit(init, out_shardings=state_sharding)(rng, example_inputs)
-  provenance.record(stage_dir, config.to_dict())
+  provenance.record(stage_dir, config.to_dict(), seed)
 
   # The loop.
   writer = logs.MetricsWriter(stage_dir)
@@ -259,7 +266,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, workdir: str
   writer.write(step, eval_scalars)
   writer.close()
   checkpoint.export_model(stage_dir, stage.model.to_dict(), spec, jax.device_get(variables))
-  result = {"stage": stage_name, "step": step, **eval_scalars,
+  result = {"stage": stage_name, "seed": seed, "step": step, **eval_scalars,
             "train_seconds": seconds,
             "train_examples_per_second": (step - start_step) * data_config.batch_size / max(seconds, 1e-9)}
   with open(os.path.join(stage_dir, RESULT_JSON + ".tmp"), "w") as f:

@@ -45,6 +45,8 @@ def check_method_config(method_config: Mapping[str, Any], where: str) -> None:
 
 def method_config(name: str, **params) -> dict[str, Any]:
   """A full method config block: the method's defaults, overridden by `params`."""
+  if name not in METHODS:
+    raise ConfigError(f"{name!r} is not a method; available methods: {sorted(METHODS)}")
   return {"name": name, **METHODS[name].DEFAULTS, **params}
 
 

@@ -37,13 +37,28 @@ def model_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
   return {key: value for key, value in dict(model_config).items() if key != "name"}
 
 
+def _attributes(module_class) -> dict[str, Any]:
+  """The configurable attributes of a model class with their defaults (num_classes excluded)."""
+  return {f.name: f.default for f in dataclasses.fields(module_class)
+          if f.name not in ("parent", "name", "num_classes")}
+
+
+def model_config(name: str, **attributes) -> dict[str, Any]:
+  """A full model config: every attribute of model `name` with its default, overridden by `attributes`.
+
+  Listing every attribute lets `--config.stages.<stage>.model.<attribute>=...` override any of them.
+  """
+  if name not in MODELS:
+    raise ConfigError(f"{name!r} is not a model; available models: {sorted(MODELS)}")
+  return {"name": name, **_attributes(MODELS[name]), **attributes}
+
+
 def check_model_config(model_config: Mapping[str, Any], where: str) -> None:
   """Raises ConfigError naming the key and the fix if the model config cannot build a model."""
   name = model_config.get("name", "")
   if name not in MODELS:
     raise ConfigError(f"{where}.name={name!r} is not a model; available models: {sorted(MODELS)}")
-  fields = {f.name for f in dataclasses.fields(MODELS[name]) if f.name not in ("parent", "name")}
-  fields.discard("num_classes")  # Taken from the dataset.
+  fields = set(_attributes(MODELS[name]))  # num_classes comes from the dataset.
   for key in model_kwargs(model_config):
     if key not in fields:
       raise ConfigError(f"{where}.{key} is not an attribute of model {name!r}; "

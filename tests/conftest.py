@@ -1,0 +1,28 @@
+"""Shared fixtures. Tests prepare datasets in a private TFDS folder, never in the user's."""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+# Before anything imports TFDS: it reads TFDS_DATA_DIR once.
+os.environ.setdefault("TFDS_DATA_DIR", tempfile.mkdtemp(prefix="kd-tests-tfds-"))
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+  """Runs `python -m kd.main ARGS` in a subprocess, as a user would."""
+  return subprocess.run([sys.executable, "-m", "kd.main", *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def smoke_workdir(tmp_path_factory) -> str:
+  """A finished smoke run of the quickstart (all three stages and the report), made once."""
+  workdir = str(tmp_path_factory.mktemp("quickstart-smoke"))
+  result = run_main("--config=experiments/quickstart.py:smoke", f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-4000:]
+  return workdir

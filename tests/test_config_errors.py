@@ -1,0 +1,71 @@
+"""Bad flags and configs: one line naming the problem and the fix, exit status 2, nothing written."""
+
+import os
+
+import pytest
+
+from conftest import run_main
+
+SMOKE = "--config=experiments/quickstart.py:smoke"
+
+CASES = [
+    # (flags after --config and --workdir, words the message must contain)
+    (["--config.stages.student.methd.name=x"], ["unknown config key stages.student.methd",
+                                                "did you mean stages.student.method"]),
+    (["--config.stages.student.model.depth=3"], ["unknown config key stages.student.model.depth",
+                                                 "channels"]),
+    (["--config.data.batch_size=abc"], ["config.data.batch_size", "abc"]),
+    (["--config.stages.student.method.name=fitnetz"], ["is not a method", "hinton_kd"]),
+    (["--config.stages.student.model.name=resnet99"], ["is not a model", "cnn"]),
+    (["--config.stages.student.method.temperature=-1.0"], ["temperature=-1.0 must be > 0"]),
+    (["--config.stages.student.method.kd_weight=-0.5"], ["kd_weight=-0.5 must be >= 0"]),
+    (["--config.stages.teacher.optimizer.learning_rate=0.0"], ["learning_rate=0.0 must be > 0"]),
+    (["--config.stages.student.teacher=baseline2"], ["teacher='baseline2'", "earlier stages"]),
+    (["--config.data.name=no_such_dataset"], ["unknown dataset 'no_such_dataset'", "digits"]),
+    (["--config.data.train_split=validation"], ["split 'validation'", "available splits"]),
+    (["--config.data.test_split=test[:0]"], ["empty"]),
+    (["--config.seeds=()"], ["seeds=()", "non-empty"]),
+    (["--stages=student"], ["needs teacher stage 'teacher'", "no finished run"]),
+    (["--stages=pupil"], ["'pupil'", "not a stage"]),
+]
+
+
+@pytest.mark.parametrize("extra,words", CASES, ids=[c[0][0] for c in CASES])
+def test_bad_config_is_one_clear_line_and_exit_2(tmp_path, extra, words):
+  workdir = tmp_path / "run"
+  result = run_main(SMOKE, f"--workdir={workdir}", *extra)
+  assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1, result.stderr[-3000:]
+  for word in words:
+    assert word in errors[0], errors[0]
+  assert "Traceback" not in result.stderr
+  assert not workdir.exists(), "nothing may be written for a bad config"
+
+
+def test_batch_that_does_not_divide_over_devices(tmp_path):
+  result = run_main(SMOKE, f"--workdir={tmp_path / 'run'}", "--config.data.batch_size=30",
+                    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  assert result.returncode == 2
+  assert "error: data.batch_size=30 does not divide over 4 devices: use a multiple of 4" in result.stderr
+
+
+def test_missing_and_unknown_flags(tmp_path):
+  missing_file = run_main("--config=experiments/no_such_file.py", f"--workdir={tmp_path}")
+  assert missing_file.returncode == 2
+  assert "config file experiments/no_such_file.py does not exist" in missing_file.stderr
+  no_workdir = run_main(SMOKE)
+  assert no_workdir.returncode == 2 and "--workdir is required" in no_workdir.stderr
+  bad_variant = run_main("--config=experiments/quickstart.py:bogus", f"--workdir={tmp_path}")
+  assert bad_variant.returncode == 2 and "unknown variant 'bogus'" in bad_variant.stderr
+  assert "Traceback" not in bad_variant.stderr
+
+
+def test_a_bad_config_leaves_an_existing_workdir_untouched(smoke_workdir):
+  before = {p: os.path.getmtime(os.path.join(root, p)) for root, _, files in os.walk(smoke_workdir)
+            for p in files}
+  result = run_main(SMOKE, f"--workdir={smoke_workdir}", "--config.stages.student.method.temperature=0.0")
+  assert result.returncode == 2
+  after = {p: os.path.getmtime(os.path.join(root, p)) for root, _, files in os.walk(smoke_workdir)
+           for p in files}
+  assert before == after
