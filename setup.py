@@ -22,6 +22,7 @@ setuptools.setup(
         "array-record>=0.8",
         "tensorboardX>=2.6",
         "scikit-learn>=1.9",  # The offline `digits` dataset.
+        "importlib_resources",  # Needed by TFDS's builders when TensorFlow is absent.
     ],
     extras_require={
         "test": ["pytest>=8", "nbclient>=0.11", "ipykernel>=6", "matplotlib>=3.8"],

@@ -96,9 +96,10 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _quiet_library_logs() -> None:
-  # Orbax logs every save and restore at INFO; keep the progress lines readable.
+  # Orbax and TFDS log every save, restore and dataset load at INFO; keep progress lines readable.
   logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname)
+      lambda record: record.levelno >= std_logging.WARNING or not any(
+          library in record.pathname for library in ("/orbax/", "/tensorflow_datasets/")))
 
 
 def main(argv: list[str]) -> None:

@@ -103,7 +103,7 @@ def _pm(report, path: tuple[str, ...], fmt: str) -> str:
     mean, std = mean[key], std[key]
   if len(report["seeds"]) == 1:
     return format(mean, fmt)
-  return f"{format(mean, fmt)} ± {format(std, fmt)}"
+  return f"{format(mean, fmt)} ± {format(std, fmt.replace('+', ''))}"
 
 
 def to_markdown(report: dict[str, Any]) -> str:

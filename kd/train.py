@@ -50,11 +50,12 @@ def make_optimizer(optimizer_config: ml_collections.ConfigDict,
   """The optax transform a stage's `optimizer` block describes, and its learning-rate schedule."""
   peak, warmup = optimizer_config.learning_rate, optimizer_config.warmup_steps
   if optimizer_config.schedule == "cosine":
-    learning_rate = optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else peak, peak_value=peak, warmup_steps=warmup, decay_steps=num_steps)
+    learning_rate = optax.cosine_decay_schedule(peak, num_steps - warmup)
   else:
+    learning_rate = optax.constant_schedule(peak)
+  if warmup:
     learning_rate = optax.join_schedules(
-        [optax.linear_schedule(0.0, peak, max(warmup, 1)), optax.constant_schedule(peak)], [warmup])
+        [optax.linear_schedule(0.0, peak, warmup), learning_rate], [warmup])
   if optimizer_config.name == "adamw":
     transform = optax.adamw(learning_rate, weight_decay=optimizer_config.weight_decay)
   else:

@@ -1,0 +1,67 @@
+"""The quickstart through `python -m kd.main`, as a user runs it, and the notebook on its workdir."""
+
+import json
+import os
+
+import nbclient
+import nbformat
+
+from conftest import REPO
+from conftest import run_main
+
+ROLE_KEYS = {"accuracy", "params", "bytes", "latency_ms_b1", "latency_ms_b256"}
+SUMMARY_KEYS = {"retention", "compression", "speedup", "agreement", "kl", "ece"}
+
+
+def test_quickstart_smoke_writes_the_report_card(smoke_workdir):
+  with open(os.path.join(smoke_workdir, "report.json")) as f:
+    report = json.load(f)
+  for role in ("teacher", "baseline", "student"):
+    assert ROLE_KEYS <= set(report[role]), report[role]
+    assert 0.0 <= report[role]["accuracy"] <= 1.0
+    assert report[role]["latency_ms_b1"] > 0 and report[role]["latency_ms_b256"] > 0
+  assert SUMMARY_KEYS <= set(report)
+  teacher, student = report["teacher"], report["student"]
+  assert report["retention"] == student["accuracy"] / teacher["accuracy"]
+  assert report["compression"] == teacher["params"] / student["params"] > 4
+  assert report["baseline"]["params"] == student["params"]
+  assert report["kl"] >= 0 and 0 <= report["ece"] <= 1 and 0 <= report["agreement"] <= 1
+  with open(os.path.join(smoke_workdir, "report.md")) as f:
+    assert "| student |" in f.read()
+  # Every stage left its logs, checkpoints, exported model and provenance.
+  for stage in ("teacher", "baseline", "student"):
+    stage_dir = os.path.join(smoke_workdir, "seed_0", stage)
+    for name in ("metrics.jsonl", "model.json", "result.json", "provenance.json", "checkpoints", "model"):
+      assert os.path.exists(os.path.join(stage_dir, name)), (stage, name)
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(stage_dir, "tensorboard")))
+    with open(os.path.join(stage_dir, "provenance.json")) as f:
+      provenance = json.load(f)
+    assert provenance["seed"] == 0
+    assert provenance["config"]["stages"][stage]["num_steps"] == 20
+    assert provenance["packages"]["jax"] and provenance["devices"]["count"] >= 1
+
+
+def test_rerunning_a_finished_experiment_skips_its_stages(smoke_workdir):
+  result_file = os.path.join(smoke_workdir, "seed_0", "student", "result.json")
+  modified = os.path.getmtime(result_file)
+  result = run_main("--config=experiments/quickstart.py:smoke", f"--workdir={smoke_workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "already finished" in result.stderr
+  assert "Report card" in result.stdout
+  assert os.path.getmtime(result_file) == modified
+
+
+def test_quickstart_notebook_runs_headless(smoke_workdir):
+  with open(os.path.join(REPO, "notebooks", "quickstart.ipynb")) as f:
+    notebook = nbformat.read(f, as_version=4)
+  os.environ["KD_WORKDIR"], os.environ["KD_VARIANT"] = smoke_workdir, "smoke"
+  try:
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}).execute()
+  finally:
+    del os.environ["KD_WORKDIR"], os.environ["KD_VARIANT"]
+  outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+  assert not [o for o in outputs if o.output_type == "error"]
+  text = "".join(o.get("text", "") for o in outputs)
+  assert "top-1 agreement" in text
+  assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # Soft targets and the bar chart.
