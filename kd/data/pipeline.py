@@ -166,7 +166,11 @@ def eval_batches(arrays: Batch, batch_size: int) -> Iterator[Batch]:
 def check_split(name: str, split: str, data_dir: str, spec: DatasetSpec) -> None:
   """Raises DataError, naming the available splits, unless `split` holds at least one example."""
   try:
-    size = _builder(name, data_dir).info.splits[split].num_examples
+    splits = _builder(name, data_dir).info.splits
+    if splits:
+      size = splits[split].num_examples
+    else:  # Split metadata is absent under `tfds.testing.mock_data`: ask the source.
+      size = len(tfds.data_source(name, split=split, data_dir=_resolve_data_dir(data_dir), download=False))
   except (ValueError, KeyError, AssertionError) as e:  # What TFDS raises for a bad split or slice.
     raise DataError(f"cannot read split {split!r} of {name!r} ({e}); available splits: "
                     f"{sorted(spec.split_sizes)} (slices such as 'train[:90%]' work too)") from e
