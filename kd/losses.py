@@ -5,9 +5,9 @@ second, per-example results (callers reduce over the batch), an `axis` for the c
 `where` mask over it. None of them stops gradients: methods decide what is differentiated.
 """
 
-from jax.typing import ArrayLike
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 
 def kl_divergence_with_logits(

@@ -69,6 +69,8 @@ def _mean_and_std(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str,
     else:
       values = np.array([run[key] for run in runs], dtype=np.float64)
       mean[key], std[key] = float(values.mean()), float(values.std(ddof=1) if len(runs) > 1 else 0.0)
+      if all(run[key] == value for run in runs):  # Identical (e.g. parameter counts): keep the type.
+        mean[key] = value
   return mean, std
 
 
