@@ -13,8 +13,10 @@ Nothing is pickled: Orbax writes arrays with TensorStore and JSON beside them.
 import dataclasses
 import json
 import os
+import time
 from typing import Any
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
@@ -41,17 +43,29 @@ def save_train_state(manager: ocp.CheckpointManager, step: int, state, data_stat
 
 
 def restore_train_state(manager: ocp.CheckpointManager, abstract_state):
-  """Returns (state, data_state) of the latest checkpoint, or None when there is none.
+  """Returns (state, data_state) of the latest readable checkpoint, or None when there is none.
 
   `abstract_state` (from `jax.eval_shape`, with shardings) gives the structure, dtypes and
-  placement of the restored arrays.
+  placement of the restored arrays. A checkpoint that cannot be read (corrupted, or cut short by a
+  crash) is moved to `<stage>/corrupt_checkpoints/` with a warning, never deleted, and the one before
+  it is tried.
   """
-  step = manager.latest_step()
-  if step is None:
-    return None
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-  return restored.state, restored.data
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+      if not isinstance(restored.data, dict):
+        raise ValueError(f"data iterator state is {type(restored.data).__name__}, not a dict")
+      return restored.state, restored.data
+    except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types on bad files.
+      checkpoints = str(manager.directory)
+      aside = os.path.join(os.path.dirname(checkpoints), "corrupt_checkpoints", f"{step}-{int(time.time())}")
+      os.makedirs(os.path.dirname(aside), exist_ok=True)
+      os.rename(os.path.join(checkpoints, str(step)), aside)
+      manager.reload()
+      logging.warning("checkpoint at step %d in %s cannot be read (%s: %s); moved it to %s and trying "
+                      "the previous one", step, checkpoints, type(e).__name__, str(e)[:200], aside)
+  return None
 
 
 def export_model(stage_dir: str, model_config: dict, spec: DatasetSpec, variables) -> None:
@@ -75,14 +89,19 @@ class LoadedModel:
   variables: Any
 
 
-def load_model(stage_dir: str) -> LoadedModel:
-  """Loads the model a stage exported (`<workdir>/<stage>`), e.g. a teacher for a later stage."""
+def read_model_description(stage_dir: str) -> dict[str, Any]:
+  """The `model.json` of an exported model: {"model": model config, "dataset": DatasetSpec fields}."""
   description_path = os.path.join(stage_dir, MODEL_JSON)
   if not os.path.exists(description_path):
     raise UserError(f"no exported model in {stage_dir} (no {MODEL_JSON}): run that stage to the end "
                     "first, or point the config at the right workdir")
   with open(description_path) as f:
-    description = json.load(f)
+    return json.load(f)
+
+
+def load_model(stage_dir: str) -> LoadedModel:
+  """Loads the model a stage exported (`<workdir>/<stage>`), e.g. a teacher for a later stage."""
+  description = read_model_description(stage_dir)
   spec_dict = description["dataset"]
   spec = DatasetSpec(**{**spec_dict, "input_shape": tuple(spec_dict["input_shape"])})
   model_config = description["model"]

@@ -8,6 +8,7 @@ method (a loss), optionally against the exported model of an earlier stage as it
     config.data                  dataset name, TFDS data_dir, splits, batch sizes
     config.mesh.data             devices on the data-parallel axis (-1: all)
     config.checkpoint            every_steps, keep
+    config.nonfinite             policy ("stop" or "skip") for NaN/Inf losses and gradients
     config.log_every_steps       progress line, metrics.jsonl and TensorBoard
     config.eval_every_steps      accuracy on data.eval_split during training (0: only at the end)
     config.stage_order           the stages to run, in order
@@ -29,6 +30,7 @@ from kd.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -46,6 +48,11 @@ def base_config() -> ml_collections.ConfigDict:
   })
   config.mesh = ml_collections.ConfigDict({"data": -1})
   config.checkpoint = ml_collections.ConfigDict({"every_steps": 500, "keep": 2})
+  # What to do when the loss or the gradient is NaN or Inf: "stop" (the run fails naming the step
+  # and the loss terms; the checkpoints are intact) or "skip" (the update is not applied and
+  # train/skipped_updates counts it). inject_at_step > 0 poisons the student's logits at that step
+  # (counted from 1, as in the logs), to test the policy.
+  config.nonfinite = ml_collections.ConfigDict({"policy": "stop", "inject_at_step": 0})
   config.log_every_steps = 100
   config.eval_every_steps = 0
   config.stage_order = ()
@@ -169,6 +176,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     raise ConfigError(f"checkpoint.every_steps={config.checkpoint.every_steps} must be > 0")
   if config.checkpoint.keep < 1:
     raise ConfigError(f"checkpoint.keep={config.checkpoint.keep} must be >= 1")
+  if config.nonfinite.policy not in NONFINITE_POLICIES:
+    raise ConfigError(f"nonfinite.policy={config.nonfinite.policy!r}: choose one of {NONFINITE_POLICIES}")
   if config.log_every_steps <= 0:
     raise ConfigError(f"log_every_steps={config.log_every_steps} must be > 0")
   if config.eval_every_steps < 0:

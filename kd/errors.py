@@ -15,3 +15,23 @@ class ConfigError(UserError):
 
 class DataError(UserError):
   """A dataset that cannot be found, prepared or read."""
+
+
+class WorkdirError(UserError):
+  """The workdir cannot be written (read-only, full): the checkpoints already there are intact."""
+
+
+class TrainingError(Exception):
+  """Training cannot go on (e.g. a non-finite loss under the `stop` policy).
+
+  `python -m kd.main` prints `error: <message>` and exits with status 1; the checkpoints in the
+  workdir are intact.
+  """
+
+
+class Interrupted(Exception):
+  """Training stopped on SIGTERM or SIGINT after saving a checkpoint; rerunning resumes it."""
+
+  def __init__(self, signum: int, step: int, stage_dir: str):
+    super().__init__(f"stopped by signal {signum} at step {step}; checkpoint saved in {stage_dir}")
+    self.signum, self.step, self.stage_dir = signum, step, stage_dir

@@ -1,6 +1,7 @@
 """Runs an experiment: its stages in order (each skipped when finished), then the report card."""
 
 import importlib.util
+import json
 import os
 from typing import Any, Sequence
 
@@ -8,11 +9,13 @@ from absl import logging
 import jax
 import ml_collections
 
+from kd import checkpoint
 from kd import config as config_lib
 from kd import data
 from kd import report as report_lib
 from kd import train
 from kd.errors import ConfigError
+from kd.errors import WorkdirError
 
 
 def check(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str]) -> None:
@@ -31,6 +34,39 @@ def check(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str]
       if teacher and teacher not in stages and not train.is_finished(os.path.join(run_dir, teacher)):
         raise ConfigError(f"stage {name!r} needs teacher stage {teacher!r}, which has no finished run in "
                           f"{run_dir}: run it too (leave out --stages) or point --workdir at its run")
+      if teacher:
+        _check_exported_model(config, teacher, os.path.join(run_dir, teacher))
+  _check_writable(workdir)
+
+
+def _check_exported_model(config: ml_collections.ConfigDict, stage_name: str, stage_dir: str) -> None:
+  """A finished stage's exported model must be the architecture its config describes."""
+  if not train.is_finished(stage_dir):
+    return
+  exported = checkpoint.read_model_description(stage_dir)
+  expected = json.loads(json.dumps(config.stages[stage_name].model.to_dict()))
+  if json.loads(json.dumps(exported["model"])) != expected:
+    raise ConfigError(
+        f"the model exported in {stage_dir} is {exported['model']}, but stages.{stage_name}.model is "
+        f"{expected}: point --workdir at the run of this teacher, or use a fresh --workdir to train it")
+  if exported["dataset"]["num_classes"] != data.load_spec(config.data.name, config.data.data_dir).num_classes:
+    raise ConfigError(
+        f"the model exported in {stage_dir} predicts {exported['dataset']['num_classes']} classes of "
+        f"{exported['dataset']['name']}, but data.name={config.data.name!r} has "
+        f"{data.load_spec(config.data.name, config.data.data_dir).num_classes}: use matching datasets")
+
+
+def _check_writable(workdir: str) -> None:
+  """Fails early, before any compile, when the workdir cannot be written."""
+  probe = os.path.join(workdir, f".kd-write-probe-{os.getpid()}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("probe")
+    os.remove(probe)
+  except OSError as e:
+    raise WorkdirError(f"workdir {workdir} is not writable ({e.strerror}): choose another --workdir or "
+                       "make it writable; nothing in it was changed") from e
 
 
 def run(config: ml_collections.ConfigDict, workdir: str,

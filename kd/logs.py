@@ -9,12 +9,20 @@ import tensorboardX
 
 
 class MetricsWriter:
-  """Appends scalars to `<dir>/metrics.jsonl` and `<dir>/tensorboard/` (readable by TensorBoard)."""
+  """Appends scalars to `<dir>/metrics.jsonl` and `<dir>/tensorboard/` (readable by TensorBoard).
 
-  def __init__(self, directory: str):
+  A run resumed from a checkpoint at step `resume_step` first drops what an interrupted run logged
+  after that step, so the logs of a resumed run equal those of an uninterrupted one.
+  """
+
+  def __init__(self, directory: str, resume_step: int = 0):
     os.makedirs(directory, exist_ok=True)
-    self._jsonl = open(os.path.join(directory, "metrics.jsonl"), "a")
-    self._tensorboard = tensorboardX.SummaryWriter(os.path.join(directory, "tensorboard"))
+    path = os.path.join(directory, "metrics.jsonl")
+    if resume_step and os.path.exists(path):
+      _truncate_after(path, resume_step)
+    self._jsonl = open(path, "a")
+    self._tensorboard = tensorboardX.SummaryWriter(
+        os.path.join(directory, "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
@@ -26,6 +34,22 @@ class MetricsWriter:
   def close(self) -> None:
     self._jsonl.close()
     self._tensorboard.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+  """Keeps the rows of a metrics.jsonl logged at or before `step` (and drops a torn last line)."""
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:
+        break  # A line cut short by a kill.
+      if row.get("step", 0) <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+  with open(path + ".tmp", "w") as f:
+    f.writelines(kept)
+  os.replace(path + ".tmp", path)
 
 
 class Progress:

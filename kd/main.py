@@ -4,8 +4,10 @@ r"""Runs an experiment from the command line.
     python -m kd.main --config=experiments/quickstart.py:smoke --workdir=/tmp/q \
         --config.stages.student.method.temperature=2.0 --stages=teacher,student
 
-Any problem with the flags or the config is one line on stderr, `error: ...`, and exit status 2,
-before anything is compiled or written.
+Exit status: 0 done; 2 a problem with the flags, the config, the data or the workdir (one line on
+stderr, `error: ...`, before anything is compiled or written); 1 training failed (e.g. a NaN loss
+under nonfinite.policy=stop); 128+N stopped by signal N (SIGTERM: 143, SIGINT: 130) after saving a
+checkpoint, so that running the same command again resumes.
 """
 
 import difflib
@@ -19,6 +21,8 @@ from absl import logging
 from ml_collections import config_flags
 
 from kd import experiment
+from kd.errors import Interrupted
+from kd.errors import TrainingError
 from kd.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -109,6 +113,12 @@ def main(argv: list[str]) -> None:
     experiment.run(_CONFIG.value, _WORKDIR.value, _STAGES.value)
   except UserError as e:
     _fail(str(e))
+  except TrainingError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except Interrupted as e:
+    print(f"{e}; run the same command again to resume", file=sys.stderr)
+    sys.exit(128 + e.signum)  # The shell's convention for "ended by signal N".
 
 
 if __name__ == "__main__":

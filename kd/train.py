@@ -1,8 +1,11 @@
 """Training one stage: the train state, the jitted distillation step, and the loop around it."""
 
+import contextlib
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -21,7 +24,10 @@ from kd import logs
 from kd import methods
 from kd import models
 from kd import provenance
+from kd.errors import Interrupted
+from kd.errors import TrainingError
 from kd.errors import UserError
+from kd.errors import WorkdirError
 
 RESULT_JSON = "result.json"  # Written last: its presence means the stage is finished.
 
@@ -36,6 +42,8 @@ class TrainState:
     model_state: the student's other variable collections (e.g. {"batch_stats": ...}).
     opt_state: the optimizer's state.
     rng: base PRNG key; step `i` uses `fold_in(rng, i)`, so a resumed run draws the same numbers.
+    nonfinite_count: number of steps whose loss or gradient was NaN or Inf (their updates were
+      not applied).
   """
 
   step: jax.Array
@@ -43,6 +51,7 @@ class TrainState:
   model_state: Any
   opt_state: Any
   rng: jax.Array
+  nonfinite_count: jax.Array
 
 
 def make_optimizer(optimizer_config: ml_collections.ConfigDict,
@@ -72,11 +81,13 @@ def init_train_state(rng: jax.Array, example_inputs: jax.Array, *, module, optim
   variables = models.init_variables(module, init_rng, example_inputs)
   params = variables.pop("params")
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
-                    opt_state=optimizer.init(params), rng=step_rng)
+                    opt_state=optimizer.init(params), rng=step_rng,
+                    nonfinite_count=jnp.zeros((), jnp.int32))
 
 
 def train_step(state: TrainState, teacher_variables, batch, *, student_apply, teacher_apply,
-               loss_fn, optimizer, learning_rate) -> tuple[TrainState, dict[str, jax.Array]]:
+               loss_fn, optimizer, learning_rate, nonfinite_policy: str = "stop",
+               inject_nonfinite_at_step: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update: teacher forward (no gradient), student forward and backward, optimizer update.
 
   Pure: no I/O, no config. The teacher's variables are an argument (never baked into the program
@@ -91,10 +102,15 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
     loss_fn: `loss(student_out, teacher_out, batch) -> (loss, metrics)` (`kd.methods.build_loss`).
     optimizer: an optax transform.
     learning_rate: its schedule, reported in the metrics.
+    nonfinite_policy: a step whose loss or gradient is NaN or Inf never updates the state; under
+      "stop", no later step does either (the host stops the run at its next log step and names the
+      bad step), under "skip" training goes on.
+    inject_nonfinite_at_step: if > 0, the student's logits are NaN at that step, counted from 1 as
+      in the logs (fault injection, to test the policy).
 
   Returns:
     (new_state, metrics) with scalar metrics: loss, the method's terms, accuracy, grad_norm,
-    learning_rate.
+    learning_rate, nonfinite (1 if this step was NaN/Inf), skipped_updates (so far).
   """
   rng = jax.random.fold_in(state.rng, state.step)
   teacher_out = None
@@ -104,20 +120,29 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
   def objective(params):
     student_out = student_apply({"params": params, **state.model_state}, batch, train=True,
                                 rngs={"dropout": rng})
+    if inject_nonfinite_at_step > 0:
+      poison = jnp.where(state.step + 1 == inject_nonfinite_at_step, jnp.nan, 1.0)
+      student_out = {**student_out, "logits": student_out["logits"] * poison}
     loss, terms = loss_fn(student_out, teacher_out, batch)
     return loss, (student_out, terms)
 
   (loss, (student_out, terms)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  new_state = state.replace(
-      step=state.step + 1,
+  updated = state.replace(
       params=optax.apply_updates(state.params, updates),
       model_state=student_out.get("state", state.model_state),
       opt_state=opt_state,
   )
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  apply_update = finite if nonfinite_policy == "skip" else finite & (state.nonfinite_count == 0)
+  new_state = jax.tree.map(lambda new, old: jnp.where(apply_update, new, old), updated, state)
+  new_state = new_state.replace(step=state.step + 1,
+                                nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32))
   accuracy = jnp.mean(jnp.argmax(student_out["logits"], -1) == batch["label"])
-  metrics = {"loss": loss, **terms, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads),
-             "learning_rate": learning_rate(state.step)}
+  metrics = {"loss": loss, **terms, "accuracy": accuracy, "grad_norm": grad_norm,
+             "learning_rate": learning_rate(state.step), "nonfinite": (~finite).astype(jnp.float32),
+             "skipped_updates": new_state.nonfinite_count.astype(jnp.float32)}
   return new_state, metrics
 
 
@@ -212,7 +237,9 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   step_fn = jax.jit(
       functools.partial(train_step, student_apply=student_apply,
                         teacher_apply=teacher.apply if teacher else None, loss_fn=loss_fn,
-                        optimizer=optimizer, learning_rate=learning_rate),
+                        optimizer=optimizer, learning_rate=learning_rate,
+                        nonfinite_policy=config.nonfinite.policy,
+                        inject_nonfinite_at_step=config.nonfinite.inject_at_step),
       in_shardings=(state_sharding, jax.tree.map(lambda _: replicated, teacher_variables), batch_sharding),
       out_shardings=(state_sharding, replicated),
       donate_argnums=0,
@@ -232,50 +259,148 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   provenance.record(stage_dir, config.to_dict(), seed)
 
   # The loop.
-  writer = logs.MetricsWriter(stage_dir)
   step = int(state.step)
+  writer = logs.MetricsWriter(stage_dir, resume_step=step)
   progress = logs.Progress(stage_name, step, stage.num_steps, data_config.batch_size)
   window, start_step, start_time = [], step, time.perf_counter()
   predict = evaluation.make_predict(student_apply, mesh)
-  while step < stage.num_steps:
-    batch = shard_batch(next(iterator), batch_sharding)
-    state, metrics = step_fn(state, teacher_variables, batch)
-    step += 1
-    window.append(metrics)
-    if step % config.log_every_steps == 0 or step == stage.num_steps:
-      scalars = {f"train/{k}": float(np.mean(v)) for k, v in jax.device_get(
-          jax.tree.map(lambda *xs: np.stack(xs), *window)).items()}
-      window = []
-      writer.write(step, scalars)
-      progress.log(step, scalars)
-    if config.eval_every_steps and step % config.eval_every_steps == 0 and step < stage.num_steps:
-      variables = {"params": state.params, **state.model_state}
-      writer.write(step, _eval_scalars(predict, variables, eval_arrays, data_config.eval_batch_size))
-    if step % config.checkpoint.every_steps == 0 or step == stage.num_steps:
-      checkpoint.save_train_state(manager, step, state, iterator.get_state())
-    if stop_after_step is not None and step >= stop_after_step and step < stage.num_steps:
-      manager.wait_until_finished()
-      writer.close()
-      logging.info("[%s] stopped after step %d as asked; run again to resume", stage_name, step)
-      return None
-  seconds = time.perf_counter() - start_time
-  manager.wait_until_finished()
+  stop_on_nonfinite = config.nonfinite.policy == "stop"
+  with _StopSignals() as signals, _disk_errors(manager, stage_dir):
+    while step < stage.num_steps:
+      batch = shard_batch(next(iterator), batch_sharding)
+      state, metrics = step_fn(state, teacher_variables, batch)
+      step += 1
+      window.append(metrics)
+      log_now = step % config.log_every_steps == 0 or step == stage.num_steps
+      save_now = (step % config.checkpoint.every_steps == 0 or step == stage.num_steps
+                  or signals.received is not None)
+      if log_now or save_now:
+        window = jax.device_get(window)
+        if stop_on_nonfinite:  # Before saving: a checkpoint never holds a stopped run.
+          _raise_if_nonfinite(window, step, stage_name, manager)
+      if log_now:
+        scalars = _summarize(window)
+        window = []
+        writer.write(step, scalars)
+        progress.log(step, scalars)
+      if config.eval_every_steps and step % config.eval_every_steps == 0 and step < stage.num_steps:
+        variables = {"params": state.params, **state.model_state}
+        writer.write(step, _eval_scalars(predict, variables, eval_arrays, data_config.eval_batch_size))
+      if save_now:
+        checkpoint.save_train_state(manager, step, state, iterator.get_state())
+      if signals.received is not None and step < stage.num_steps:
+        manager.wait_until_finished()
+        writer.close()
+        logging.warning("[%s] received signal %d: saved a checkpoint at step %d in %s; run the same "
+                        "command again to resume", stage_name, signals.received, step, stage_dir)
+        raise Interrupted(signals.received, step, stage_dir)
+      if stop_after_step is not None and step >= stop_after_step and step < stage.num_steps:
+        manager.wait_until_finished()
+        writer.close()
+        logging.info("[%s] stopped after step %d as asked; run again to resume", stage_name, step)
+        return None
+    seconds = time.perf_counter() - start_time
+    manager.wait_until_finished()
 
   # Final evaluation, export, and the marker that the stage is finished.
   variables = {"params": state.params, **state.model_state}
   eval_scalars = _eval_scalars(predict, variables, eval_arrays, data_config.eval_batch_size)
-  writer.write(step, eval_scalars)
-  writer.close()
-  checkpoint.export_model(stage_dir, stage.model.to_dict(), spec, jax.device_get(variables))
   result = {"stage": stage_name, "seed": seed, "step": step, **eval_scalars,
             "train_seconds": seconds,
             "train_examples_per_second": (step - start_step) * data_config.batch_size / max(seconds, 1e-9)}
-  with open(os.path.join(stage_dir, RESULT_JSON + ".tmp"), "w") as f:
-    json.dump(result, f, indent=2)
-  os.replace(os.path.join(stage_dir, RESULT_JSON + ".tmp"), os.path.join(stage_dir, RESULT_JSON))
+  with _disk_errors(manager, stage_dir):
+    writer.write(step, eval_scalars)
+    writer.close()
+    checkpoint.export_model(stage_dir, stage.model.to_dict(), spec, jax.device_get(variables))
+    with open(os.path.join(stage_dir, RESULT_JSON + ".tmp"), "w") as f:
+      json.dump(result, f, indent=2)
+    os.replace(os.path.join(stage_dir, RESULT_JSON + ".tmp"), os.path.join(stage_dir, RESULT_JSON))
   logging.info("[%s] finished: %s accuracy %.4f", stage_name, data_config.eval_split,
                eval_scalars["eval/accuracy"])
   return result
+
+
+# Metrics that count since the start of the run: the window's last value, not its mean.
+_CUMULATIVE_METRICS = ("skipped_updates",)
+
+
+def _summarize(window: list[dict[str, np.ndarray]]) -> dict[str, float]:
+  """Means over the steps since the last log line (last values for cumulative counts)."""
+  return {f"train/{key}": float(window[-1][key] if key in _CUMULATIVE_METRICS
+                                else np.mean([metrics[key] for metrics in window]))
+          for key in window[0]}
+
+
+def _raise_if_nonfinite(window, step: int, stage_name: str, manager) -> None:
+  """Under the "stop" policy: fails naming the first NaN/Inf step of `window` and its loss terms."""
+  for index, metrics in enumerate(window):
+    if metrics["nonfinite"]:
+      bad_step = step - len(window) + index + 1
+      bad = [f"{key}={float(value)}" for key, value in metrics.items()
+             if key not in ("nonfinite", "skipped_updates") and not np.isfinite(value)]
+      manager.wait_until_finished()
+      raise TrainingError(
+          f"[{stage_name}] step {bad_step}: non-finite {', '.join(bad)}; nothing from that step on was "
+          f"applied or saved (latest checkpoint: step {manager.latest_step()}). Lower the learning rate "
+          "or clip gradients (optimizer.grad_clip_norm), or set --config.nonfinite.policy=skip to skip "
+          "such updates")
+
+
+class _StopSignals:
+  """While active, SIGTERM and SIGINT ask the loop to checkpoint and stop after the current step.
+
+  A second SIGINT (Ctrl-C twice) stops at once, without saving.
+  """
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.received = signum
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():  # Python allows handlers only there.
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc_info):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+
+def _disk_error(error: BaseException) -> OSError | None:
+  """The OSError behind an error (Orbax wraps them), if any."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, OSError) and error.errno is not None:
+      return error
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return None
+
+
+@contextlib.contextmanager
+def _disk_errors(manager, stage_dir: str):
+  """Turns a failed write (full or read-only disk) into a WorkdirError that says what is intact."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    cause = _disk_error(e)
+    if cause is None:
+      raise
+    try:
+      latest = manager.latest_step()
+    except Exception:  # pylint: disable=broad-except
+      latest = None
+    raise WorkdirError(
+        f"cannot write to {stage_dir} ({cause.strerror or cause}): the checkpoints already there are "
+        f"intact (latest: step {latest}); free space or make it writable, then run the same command "
+        "again to resume") from e
 
 
 def _eval_scalars(predict, variables, arrays, batch_size) -> dict[str, float]:
