@@ -38,7 +38,9 @@ def train_manager(stage_dir: str, *, keep: int) -> ocp.CheckpointManager:
 
 def save_train_state(manager: ocp.CheckpointManager, step: int, state, data_state: dict) -> None:
   """Saves asynchronously; the previous checkpoints stay until this one is complete."""
-  manager.save(step, args=ocp.args.Composite(
+  # force: Orbax's default policy silently skips a save while the previous one is still being
+  # written, and a checkpoint asked for (e.g. on SIGTERM) must exist.
+  manager.save(step, force=True, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
 
 

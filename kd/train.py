@@ -272,8 +272,11 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
       step += 1
       window.append(metrics)
       log_now = step % config.log_every_steps == 0 or step == stage.num_steps
-      save_now = (step % config.checkpoint.every_steps == 0 or step == stage.num_steps
-                  or signals.received is not None)
+      # Read the signal flag once: one arriving later in this iteration is handled after the next step,
+      # so a stop is always preceded by its save.
+      received_signal = signals.received
+      stop_now = received_signal is not None or (stop_after_step is not None and step >= stop_after_step)
+      save_now = step % config.checkpoint.every_steps == 0 or step == stage.num_steps or stop_now
       if log_now or save_now:
         window = jax.device_get(window)
         if stop_on_nonfinite:  # Before saving: a checkpoint never holds a stopped run.
@@ -288,12 +291,12 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
         writer.write(step, _eval_scalars(predict, variables, eval_arrays, data_config.eval_batch_size))
       if save_now:
         checkpoint.save_train_state(manager, step, state, iterator.get_state())
-      if signals.received is not None and step < stage.num_steps:
+      if received_signal is not None and step < stage.num_steps:
         manager.wait_until_finished()
         writer.close()
         logging.warning("[%s] received signal %d: saved a checkpoint at step %d in %s; run the same "
-                        "command again to resume", stage_name, signals.received, step, stage_dir)
-        raise Interrupted(signals.received, step, stage_dir)
+                        "command again to resume", stage_name, received_signal, step, stage_dir)
+        raise Interrupted(received_signal, step, stage_dir)
       if stop_after_step is not None and step >= stop_after_step and step < stage.num_steps:
         manager.wait_until_finished()
         writer.close()
