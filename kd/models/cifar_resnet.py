@@ -24,7 +24,7 @@ This file also holds what the other models of the zoo share: the modules that ma
 """
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -34,14 +34,14 @@ import jax.numpy as jnp
 # the fan-out, which keeps the variance of the gradients, not of the activations, constant.
 he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-# PyTorch's default for layers the reference leaves alone: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+# PyTorch's default kernels for layers the reference leaves alone: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+# (PyTorch draws those layers' biases from the same range; Flax starts them at zero.)
 torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def batch_norm(train: bool, **kwargs) -> Any:
-  """BatchNorm with PyTorch's defaults (its momentum 0.1 is Flax's 0.9)."""
-  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                           **kwargs)
+def batch_norm(train: bool) -> Callable[..., nn.BatchNorm]:
+  """BatchNorm with PyTorch's defaults (its momentum 0.1 is Flax's 0.9); call it with a name."""
+  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
 
 
 class GlobalAvgPool(nn.Module):

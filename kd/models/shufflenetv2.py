@@ -55,6 +55,7 @@ class ShuffleV2Block(nn.Module):
     out = nn.relu(norm(name="bn1")(_conv(half, name="conv1")(transformed)))
     out = norm(name="bn2")(_conv(half, 3, groups=half, name="conv2")(out))
     out = norm(name="bn3")(_conv(half, name="conv3")(out))
+    # Recorded for feature methods only: the block's output uses the activated half.
     Tap(name="preact")(jnp.concatenate([kept, out], axis=-1))
     return channel_shuffle(jnp.concatenate([kept, nn.relu(out)], axis=-1), 2)
 
