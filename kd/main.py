@@ -101,9 +101,15 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def _quiet_library_logs() -> None:
   # Orbax and TFDS log every save, restore and dataset load at INFO; keep progress lines readable.
-  logging.get_absl_handler().addFilter(
-      lambda record: record.levelno >= std_logging.WARNING or not any(
-          library in record.pathname for library in ("/orbax/", "/tensorflow_datasets/")))
+  # Orbax also logs the traceback of a failed background save, which kd re-raises as one line.
+  def keep(record) -> bool:
+    if "/orbax/" in record.pathname:
+      return record.levelno >= std_logging.CRITICAL
+    if "/tensorflow_datasets/" in record.pathname:  # Its warnings are about custom configs.
+      return record.levelno >= std_logging.ERROR
+    return True
+
+  logging.get_absl_handler().addFilter(keep)
 
 
 def main(argv: list[str]) -> None:

@@ -4,6 +4,8 @@ import contextlib
 import functools
 import json
 import os
+import re
+import shutil
 import signal
 import threading
 import time
@@ -265,6 +267,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   window, start_step, start_time = [], step, time.perf_counter()
   predict = evaluation.make_predict(student_apply, mesh)
   stop_on_nonfinite = config.nonfinite.policy == "stop"
+  state_bytes = models.count_bytes(abstract_state)
   with _StopSignals() as signals, _disk_errors(manager, stage_dir):
     while step < stage.num_steps:
       batch = shard_batch(next(iterator), batch_sharding)
@@ -290,6 +293,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
         variables = {"params": state.params, **state.model_state}
         writer.write(step, _eval_scalars(predict, variables, eval_arrays, data_config.eval_batch_size))
       if save_now:
+        _check_free_space(stage_dir, state_bytes, manager)
         checkpoint.save_train_state(manager, step, state, iterator.get_state())
       if received_signal is not None and step < stage.num_steps:
         manager.wait_until_finished()
@@ -377,14 +381,29 @@ class _StopSignals:
 
 
 def _disk_error(error: BaseException) -> OSError | None:
-  """The OSError behind an error (Orbax wraps them), if any."""
+  """The OSError behind an error, if any: raised as such, or as TensorStore's text in Orbax's errors."""
   seen = set()
   while error is not None and id(error) not in seen:
     if isinstance(error, OSError) and error.errno is not None:
       return error
+    code = re.search(r"os_error_code='(\d+)'", str(error))
+    if code:
+      errno_value = int(code.group(1))
+      return OSError(errno_value, os.strerror(errno_value))
     seen.add(id(error))
     error = error.__cause__ or error.__context__
   return None
+
+
+def _check_free_space(stage_dir: str, state_bytes: int, manager) -> None:
+  """Refuses to start a checkpoint that cannot fit: a clean error beats a half-written one."""
+  needed = int(state_bytes * 1.1) + (1 << 20)  # Arrays plus metadata.
+  free = shutil.disk_usage(stage_dir).free
+  if free < needed:
+    raise WorkdirError(
+        f"cannot write to {stage_dir} (No space left on device: a checkpoint needs about "
+        f"{needed / 1e6:.1f} MB, {free / 1e6:.1f} MB are free): the checkpoints already there are intact "
+        f"(latest: step {manager.latest_step()}); free space, then run the same command again to resume")
 
 
 @contextlib.contextmanager

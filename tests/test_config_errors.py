@@ -1,6 +1,7 @@
 """Bad flags and configs: one line naming the problem and the fix, exit status 2, nothing written."""
 
 import os
+import shutil
 
 import pytest
 
@@ -69,3 +70,27 @@ def test_a_bad_config_leaves_an_existing_workdir_untouched(smoke_workdir):
   after = {p: os.path.getmtime(os.path.join(root, p)) for root, _, files in os.walk(smoke_workdir)
            for p in files}
   assert before == after
+
+
+def _copy_of(workdir, tmp_path):
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  return copy
+
+
+def test_teacher_checkpoint_of_another_architecture(smoke_workdir, tmp_path):
+  workdir = _copy_of(smoke_workdir, tmp_path)
+  result = run_main(SMOKE, f"--workdir={workdir}", "--stages=student",
+                    "--config.stages.teacher.model.hidden=64")
+  assert result.returncode == 2, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and "but stages.teacher.model is" in errors[0] and "'hidden': 64" in errors[0]
+
+
+def test_teacher_and_dataset_disagree_on_the_number_of_classes(smoke_workdir, tmp_path):
+  workdir = _copy_of(smoke_workdir, tmp_path)
+  result = run_main(SMOKE, f"--workdir={workdir}", "--stages=student",
+                    "--config.data.name=synthetic/8x8x1_5_64")
+  assert result.returncode == 2, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+  assert len(errors) == 1 and "predicts 10 classes of digits" in errors[0] and "has 5" in errors[0]

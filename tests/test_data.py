@@ -100,3 +100,19 @@ def test_catalog_datasets_go_through_the_same_path(name, shape, classes):
   assert arrays["label"].min() >= 0 and arrays["label"].max() < classes
   batch = next(data.train_iterator(arrays, batch_size=16, seed=0))
   assert batch["image"].shape == (16,) + shape
+
+
+def test_synthetic_datasets_of_any_shape():
+  spec = data.load_spec("synthetic/4x6x3_7_70")
+  assert spec.input_shape == (4, 6, 3) and spec.num_classes == 7
+  assert spec.split_sizes == {"train": 70, "test": 17}
+  train = data.load_arrays("synthetic/4x6x3_7_70", "train")
+  assert sorted(np.unique(train["label"])) == list(range(7))
+  # Examples of a class are closer to each other than to other classes (the task is learnable).
+  images, labels = train["image"].reshape(70, -1).astype(np.float32), train["label"]
+  pairs = [(i, j) for i in range(70) for j in range(i + 1, 70)]
+  same = np.mean([np.linalg.norm(images[i] - images[j]) for i, j in pairs if labels[i] == labels[j]])
+  other = np.mean([np.linalg.norm(images[i] - images[j]) for i, j in pairs if labels[i] != labels[j]])
+  assert same < 0.8 * other
+  with pytest.raises(DataError, match="must look like"):
+    data.load_spec("synthetic/big")

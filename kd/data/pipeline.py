@@ -18,10 +18,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from kd.data.digits import Digits
+from kd.data.synthetic import Synthetic
+from kd.data.synthetic import SyntheticConfig
 from kd.errors import DataError
 
-# Datasets that `kd` builds on this machine from packages it installs: no download.
-OFFLINE_BUILDERS = {"digits": Digits}
+# Datasets that `kd` builds on this machine from packages it installs: no download. A name may
+# carry a config after a slash: `synthetic/32x32x3_100_2048`.
+OFFLINE_BUILDERS = {"digits": Digits, "synthetic": Synthetic}
 
 Batch = dict[str, np.ndarray]
 
@@ -45,8 +48,16 @@ def _resolve_data_dir(data_dir: str) -> str | None:
 def _builder(name: str, data_dir: str):
   """Returns the dataset's builder, prepared as ArrayRecord (preparing it if needed)."""
   data_dir = _resolve_data_dir(data_dir)
-  if name in OFFLINE_BUILDERS:
-    builder = OFFLINE_BUILDERS[name](data_dir=data_dir, file_format="array_record")
+  family, _, config_name = name.partition("/")
+  if family in OFFLINE_BUILDERS:
+    builder_class = OFFLINE_BUILDERS[family]
+    kwargs = {}
+    if builder_class is Synthetic:
+      try:
+        kwargs["config"] = SyntheticConfig(config_name or "8x8x1_10_512")
+      except ValueError as e:
+        raise DataError(str(e)) from e
+    builder = builder_class(data_dir=data_dir, file_format="array_record", **kwargs)
     builder.download_and_prepare()
     return builder
   try:
@@ -97,7 +108,7 @@ def load_arrays(name: str, split: str, data_dir: str = "") -> Batch:
   """
   spec = load_spec(name, data_dir)
   check_split(name, split, data_dir, spec)
-  source = tfds.data_source(name, split=split, data_dir=_resolve_data_dir(data_dir), download=False)
+  source = _builder(name, data_dir).as_data_source(split=split)
   examples = [source[i] for i in range(len(source))]
   return {
       spec.input_key: np.stack([np.asarray(e[spec.input_key]) for e in examples]),
@@ -166,11 +177,11 @@ def eval_batches(arrays: Batch, batch_size: int) -> Iterator[Batch]:
 def check_split(name: str, split: str, data_dir: str, spec: DatasetSpec) -> None:
   """Raises DataError, naming the available splits, unless `split` holds at least one example."""
   try:
-    splits = _builder(name, data_dir).info.splits
-    if splits:
-      size = splits[split].num_examples
+    builder = _builder(name, data_dir)
+    if builder.info.splits:
+      size = builder.info.splits[split].num_examples
     else:  # Split metadata is absent under `tfds.testing.mock_data`: ask the source.
-      size = len(tfds.data_source(name, split=split, data_dir=_resolve_data_dir(data_dir), download=False))
+      size = len(builder.as_data_source(split=split))
   except (ValueError, KeyError, AssertionError) as e:  # What TFDS raises for a bad split or slice.
     raise DataError(f"cannot read split {split!r} of {name!r} ({e}); available splits: "
                     f"{sorted(spec.split_sizes)} (slices such as 'train[:90%]' work too)") from e

@@ -21,13 +21,33 @@ import jax.numpy as jnp
 import ml_collections
 
 from kd.errors import ConfigError
+from kd.models import cifar_resnet
+from kd.models import imagenet_resnet
+from kd.models import mobilenetv2
+from kd.models import shufflenetv1
+from kd.models import shufflenetv2
+from kd.models import vgg
+from kd.models import wrn
 from kd.models.cnn import ConvNet
 from kd.models.cnn import MLP
 
 MODELS: dict[str, type[nn.Module]] = {
     "cnn": ConvNet,
     "mlp": MLP,
+    "cifar_resnet": cifar_resnet.CifarResNet,  # depth, widths
+    "wrn": wrn.WideResNet,  # depth, widen_factor, dropout
+    "vgg": vgg.VGG,  # depth in {8, 11, 13, 16, 19}
+    "mobilenetv2": mobilenetv2.MobileNetV2,  # width_multiplier, expansion
+    "shufflenetv1": shufflenetv1.ShuffleNetV1,
+    "shufflenetv2": shufflenetv2.ShuffleNetV2,
+    "imagenet_resnet": imagenet_resnet.ImageNetResNet,  # stage_sizes, widths
 }
+
+# The CIFAR-100 zoo of the CRD benchmark (Tian et al. 2020) and ImageNet ResNets, by their usual
+# names: name -> (class, attributes). `zoo_model_config("resnet32x4")` is a model config.
+ZOO = {**cifar_resnet.ZOO, **wrn.ZOO, **vgg.ZOO, **mobilenetv2.ZOO, **shufflenetv1.ZOO,
+       **shufflenetv2.ZOO, **imagenet_resnet.ZOO}
+_NAME_OF_CLASS = {module_class: name for name, module_class in MODELS.items()}
 
 ApplyFn = Callable[..., dict[str, Any]]
 
@@ -51,6 +71,14 @@ def model_config(name: str, **attributes) -> dict[str, Any]:
   if name not in MODELS:
     raise ConfigError(f"{name!r} is not a model; available models: {sorted(MODELS)}")
   return {"name": name, **_attributes(MODELS[name]), **attributes}
+
+
+def zoo_model_config(zoo_name: str, **attributes) -> dict[str, Any]:
+  """The model config of a zoo model ("resnet8x4", "wrn_40_2", "ShuffleV1", ...)."""
+  if zoo_name not in ZOO:
+    raise ConfigError(f"{zoo_name!r} is not in the model zoo; available: {sorted(ZOO)}")
+  module_class, zoo_attributes = ZOO[zoo_name]
+  return model_config(_NAME_OF_CLASS[module_class], **{**zoo_attributes, **attributes})
 
 
 def check_model_config(model_config: Mapping[str, Any], where: str) -> None:
