@@ -60,7 +60,8 @@ def main(argv):
   teacher_variables = models.init_variables(teacher, jax.random.PRNGKey(1), example)
   teacher_apply = models.make_apply(teacher, spec.input_key)
   optimizer, schedule = train.make_optimizer(stage.optimizer, stage.num_steps)
-  state = train.init_train_state(jax.random.PRNGKey(0), example, module=student, optimizer=optimizer)
+  state = train.init_train_state(jax.random.PRNGKey(0), {spec.input_key: example}, module=student,
+                                 optimizer=optimizer, input_key=spec.input_key)
 
   def step_fn(method_config, with_teacher):
     return jax.jit(functools.partial(

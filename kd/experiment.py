@@ -28,6 +28,7 @@ def check(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str]
   for split in (config.data.train_split, config.data.eval_split, config.data.test_split):
     data.check_split(config.data.name, split, config.data.data_dir, spec)
   for name in stages:
+    train.resolve_stage_features(config, name, spec)
     teacher = config.stages[name].teacher
     for seed in config.seeds:
       run_dir = train.seed_dir(workdir, seed)

@@ -1,6 +1,7 @@
 """Training one stage: the train state, the jitted distillation step, and the loop around it."""
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -22,6 +23,7 @@ import optax
 from kd import checkpoint
 from kd import data
 from kd import evaluation
+from kd import features
 from kd import logs
 from kd import methods
 from kd import models
@@ -40,8 +42,9 @@ class TrainState:
 
   Attributes:
     step: number of updates applied so far.
-    params: the student's trainable parameters.
-    model_state: the student's other variable collections (e.g. {"batch_stats": ...}).
+    params: {"student": the student's trainable parameters, "connector": the method's ({} if none)}.
+    model_state: {"student": ..., "connector": ...}, their other variable collections (BatchNorm
+      statistics, a memory bank).
     opt_state: the optimizer's state.
     rng: base PRNG key; step `i` uses `fold_in(rng, i)`, so a resumed run draws the same numbers.
     nonfinite_count: number of steps whose loss or gradient was NaN or Inf (their updates were
@@ -77,18 +80,37 @@ def make_optimizer(optimizer_config: ml_collections.ConfigDict,
   return transform, learning_rate
 
 
-def init_train_state(rng: jax.Array, example_inputs: jax.Array, *, module, optimizer) -> TrainState:
-  """A fresh TrainState; pure, so `jax.eval_shape` and `jax.jit(out_shardings=...)` apply."""
-  init_rng, step_rng = jax.random.split(rng)
-  variables = models.init_variables(module, init_rng, example_inputs)
-  params = variables.pop("params")
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+def init_train_state(rng: jax.Array, example_batch, teacher_variables=None, *, module, optimizer,
+                     input_key: str = "image", connector=None, student_apply=None,
+                     teacher_apply=None) -> TrainState:
+  """A fresh TrainState; pure, so `jax.eval_shape` and `jax.jit(out_shardings=...)` apply.
+
+  A connector (see `kd.methods`) is initialised on the student's and teacher's outputs for
+  `example_batch`, which needs `student_apply`, `teacher_apply` and `teacher_variables`.
+  """
+  init_rng, connector_rng, step_rng = jax.random.split(rng, 3)
+  variables = models.init_variables(module, init_rng, example_batch[input_key])
+  params = {"student": variables.pop("params"), "connector": {}}
+  model_state = {"student": variables, "connector": {}}
+  if connector is not None:
+    student_out = student_apply({"params": params["student"], **variables}, example_batch, train=False)
+    teacher_out = teacher_apply(teacher_variables, example_batch, train=False) if teacher_apply else None
+    connector_variables = dict(connector.init({"params": connector_rng, "dropout": connector_rng},
+                                              student_out, teacher_out, example_batch, train=False))
+    params["connector"] = connector_variables.pop("params", {})
+    model_state["connector"] = connector_variables
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                     opt_state=optimizer.init(params), rng=step_rng,
                     nonfinite_count=jnp.zeros((), jnp.int32))
 
 
+def student_variables(state: TrainState) -> dict[str, Any]:
+  """The student's variables alone (no connector): what is evaluated and exported."""
+  return {"params": state.params["student"], **state.model_state["student"]}
+
+
 def train_step(state: TrainState, teacher_variables, batch, *, student_apply, teacher_apply,
-               loss_fn, optimizer, learning_rate, nonfinite_policy: str = "stop",
+               loss_fn, optimizer, learning_rate, connector=None, nonfinite_policy: str = "stop",
                inject_nonfinite_at_step: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update: teacher forward (no gradient), student forward and backward, optimizer update.
 
@@ -104,6 +126,7 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
     loss_fn: `loss(student_out, teacher_out, batch) -> (loss, metrics)` (`kd.methods.build_loss`).
     optimizer: an optax transform.
     learning_rate: its schedule, reported in the metrics.
+    connector: the method's trainable connector module, or None.
     nonfinite_policy: a step whose loss or gradient is NaN or Inf never updates the state; under
       "stop", no later step does either (the host stops the run at its next log step and names the
       bad step), under "skip" training goes on.
@@ -120,19 +143,29 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
     teacher_out = jax.lax.stop_gradient(teacher_apply(teacher_variables, batch, train=False))
 
   def objective(params):
-    student_out = student_apply({"params": params, **state.model_state}, batch, train=True,
-                                rngs={"dropout": rng})
+    student_out = student_apply({"params": params["student"], **state.model_state["student"]}, batch,
+                                train=True, rngs={"dropout": rng})
     if inject_nonfinite_at_step > 0:
       poison = jnp.where(state.step + 1 == inject_nonfinite_at_step, jnp.nan, 1.0)
       student_out = {**student_out, "logits": student_out["logits"] * poison}
+    model_state = {"student": student_out.get("state", state.model_state["student"]),
+                   "connector": state.model_state["connector"]}
+    if connector is not None:
+      connector_variables = {"params": params["connector"], **state.model_state["connector"]}
+      mutable = list(state.model_state["connector"])
+      outputs = connector.apply(connector_variables, student_out, teacher_out, batch, train=True,
+                                rngs={"dropout": jax.random.fold_in(rng, 1)}, mutable=mutable or False)
+      connector_out, model_state["connector"] = outputs if mutable else (outputs, {})
+      student_out = {**student_out, "connector": connector_out}
     loss, terms = loss_fn(student_out, teacher_out, batch)
-    return loss, (student_out, terms)
+    return loss, (student_out, terms, model_state)
 
-  (loss, (student_out, terms)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  (loss, (student_out, terms, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
+      state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   updated = state.replace(
       params=optax.apply_updates(state.params, updates),
-      model_state=student_out.get("state", state.model_state),
+      model_state=model_state,
       opt_state=opt_state,
   )
   grad_norm = optax.tree.norm(grads)
@@ -146,6 +179,44 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
              "learning_rate": learning_rate(state.step), "nonfinite": (~finite).astype(jnp.float32),
              "skipped_updates": new_state.nonfinite_count.astype(jnp.float32)}
   return new_state, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class StageFeatures:
+  """The intermediate features a stage's method reads: resolved paths and their shapes (batch 2)."""
+
+  student_paths: tuple[str, ...] = ()
+  teacher_paths: tuple[str, ...] = ()
+  student_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+  teacher_shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+
+
+def resolve_stage_features(config: ml_collections.ConfigDict, stage_name: str,
+                           spec: data.DatasetSpec) -> StageFeatures:
+  """Resolves the method's feature patterns against the models' tap points and checks their shapes.
+
+  Traces the models with `jax.eval_shape` only (no compile), so it runs before anything else and
+  raises ConfigError for a pattern that matches nothing or shapes the method cannot use.
+  """
+  stage = config.stages[stage_name]
+  student_patterns, teacher_patterns = methods.feature_patterns(stage.method)
+  if not student_patterns and not teacher_patterns:
+    return StageFeatures()
+  where = f"stages.{stage_name}.method"
+  example = jax.ShapeDtypeStruct((2,) + spec.input_shape, jnp.float32)
+
+  def resolve(model_config, patterns, key):
+    if not patterns:
+      return (), {}
+    taps = features.tap_points(models.build_model(model_config, spec.num_classes), example)
+    paths = features.select(patterns, list(taps), f"{where}.{key}")
+    return tuple(paths), {path: taps[path] for path in paths}
+
+  student_paths, student_shapes = resolve(stage.model, student_patterns, "student_features")
+  teacher_model = config.stages[stage.teacher].model if stage.teacher else None
+  teacher_paths, teacher_shapes = resolve(teacher_model, teacher_patterns, "teacher_features")
+  methods.check_feature_shapes(stage.method, student_shapes, teacher_shapes, where)
+  return StageFeatures(student_paths, teacher_paths, student_shapes, teacher_shapes)
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -225,22 +296,30 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
                                  shard_index=jax.process_index(), shard_count=jax.process_count())
 
   # Models and the step.
+  stage_features = resolve_stage_features(config, stage_name, spec)
   module = models.build_model(stage.model, spec.num_classes)
-  student_apply = models.make_apply(module, spec.input_key)
+  student_apply = models.make_apply(module, spec.input_key)  # Evaluation and export: no features.
+  student_train_apply = models.make_apply(module, spec.input_key, stage_features.student_paths)
   teacher = load_teacher(config, stage_name, run_dir, spec)
+  teacher_apply = (models.make_apply(teacher.module, spec.input_key, stage_features.teacher_paths)
+                   if teacher else None)
   teacher_variables = jax.device_put(teacher.variables, replicated) if teacher else {}
+  connector = methods.build_connector(stage.method, stage_features.student_shapes,
+                                      stage_features.teacher_shapes)
   optimizer, learning_rate = make_optimizer(stage.optimizer, stage.num_steps)
   loss_fn = methods.build_loss(stage.method)
-  example_inputs = jnp.zeros((1,) + spec.input_shape, spec.input_dtype)
-  init = functools.partial(init_train_state, module=module, optimizer=optimizer)
+  example_batch = {spec.input_key: jnp.zeros((2,) + spec.input_shape, spec.input_dtype),
+                   "label": jnp.zeros((2,), jnp.int32)}
+  init = functools.partial(init_train_state, module=module, optimizer=optimizer,
+                           input_key=spec.input_key, connector=connector,
+                           student_apply=student_train_apply, teacher_apply=teacher_apply)
   rng = jax.random.PRNGKey(seed)
-  abstract_state = jax.eval_shape(init, rng, example_inputs)
+  abstract_state = jax.eval_shape(init, rng, example_batch, teacher_variables)
   state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
   step_fn = jax.jit(
-      functools.partial(train_step, student_apply=student_apply,
-                        teacher_apply=teacher.apply if teacher else None, loss_fn=loss_fn,
-                        optimizer=optimizer, learning_rate=learning_rate,
-                        nonfinite_policy=config.nonfinite.policy,
+      functools.partial(train_step, student_apply=student_train_apply, teacher_apply=teacher_apply,
+                        loss_fn=loss_fn, optimizer=optimizer, learning_rate=learning_rate,
+                        connector=connector, nonfinite_policy=config.nonfinite.policy,
                         inject_nonfinite_at_step=config.nonfinite.inject_at_step),
       in_shardings=(state_sharding, jax.tree.map(lambda _: replicated, teacher_variables), batch_sharding),
       out_shardings=(state_sharding, replicated),
@@ -257,7 +336,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
     iterator.set_state(data_state)
     logging.info("[%s] resuming from step %d", stage_name, int(state.step))
   else:
-    state = jax.jit(init, out_shardings=state_sharding)(rng, example_inputs)
+    state = jax.jit(init, out_shardings=state_sharding)(rng, example_batch, teacher_variables)
   provenance.record(stage_dir, config.to_dict(), seed)
 
   # The loop.
@@ -290,8 +369,8 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
         writer.write(step, scalars)
         progress.log(step, scalars)
       if config.eval_every_steps and step % config.eval_every_steps == 0 and step < stage.num_steps:
-        variables = {"params": state.params, **state.model_state}
-        writer.write(step, _eval_scalars(predict, variables, eval_arrays, data_config.eval_batch_size))
+        writer.write(step, _eval_scalars(predict, student_variables(state), eval_arrays,
+                                         data_config.eval_batch_size))
       if save_now:
         _check_free_space(stage_dir, state_bytes, manager)
         checkpoint.save_train_state(manager, step, state, iterator.get_state())
@@ -310,7 +389,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
     manager.wait_until_finished()
 
   # Final evaluation, export, and the marker that the stage is finished.
-  variables = {"params": state.params, **state.model_state}
+  variables = student_variables(state)
   eval_scalars = _eval_scalars(predict, variables, eval_arrays, data_config.eval_batch_size)
   result = {"stage": stage_name, "seed": seed, "step": step, **eval_scalars,
             "train_seconds": seconds,

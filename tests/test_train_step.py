@@ -23,7 +23,8 @@ def _setup(student_model, teacher_model=None, method=None, learning_rate=1e-2):
   optimizer, schedule = train.make_optimizer(
       config_lib.optimizer_config(learning_rate=learning_rate, schedule="constant"), 100)
   example = jnp.zeros((1, 8, 8, 1), jnp.uint8)
-  state = train.init_train_state(jax.random.PRNGKey(0), example, module=student, optimizer=optimizer)
+  state = train.init_train_state(jax.random.PRNGKey(0), {"image": example}, module=student,
+                                 optimizer=optimizer)
   teacher_apply, teacher_variables = None, {}
   if teacher_model is not None:
     teacher = models.build_model(teacher_model, 10)
@@ -80,7 +81,7 @@ def test_kd_term_is_zero_when_student_logits_equal_teacher_logits():
   # Same architecture, same variables, no BatchNorm or dropout: identical logits.
   mlp = {"name": "mlp", "hidden": (16,)}
   state, _, step = _setup(mlp, mlp, methods.method_config("hinton_kd", kd_weight=1.0, ce_weight=0.0))
-  teacher_variables = {"params": state.params}
+  teacher_variables = {"params": state.params["student"]}
   _, metrics = jax.jit(step)(state, teacher_variables, _batch())
   np.testing.assert_allclose(metrics["kd"], 0.0, atol=1e-6)
   np.testing.assert_allclose(metrics["loss"], 0.0, atol=1e-6)

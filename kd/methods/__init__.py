@@ -7,6 +7,19 @@ Each method is one module with
   - `NEEDS_TEACHER`: whether the stage must name a teacher;
   - `check(params, where)`: raises ConfigError for impossible values.
 
+Methods that use intermediate features have the parameters `student_features` and
+`teacher_features` (tuples of module-path patterns, see `kd.features`); the apply functions then
+return those features, in pattern order, as `out["features"]` ({path: array}). A method may also
+define
+  - `check_features(params, student_shapes, teacher_shapes, where)`: raises ConfigError when the
+    selected features cannot work together (e.g. shapes that differ without a connector);
+  - `make_connector(params, student_shapes, teacher_shapes) -> flax.linen.Module | None`: trainable
+    parts of the method (a regressor, embeddings, a memory bank). The connector is called as
+    `connector(student_out, teacher_out, batch, train)` and returns a dict that the loss finds in
+    `student_out["connector"]`. Its parameters and state live in the TrainState and the checkpoint,
+    and are left out of the exported student.
+The shapes are {path: shape} of the selected features for a batch of 2.
+
 To add a method, write the module and add it to `METHODS`.
 """
 
@@ -14,12 +27,16 @@ import functools
 from typing import Any, Callable, Mapping
 
 from kd.errors import ConfigError
+from kd.methods import attention_transfer
+from kd.methods import fitnets
 from kd.methods import hinton_kd
 from kd.methods import supervised
 
 METHODS = {
     "supervised": supervised,
     "hinton_kd": hinton_kd,
+    "fitnets": fitnets,
+    "at": attention_transfer,
 }
 
 LossFn = Callable[..., tuple[Any, dict[str, Any]]]
@@ -59,3 +76,26 @@ def build_loss(method_config: Mapping[str, Any]) -> LossFn:
 
 def needs_teacher(method_config: Mapping[str, Any]) -> bool:
   return METHODS[method_config["name"]].NEEDS_TEACHER
+
+
+def feature_patterns(method_config: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(student patterns, teacher patterns) of the features a method reads; empty for logits only."""
+  params = {**METHODS[method_config["name"]].DEFAULTS, **method_params(method_config)}
+  return tuple(params.get("student_features", ())), tuple(params.get("teacher_features", ()))
+
+
+def check_feature_shapes(method_config: Mapping[str, Any], student_shapes: dict, teacher_shapes: dict,
+                         where: str) -> None:
+  module = METHODS[method_config["name"]]
+  if hasattr(module, "check_features"):
+    module.check_features({**module.DEFAULTS, **method_params(method_config)}, student_shapes,
+                          teacher_shapes, where)
+
+
+def build_connector(method_config: Mapping[str, Any], student_shapes: dict, teacher_shapes: dict):
+  """The method's trainable connector module, or None."""
+  module = METHODS[method_config["name"]]
+  if not hasattr(module, "make_connector"):
+    return None
+  return module.make_connector({**module.DEFAULTS, **method_params(method_config)}, student_shapes,
+                               teacher_shapes)

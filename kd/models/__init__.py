@@ -13,13 +13,14 @@ attribute is `num_classes`, and add it to `MODELS`. Its config is `{"name": ...,
 """
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from kd import features
 from kd.errors import ConfigError
 from kd.models import cifar_resnet
 from kd.models import imagenet_resnet
@@ -108,17 +109,35 @@ def _as_float(inputs: jax.Array) -> jax.Array:
   return inputs
 
 
-def make_apply(module: nn.Module, input_key: str = "image") -> ApplyFn:
-  """The pure apply function of a classifier module (see the module docstring)."""
+def make_apply(module: nn.Module, input_key: str = "image",
+               feature_paths: Sequence[str] = ()) -> ApplyFn:
+  """The pure apply function of a classifier module (see the module docstring).
+
+  Args:
+    module: a Flax module, `__call__(inputs, train) -> logits`.
+    input_key: the batch entry the model reads.
+    feature_paths: exact module paths (see `kd.features`) whose outputs are returned, in this
+      order, as `features`; captured with `capture_intermediates`, so the model is not edited.
+  """
+  wanted = tuple(feature_paths)
+
+  def capture(submodule, method_name) -> bool:
+    return method_name == "__call__" and features.module_path(submodule) in wanted
 
   def apply(variables, batch, *, train: bool, rngs=None) -> dict[str, Any]:
     inputs = _as_float(batch[input_key])
     mutable = [name for name in variables if name != "params"] if train else []
+    if not mutable and not wanted:
+      return {"logits": module.apply(variables, inputs, train=train, rngs=rngs), "features": {}}
+    logits, state = module.apply(variables, inputs, train=train, rngs=rngs,
+                                 mutable=mutable + (["intermediates"] if wanted else []),
+                                 capture_intermediates=capture if wanted else False)
+    state = dict(state)
+    intermediates = state.pop("intermediates", {})
+    out = {"logits": logits, "features": {path: features.lookup(intermediates, path) for path in wanted}}
     if mutable:
-      logits, state = module.apply(variables, inputs, train=True, rngs=rngs, mutable=mutable)
-      return {"logits": logits, "features": {}, "state": dict(state)}
-    logits = module.apply(variables, inputs, train=train, rngs=rngs)
-    return {"logits": logits, "features": {}}
+      out["state"] = state
+    return out
 
   return apply
 
