@@ -28,13 +28,23 @@ from typing import Any, Callable, Mapping
 
 from kd.errors import ConfigError
 from kd.methods import attention_transfer
+from kd.methods import dist
+from kd.methods import dkd
 from kd.methods import fitnets
 from kd.methods import hinton_kd
+from kd.methods import logit_mse
+from kd.methods import logit_std
 from kd.methods import supervised
 
 METHODS = {
     "supervised": supervised,
+    # Response-based: the teacher's logits.
     "hinton_kd": hinton_kd,
+    "dkd": dkd,
+    "dist": dist,
+    "logit_std": logit_std,
+    "logit_mse": logit_mse,
+    # Feature-based: intermediate features, through trainable connectors where shapes differ.
     "fitnets": fitnets,
     "at": attention_transfer,
 }
