@@ -305,11 +305,11 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
                    if teacher else None)
   teacher_variables = jax.device_put(teacher.variables, replicated) if teacher else {}
   connector = methods.build_connector(stage.method, stage_features.student_shapes,
-                                      stage_features.teacher_shapes)
+                                      stage_features.teacher_shapes, len(train_arrays["label"]))
   optimizer, learning_rate = make_optimizer(stage.optimizer, stage.num_steps)
   loss_fn = methods.build_loss(stage.method)
   example_batch = {spec.input_key: jnp.zeros((2,) + spec.input_shape, spec.input_dtype),
-                   "label": jnp.zeros((2,), jnp.int32)}
+                   "label": jnp.zeros((2,), jnp.int32), "index": jnp.zeros((2,), jnp.int32)}
   init = functools.partial(init_train_state, module=module, optimizer=optimizer,
                            input_key=spec.input_key, connector=connector,
                            student_apply=student_train_apply, teacher_apply=teacher_apply)

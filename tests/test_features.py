@@ -100,13 +100,13 @@ def _step_setup(method):
   t_paths = features.select(t_patterns, list(t_taps), "t")
   s_shapes, t_shapes = {p: s_taps[p] for p in s_paths}, {p: t_taps[p] for p in t_paths}
   methods.check_feature_shapes(method, s_shapes, t_shapes, "method")
-  connector = methods.build_connector(method, s_shapes, t_shapes)
+  connector = methods.build_connector(method, s_shapes, t_shapes, 16)
   teacher_variables = models.init_variables(teacher, jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 1)))
   optimizer, schedule = train.make_optimizer(config_lib.optimizer_config(learning_rate=3e-3), 100)
   student_apply = models.make_apply(student, "image", s_paths)
   teacher_apply = models.make_apply(teacher, "image", t_paths)
   batch = {"image": np.random.default_rng(0).integers(0, 255, (16, 8, 8, 1), dtype=np.uint8),
-           "label": np.arange(16, dtype=np.int32) % 10}
+           "label": np.arange(16, dtype=np.int32) % 10, "index": np.arange(16, dtype=np.int32)}
   state = train.init_train_state(jax.random.PRNGKey(0), batch, teacher_variables, module=student,
                                  optimizer=optimizer, connector=connector, student_apply=student_apply,
                                  teacher_apply=teacher_apply)

@@ -123,7 +123,10 @@ class _Gather:
     self.arrays = arrays
 
   def __call__(self, indices: np.ndarray) -> Batch:
-    return {key: value[indices] for key, value in self.arrays.items()}
+    # "index" (the example's position in the split) lets methods keep per-example state, e.g. a
+    # memory bank of embeddings (CRD).
+    return {**{key: value[indices] for key, value in self.arrays.items()},
+            "index": indices.astype(np.int32)}
 
 
 def train_iterator(arrays: Batch, *, batch_size: int, seed: int, shard_index: int = 0,
@@ -142,7 +145,7 @@ def train_iterator(arrays: Batch, *, batch_size: int, seed: int, shard_index: in
     prefetch: batches prepared ahead by a background thread.
 
   Returns:
-    A Grain iterator with `get_state()` / `set_state()`.
+    A Grain iterator with `get_state()` / `set_state()` of batches {input_key, "label", "index"}.
   """
   num_examples = len(arrays["label"])
   if batch_size > num_examples:

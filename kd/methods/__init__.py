@@ -13,8 +13,9 @@ return those features, in pattern order, as `out["features"]` ({path: array}). A
 define
   - `check_features(params, student_shapes, teacher_shapes, where)`: raises ConfigError when the
     selected features cannot work together (e.g. shapes that differ without a connector);
-  - `make_connector(params, student_shapes, teacher_shapes) -> flax.linen.Module | None`: trainable
-    parts of the method (a regressor, embeddings, a memory bank). The connector is called as
+  - `make_connector(params, student_shapes, teacher_shapes, num_examples) -> flax.linen.Module | None`:
+    trainable parts of the method (a regressor, embeddings, a memory bank over the `num_examples`
+    examples of the training split, indexed by `batch["index"]`). The connector is called as
     `connector(student_out, teacher_out, batch, train)` and returns a dict that the loss finds in
     `student_out["connector"]`. Its parameters and state live in the TrainState and the checkpoint,
     and are left out of the exported student.
@@ -102,10 +103,11 @@ def check_feature_shapes(method_config: Mapping[str, Any], student_shapes: dict,
                           teacher_shapes, where)
 
 
-def build_connector(method_config: Mapping[str, Any], student_shapes: dict, teacher_shapes: dict):
+def build_connector(method_config: Mapping[str, Any], student_shapes: dict, teacher_shapes: dict,
+                    num_examples: int):
   """The method's trainable connector module, or None."""
   module = METHODS[method_config["name"]]
   if not hasattr(module, "make_connector"):
     return None
   return module.make_connector({**module.DEFAULTS, **method_params(method_config)}, student_shapes,
-                               teacher_shapes)
+                               teacher_shapes, num_examples)

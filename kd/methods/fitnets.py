@@ -110,7 +110,8 @@ class HintRegressors(nn.Module):
     return {"hints": hints}
 
 
-def make_connector(params, student_shapes, teacher_shapes):
+def make_connector(params, student_shapes, teacher_shapes, num_examples):
+  del num_examples  # The regressors hold no per-example state.
   if not params["regressor"]:
     return None
   kinds = [_regressor_kind(s, t) for s, t in zip(student_shapes.values(), teacher_shapes.values())]
