@@ -58,8 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.stage_order = ()
   config.stages = ml_collections.ConfigDict()
   # Which stages the report card compares (see kd.report).
+  # `compare` lists more stages (e.g. one per method) for a table of test accuracy over seeds.
   config.report = ml_collections.ConfigDict({"teacher": "teacher", "baseline": "baseline",
-                                             "student": "student"})
+                                             "student": "student", "compare": ()})
   return config
 
 
@@ -201,10 +202,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         raise ConfigError(f"stages.{name}.teacher={stage.teacher!r} must be a stage that runs before "
                           f"{name!r} in stage_order; earlier stages: {seen}")
     seen.append(name)
-  for role in config.report.keys():
+  for role in ("teacher", "baseline", "student"):
     if config.report[role] not in config.stages:
       raise ConfigError(f"report.{role}={config.report[role]!r} is not a stage; stages: "
                         f"{sorted(config.stages.keys())}")
+  for name in config.report.compare:
+    if name not in config.stage_order:
+      raise ConfigError(f"report.compare names {name!r}, which is not in stage_order {list(config.stage_order)}")
   if num_devices is not None:
     mesh_devices = num_devices if config.mesh.data == -1 else config.mesh.data
     if config.mesh.data != -1 and not 0 < config.mesh.data <= num_devices:

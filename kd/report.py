@@ -88,6 +88,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     mean[role]["stage"] = config.report[role]
   return {
       **mean,
+      "comparison": compare(config, workdir, arrays, mesh),
       "std": std,
       "per_seed": {str(seed): run for seed, run in zip(config.seeds, runs)},
       "seeds": list(config.seeds),
@@ -96,6 +97,49 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "examples": int(len(arrays["label"])),
       "device": jax.devices()[0].device_kind,
   }
+
+
+def compare(config: ml_collections.ConfigDict, workdir: str, arrays, mesh) -> list[dict[str, Any]]:
+  """Test accuracy (mean and std over seeds) of each stage in `config.report.compare`.
+
+  Each row also has the difference to the baseline stage's mean and the method's name.
+  """
+  if not config.report.compare:
+    return []
+
+  def accuracies(stage_name):
+    values = []
+    for seed in config.seeds:
+      loaded = checkpoint.load_model(os.path.join(train.seed_dir(workdir, seed), stage_name))
+      logits = evaluation.make_predict(loaded.apply, mesh)(loaded.variables, arrays,
+                                                           config.data.eval_batch_size)
+      values.append(evaluation.accuracy(logits, arrays["label"]))
+    return np.array(values)
+
+  baseline = accuracies(config.report.baseline)
+  rows = []
+  for stage_name in config.report.compare:
+    values = baseline if stage_name == config.report.baseline else accuracies(stage_name)
+    rows.append({
+        "stage": stage_name,
+        "method": config.stages[stage_name].method.name,
+        "accuracy": float(values.mean()),
+        "accuracy_std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        "per_seed": [float(v) for v in values],
+        "gain_over_baseline": float(values.mean() - baseline.mean()),
+    })
+  return rows
+
+
+def _comparison_markdown(report: dict[str, Any]) -> list[str]:
+  if not report.get("comparison"):
+    return []
+  lines = ["", f"Test accuracy by stage (mean ± std over seeds {report['seeds']}):", "",
+           "| stage | method | accuracy | vs baseline |", "|---|---|---:|---:|"]
+  for row in report["comparison"]:
+    lines.append(f"| {row['stage']} | {row['method']} | {row['accuracy']:.2%} ± {row['accuracy_std']:.2%} | "
+                 f"{row['gain_over_baseline']:+.2%} |")
+  return lines
 
 
 def _pm(report, path: tuple[str, ...], fmt: str) -> str:
@@ -132,7 +176,7 @@ def to_markdown(report: dict[str, Any]) -> str:
       f"agreement {_pm(report, ('agreement',), '.2%')}, "
       f"KL(teacher||student) {_pm(report, ('kl',), '.4f')} nats, ECE {_pm(report, ('ece',), '.4f')}",
       f"student vs baseline: {_pm(report, ('gain_over_baseline',), '+.2%')} accuracy",
-  ]
+  ] + _comparison_markdown(report)
   return "\n".join(lines) + "\n"
 
 
