@@ -35,7 +35,7 @@ def _flatten(intermediates: dict[str, Any], prefix: tuple[str, ...] = ()) -> dic
       if prefix and hasattr(output, "shape"):  # The model's own output (no prefix) is the logits.
         flat["/".join(prefix)] = output
     elif isinstance(value, dict):
-      flat.update(_flatten(value, prefix + (key,)))
+      flat.update(_flatten(value, prefix + (str(key),)))  # NNX lists index submodules by int.
   return flat
 
 
@@ -60,6 +60,16 @@ def tap_points(module: nn.Module, example_inputs: Any) -> dict[str, tuple[int, .
     _, state = module.apply(variables, inputs, train=False, capture_intermediates=capture,
                             mutable=["intermediates"])
     return _flatten(state["intermediates"])
+
+  if hasattr(module, "graphdef"):  # An NNX model (kd.models.nnx_bridge): paths in call order too.
+
+    def run(inputs):  # pylint: disable=function-redefined
+      call_order.clear()
+      _, intermediates, _ = module.apply(module.init(jax.random.key(0)), inputs, train=False,
+                                         capture=True)
+      flat = _flatten(intermediates)
+      call_order.extend(flat)  # NNX records submodule outputs in the order they return.
+      return flat
 
   shapes = jax.eval_shape(run, example_inputs)  # A dict, so its keys come back sorted.
   rank = {path: index for index, path in reversed(list(enumerate(call_order)))}
@@ -90,7 +100,7 @@ def lookup(intermediates: dict[str, Any], path: str) -> jax.Array:
   """The captured output at a module path."""
   node = intermediates
   for name in path.split("/"):
-    node = node[name]
+    node = node[name] if name in node else node[int(name)]
   return node["__call__"][0]
 
 

@@ -25,6 +25,8 @@ from kd.errors import ConfigError
 from kd.models import cifar_resnet
 from kd.models import imagenet_resnet
 from kd.models import mobilenetv2
+from kd.models import nnx_bridge
+from kd.models import nnx_cnn
 from kd.models import shufflenetv1
 from kd.models import shufflenetv2
 from kd.models import vgg
@@ -42,6 +44,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "shufflenetv1": shufflenetv1.ShuffleNetV1,
     "shufflenetv2": shufflenetv2.ShuffleNetV2,
     "imagenet_resnet": imagenet_resnet.ImageNetResNet,  # stage_sizes, widths
+    "nnx_cnn": nnx_cnn.NNXConvNet,  # A Flax NNX model, through kd.models.nnx_bridge.
 }
 
 # The CIFAR-100 zoo of the CRD benchmark (Tian et al. 2020) and ImageNet ResNets, by their usual
@@ -60,6 +63,8 @@ def model_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
 
 def _attributes(module_class) -> dict[str, Any]:
   """The configurable attributes of a model class with their defaults (num_classes excluded)."""
+  if nnx_bridge.is_nnx_class(module_class):
+    return nnx_bridge.constructor_attributes(module_class)
   return {f.name: f.default for f in dataclasses.fields(module_class)
           if f.name not in ("parent", "name", "num_classes")}
 
@@ -99,7 +104,10 @@ def build_model(model_config: Mapping[str, Any], num_classes: int) -> nn.Module:
   check_model_config(model_config, "model")
   kwargs = model_kwargs(model_config)
   kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-  return MODELS[model_config["name"]](num_classes=num_classes, **kwargs)
+  model_class = MODELS[model_config["name"]]
+  if nnx_bridge.is_nnx_class(model_class):
+    return nnx_bridge.NNXModel(model_class, num_classes, **kwargs)
+  return model_class(num_classes=num_classes, **kwargs)
 
 
 def _as_float(inputs: jax.Array) -> jax.Array:
@@ -120,6 +128,8 @@ def make_apply(module: nn.Module, input_key: str = "image",
       order, as `features`; captured with `capture_intermediates`, so the model is not edited.
   """
   wanted = tuple(feature_paths)
+  if isinstance(module, nnx_bridge.NNXModel):
+    return _make_nnx_apply(module, input_key, wanted)
 
   def capture(submodule, method_name) -> bool:
     return method_name == "__call__" and features.module_path(submodule) in wanted
@@ -142,8 +152,25 @@ def make_apply(module: nn.Module, input_key: str = "image",
   return apply
 
 
-def init_variables(module: nn.Module, rng: jax.Array, example_inputs: jax.Array) -> dict[str, Any]:
+def _make_nnx_apply(model: nnx_bridge.NNXModel, input_key: str, wanted: tuple[str, ...]) -> ApplyFn:
+  """The apply contract for an NNX model (see kd.models.nnx_bridge)."""
+
+  def apply(variables, batch, *, train: bool, rngs=None) -> dict[str, Any]:
+    logits, intermediates, rest = model.apply(variables, _as_float(batch[input_key]), train=train,
+                                              rngs=rngs, capture=bool(wanted))
+    out = {"logits": logits,
+           "features": {path: features.lookup(intermediates, path) for path in wanted}}
+    if train:
+      out["state"] = {"nnx_state": rest}
+    return out
+
+  return apply
+
+
+def init_variables(module, rng: jax.Array, example_inputs: jax.Array) -> dict[str, Any]:
   """The module's variables for inputs shaped like `example_inputs` (a batch)."""
+  if isinstance(module, nnx_bridge.NNXModel):
+    return module.init(rng)
   return dict(module.init({"params": rng, "dropout": rng}, _as_float(example_inputs), train=False))
 
 
