@@ -22,6 +22,7 @@ setuptools.setup(
         "array-record>=0.8",
         "tensorboardX>=2.6",
         "scikit-learn>=1.9",  # The offline `digits` dataset.
+        "mnist1d>=0.0.2",  # The offline `mnist1d` dataset (generated, no download).
         "importlib_resources",  # Needed by TFDS's builders when TensorFlow is absent.
     ],
     extras_require={

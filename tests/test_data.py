@@ -116,3 +116,12 @@ def test_synthetic_datasets_of_any_shape():
   assert same < 0.8 * other
   with pytest.raises(DataError, match="must look like"):
     data.load_spec("synthetic/big")
+
+
+def test_mnist1d_is_generated_offline_with_its_published_sizes():
+  spec = data.load_spec("mnist1d")
+  assert spec.split_sizes == {"train": 4000, "test": 1000}
+  assert (spec.input_key, spec.input_shape, spec.input_dtype) == ("signal", (40, 1), "float32")
+  test = data.load_arrays("mnist1d", "test")
+  assert test["signal"].shape == (1000, 40, 1) and np.isfinite(test["signal"]).all()
+  assert sorted(np.unique(test["label"])) == list(range(10))

@@ -18,13 +18,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from kd.data.digits import Digits
+from kd.data.mnist1d import Mnist1d
 from kd.data.synthetic import Synthetic
 from kd.data.synthetic import SyntheticConfig
 from kd.errors import DataError
 
 # Datasets that `kd` builds on this machine from packages it installs: no download. A name may
 # carry a config after a slash: `synthetic/32x32x3_100_2048`.
-OFFLINE_BUILDERS = {"digits": Digits, "synthetic": Synthetic}
+OFFLINE_BUILDERS = {"digits": Digits, "mnist1d": Mnist1d, "synthetic": Synthetic}
 
 Batch = dict[str, np.ndarray]
 
@@ -78,7 +79,7 @@ def _builder(name: str, data_dir: str):
 
 
 def _input_key(features) -> str:
-  for key in ("image", "tokens", "text", "features"):
+  for key in ("image", "signal", "tokens", "text", "features"):
     if key in features:
       return key
   raise DataError(f"no model input among the dataset's features {list(features)}")

@@ -32,11 +32,13 @@ from kd.models import shufflenetv2
 from kd.models import vgg
 from kd.models import wrn
 from kd.models.cnn import ConvNet
+from kd.models.cnn import ConvNet1D
 from kd.models.cnn import MLP
 
 MODELS: dict[str, type[nn.Module]] = {
     "cnn": ConvNet,
     "mlp": MLP,
+    "cnn1d": ConvNet1D,
     "cifar_resnet": cifar_resnet.CifarResNet,  # depth, widths
     "wrn": wrn.WideResNet,  # depth, widen_factor, dropout
     "vgg": vgg.VGG,  # depth in {8, 11, 13, 16, 19}
