@@ -329,3 +329,91 @@ def logit_squared_error(
   if where is not None:
     squares = jnp.where(where, squares, 0.0)
   return 0.5 * jnp.sum(squares, axis=axis)
+
+
+# Relation primitives. They compare examples with each other, so they take a whole batch of
+# embeddings and return a matrix over pairs (or triplets) of examples instead of a value per example.
+
+
+def l2_normalize(x: ArrayLike, *, axis: int = -1) -> jax.Array:
+  """x / ||x||_2 along `axis`, and 0 for a zero vector, with finite gradients everywhere.
+
+  The same values as PyTorch's `F.normalize` (which divides by max(||x||, 1e-12)) except for norms
+  below 1e-12. A plain `x / jnp.linalg.norm(x)` has a 0/0 gradient at x = 0 (the norm's), which
+  poisons the whole batch with NaN; here the norm is only taken where it is positive, and a zero
+  vector, whose direction is undefined, gets a zero gradient.
+
+  Args:
+    x: [..., D, ...] vectors along `axis`.
+    axis: the vector axis.
+
+  Returns:
+    [..., D, ...] unit vectors (or zeros).
+  """
+  squared = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  positive = squared > 0
+  return jnp.where(positive, x * jax.lax.rsqrt(jnp.where(positive, squared, 1.0)), 0.0)
+
+
+def pairwise_distances(x_BxD: ArrayLike) -> jax.Array:
+  """Euclidean distances ||x_i - x_j||_2 between all rows of x.
+
+  Computed from the differences, not from ||x_i||^2 + ||x_j||^2 - 2 x_i.x_j: that expansion loses
+  small distances to cancellation in float32 (a duplicate's distance comes out as rounding noise,
+  about 1e-3 for norms near 100, instead of 0). The square root is only taken where the squared
+  distance is positive, so the diagonal and duplicate rows give exactly 0 with a zero gradient
+  rather than NaN. Memory is B x B x D.
+
+  Args:
+    x_BxD: [B, D] one embedding per example.
+
+  Returns:
+    [B, B] symmetric distances with a zero diagonal.
+
+  References:
+    Park, Kim, Lu & Cho, "Relational Knowledge Distillation", CVPR 2019, arXiv:1904.05068, eq. 4.
+  """
+  diff_BxBxD = x_BxD[:, None, :] - x_BxD[None, :, :]
+  squared_BxB = jnp.sum(jnp.square(diff_BxBxD), axis=-1)
+  positive = squared_BxB > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared_BxB, 1.0)), 0.0)
+
+
+def angle_potentials(x_BxD: ArrayLike) -> jax.Array:
+  """Cosines of the angles that triplets of rows of x form: [i, j, k] = <e_ij, e_ik>.
+
+  e_ij = (x_j - x_i) / ||x_j - x_i||, so entry [i, j, k] is the cosine of the angle at x_i between
+  x_j and x_k (Park et al.'s eq. 6 with the vertex first). Degenerate triplets follow from
+  `l2_normalize`'s zero vector: 0 when j = i or k = i (or x_j = x_i), 1 when j = k and x_j != x_i.
+  Memory is B x B x B plus B x B x D.
+
+  Args:
+    x_BxD: [B, D] one embedding per example.
+
+  Returns:
+    [B, B, B] cosines in [-1, 1], symmetric in j and k.
+
+  References:
+    Park, Kim, Lu & Cho, "Relational Knowledge Distillation", CVPR 2019, arXiv:1904.05068, eq. 6.
+  """
+  unit_BxBxD = l2_normalize(x_BxD[None, :, :] - x_BxD[:, None, :], axis=-1)
+  return jnp.einsum("ijd,ikd->ijk", unit_BxBxD, unit_BxBxD)
+
+
+def cosine_similarities(x_BxD: ArrayLike) -> jax.Array:
+  """Cosine similarities x_i.x_j / (||x_i|| ||x_j||) between all rows of x; 0 for a zero row.
+
+  Built on `l2_normalize`, so a zero row has similarities of 0 and a zero gradient.
+
+  Args:
+    x_BxD: [B, D] one embedding per example.
+
+  Returns:
+    [B, B] symmetric similarities in [-1, 1].
+
+  References:
+    Passalis & Tefas, "Learning Deep Representations with Probabilistic Knowledge Transfer",
+    ECCV 2018, arXiv:1803.10837, Section 3 (the cosine-similarity kernel).
+  """
+  unit_BxD = l2_normalize(x_BxD, axis=-1)
+  return unit_BxD @ unit_BxD.T

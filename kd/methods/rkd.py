@@ -1,0 +1,133 @@
+"""Relational knowledge distillation (Park et al. 2019): distance-wise and angle-wise potentials.
+
+For a batch of embeddings t_1..t_b of the teacher (s_1..s_b of the student), flattened to vectors:
+
+    psi_D(t_i, t_j) = ||t_i - t_j||_2 / mu,  mu = mean of the distances over pairs    (eq. 4)
+    L_D = mean over pairs (i, j) of huber(psi_D(s_i, s_j) - psi_D(t_i, t_j))          (eq. 5)
+    psi_A(t_i, t_j, t_k) = <e_ij, e_ik>,  e_ij = (t_j - t_i) / ||t_j - t_i||           (eq. 6)
+    L_A = mean over triplets (i, j, k) of huber(psi_A(s) - psi_A(t))                  (eq. 7)
+
+    loss = distance_weight * L_D + angle_weight * L_A + ce_weight * CE(student_logits, labels)
+
+with the Huber loss at delta = 1 (PyTorch's smooth L1). Only relations are compared, so the student's
+and teacher's embeddings may have different widths. Normalising by mu makes the distance potential
+invariant to scaling an embedding; the angle potential is invariant to translation and scaling (and,
+like the distance, to rotation).
+
+Defaults follow the CRD benchmark (Tian, Krishnan & Isola, ICLR 2020, arXiv:1910.10699; its code,
+RepDistiller, `distiller_zoo/RKD.py` and `train_student.py`): the pooled embedding before the
+classifier (`pool`, the reference's `feat[-1]`), distance_weight = 25 and angle_weight = 50 (its
+`RKDLoss` defaults, which are Park et al.'s, with `-b 1`), ce_weight = 1 (`-r 1`) and no KD term
+(`-a 0`). With several feature pairs, their terms are summed.
+
+Like RepDistiller and Park et al.'s own code, the means run over all b^2 pairs and b^3 triplets,
+degenerate ones included (their potentials agree whenever the two batches have the same duplicates,
+so they only dilute the mean; the paper sums over pairs and triplets instead, which the weights
+absorb), and mu is the mean of the positive distances. Deviations from RepDistiller: distances come
+from differences rather than the ||a||^2 + ||b||^2 - 2ab expansion, so duplicate examples are at
+distance exactly 0 (the reference clamps to 1e-12 and gets sqrt(1e-12) or rounding noise); a zero
+difference vector in the angle potential gets a zero gradient rather than one scaled by 1e12; and a
+batch whose embeddings are all equal (mu = 0) gives potentials of 0 instead of NaN.
+
+Reference: W. Park, D. Kim, Y. Lu, M. Cho, "Relational Knowledge Distillation", CVPR 2019,
+arXiv:1904.05068, eq. 4-7.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from kd import losses
+from kd.errors import ConfigError
+
+NEEDS_TEACHER = True
+DEFAULTS: dict[str, Any] = {
+    "distance_weight": 25.0,
+    "angle_weight": 50.0,
+    "ce_weight": 1.0,
+    "student_features": ("pool",),
+    "teacher_features": ("pool",),
+}
+
+HUBER_DELTA = 1.0  # PyTorch's smooth_l1_loss, which Park et al. and RepDistiller use.
+
+
+def check(params: dict[str, Any], where: str) -> None:
+  keys = ("distance_weight", "angle_weight", "ce_weight")
+  for key in keys:
+    if not _is_number(params[key]) or not params[key] >= 0:
+      raise ConfigError(f"{where}.{key}={params[key]!r} must be a number >= 0")
+  if all(params[key] == 0 for key in keys):
+    raise ConfigError(f"{where}: distance_weight, angle_weight and ce_weight are all 0, so nothing "
+                      f"is learned; set one > 0")
+  _check_feature_patterns(params, where)
+
+
+def check_features(params, student_shapes, teacher_shapes, where: str) -> None:
+  del params  # Features of any shapes work: each is flattened per example.
+  _check_feature_count(student_shapes, teacher_shapes, where)
+
+
+def distance_potentials(embeddings_BxD: jax.Array) -> jax.Array:
+  """psi_D of eq. 4: pairwise distances over their mean over pairs at positive distance, [B, B]."""
+  distances_BxB = losses.pairwise_distances(embeddings_BxD)
+  count = jnp.sum(distances_BxB > 0)
+  mean = jnp.sum(distances_BxB) / jnp.maximum(count, 1)
+  # All embeddings equal: every distance is 0, and so is every potential.
+  return distances_BxB / jnp.where(count > 0, mean, 1.0)
+
+
+def loss(student_out, teacher_out, batch, *, distance_weight: float, angle_weight: float,
+         ce_weight: float, student_features, teacher_features) -> tuple[Any, dict[str, Any]]:
+  del student_features, teacher_features  # The framework captured them into the outputs.
+  distance, angle = 0.0, 0.0
+  for student_embedding, teacher_embedding in _feature_pairs(student_out, teacher_out):
+    student_BxD = _flatten(student_embedding)
+    teacher_BxD = _flatten(teacher_embedding)
+    distance = distance + jnp.mean(optax.losses.huber_loss(
+        distance_potentials(student_BxD), distance_potentials(teacher_BxD), delta=HUBER_DELTA))
+    angle = angle + jnp.mean(optax.losses.huber_loss(
+        losses.angle_potentials(student_BxD), losses.angle_potentials(teacher_BxD), delta=HUBER_DELTA))
+  ce = jnp.mean(losses.cross_entropy_with_integer_labels(student_out["logits"], batch["label"]))
+  total = distance_weight * distance + angle_weight * angle + ce_weight * ce
+  return total, {"rkd_distance": distance, "rkd_angle": angle, "ce": ce}
+
+
+def _flatten(features: jax.Array) -> jax.Array:
+  return features.reshape(features.shape[0], -1).astype(jnp.float32)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_feature_patterns(params: dict[str, Any], where: str) -> None:
+  for key in ("student_features", "teacher_features"):
+    patterns = params[key]
+    if (isinstance(patterns, str) or not isinstance(patterns, (tuple, list)) or not patterns
+        or not all(isinstance(p, str) and p for p in patterns)):
+      raise ConfigError(f"{where}.{key}={patterns!r} must be a non-empty tuple of tap-point patterns, "
+                        f"e.g. ('pool',)")
+  if len(params["student_features"]) != len(params["teacher_features"]):
+    raise ConfigError(f"{where}: student_features has {len(params['student_features'])} patterns and "
+                      f"teacher_features {len(params['teacher_features'])}; the i-th of each are "
+                      f"compared, so give the same number")
+
+
+def _check_feature_count(student_shapes, teacher_shapes, where: str) -> None:
+  if len(student_shapes) != len(teacher_shapes):
+    raise ConfigError(f"{where}: student_features selected {list(student_shapes)} and teacher_features "
+                      f"{list(teacher_shapes)}; the i-th of each are compared, so they must select the "
+                      f"same number of tap points")
+
+
+def _feature_pairs(student_out, teacher_out) -> list[tuple[jax.Array, jax.Array]]:
+  """(student, teacher) features in pattern order; the teacher's without gradient."""
+  student = student_out.get("features", {})
+  teacher = teacher_out.get("features", {})
+  if not student or len(student) != len(teacher):
+    raise ConfigError(f"method: student_features selected {list(student)} and teacher_features "
+                      f"{list(teacher)}; they must select the same number of tap points (> 0)")
+  return [(s, jax.lax.stop_gradient(t)) for s, t in zip(student.values(), teacher.values())]
