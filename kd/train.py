@@ -374,15 +374,13 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
       if save_now:
         _check_free_space(stage_dir, state_bytes, manager)
         checkpoint.save_train_state(manager, step, state, iterator.get_state())
-      if received_signal is not None and step < stage.num_steps:
+      if stop_now and step < stage.num_steps:
         manager.wait_until_finished()
         writer.close()
-        logging.warning("[%s] received signal %d: saved a checkpoint at step %d in %s; run the same "
-                        "command again to resume", stage_name, received_signal, step, stage_dir)
-        raise Interrupted(received_signal, step, stage_dir)
-      if stop_after_step is not None and step >= stop_after_step and step < stage.num_steps:
-        manager.wait_until_finished()
-        writer.close()
+        if received_signal is not None:
+          logging.warning("[%s] received signal %d: saved a checkpoint at step %d in %s; run the same "
+                          "command again to resume", stage_name, received_signal, step, stage_dir)
+          raise Interrupted(received_signal, step, stage_dir)
         logging.info("[%s] stopped after step %d as asked; run again to resume", stage_name, step)
         return None
     seconds = time.perf_counter() - start_time
