@@ -28,14 +28,18 @@ import functools
 from typing import Any, Callable, Mapping
 
 from kd.errors import ConfigError
+from kd.methods import ab
 from kd.methods import attention_transfer
 from kd.methods import dist
 from kd.methods import dkd
 from kd.methods import fitnets
+from kd.methods import fsp
 from kd.methods import hinton_kd
 from kd.methods import logit_mse
 from kd.methods import logit_std
+from kd.methods import nst
 from kd.methods import supervised
+from kd.methods import vid
 
 METHODS = {
     "supervised": supervised,
@@ -48,6 +52,10 @@ METHODS = {
     # Feature-based: intermediate features, through trainable connectors where shapes differ.
     "fitnets": fitnets,
     "at": attention_transfer,
+    "nst": nst,
+    "fsp": fsp,
+    "vid": vid,
+    "ab": ab,
 }
 
 LossFn = Callable[..., tuple[Any, dict[str, Any]]]
