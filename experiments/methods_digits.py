@@ -32,6 +32,10 @@ METHODS = {
     "logit_mse": method_config("logit_mse", ce_weight=1.0),
     "fitnets": method_config("fitnets", student_features=("conv0",), teacher_features=("conv1",)),
     "at": method_config("at", student_features=("conv0",), teacher_features=("conv0",)),
+    "nst": method_config("nst", student_features=("conv0",), teacher_features=("conv0",)),
+    "fsp": method_config("fsp", student_features=("conv0", "norm0"), teacher_features=("conv0", "norm0")),
+    "vid": method_config("vid", student_features=("conv0",), teacher_features=("conv0",)),
+    "ab": method_config("ab", student_features=("norm0",), teacher_features=("norm0",)),
 }
 
 
