@@ -241,8 +241,8 @@ def test_cc_repdistiller_variant_trains_linear_projections_of_both_networks():
   rng = np.random.default_rng(6)
   student, teacher = rng.normal(size=(4, 3)), rng.normal(size=(4, 5))
   params = {**cc.DEFAULTS, "variant": "repdistiller", "embed_dim": 2, "cc_weight": 0.02}
-  assert cc.make_connector(cc.DEFAULTS, {}, {}) is None  # The kernel variant trains nothing.
-  connector = cc.make_connector(params, {"pool": (2, 3)}, {"pool": (2, 5)})
+  assert cc.make_connector(cc.DEFAULTS, {}, {}, 100) is None  # The kernel variant trains nothing.
+  connector = cc.make_connector(params, {"pool": (2, 3)}, {"pool": (2, 5)}, 100)
   student_out, teacher_out = _outputs([student], np.zeros((4, 3))), _outputs([teacher], np.zeros((4, 3)))
   variables = connector.init(jax.random.key(0), student_out, teacher_out, {}, train=False)
   weights = jax.tree.map(np.asarray, variables["params"])
@@ -488,7 +488,7 @@ def test_cc_projections_train_in_the_framework_train_step():
 
   student_shapes, teacher_shapes = shapes(student, student_apply), shapes(teacher, teacher_apply)
   cc.check_features(params, student_shapes, teacher_shapes, "method")
-  connector = cc.make_connector(params, student_shapes, teacher_shapes)
+  connector = cc.make_connector(params, student_shapes, teacher_shapes, len(batch["label"]))
   optimizer, schedule = train.make_optimizer(config_lib.optimizer_config(learning_rate=3e-3), 100)
   state = jax.jit(lambda rng, tv: train.init_train_state(
       rng, batch, tv, module=student, optimizer=optimizer, connector=connector,

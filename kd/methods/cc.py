@@ -118,8 +118,8 @@ class Embeddings(nn.Module):
     return {"cc_embeddings": pairs}
 
 
-def make_connector(params, student_shapes, teacher_shapes):
-  del student_shapes, teacher_shapes  # Dense layers take any width.
+def make_connector(params, student_shapes, teacher_shapes, num_examples):
+  del student_shapes, teacher_shapes, num_examples  # Dense layers take any width.
   if params["variant"] == "repdistiller" and params["embed_dim"] > 0:
     return Embeddings(embed_dim=params["embed_dim"])
   return None
