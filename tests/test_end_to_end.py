@@ -65,3 +65,24 @@ def test_quickstart_notebook_runs_headless(smoke_workdir):
   text = "".join(o.get("text", "") for o in outputs)
   assert "top-1 agreement" in text
   assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # Soft targets and the bar chart.
+
+
+def test_methods_notebook_runs_headless_on_a_smoke_comparison(tmp_path):
+  workdir = str(tmp_path / "methods")
+  result = run_main("--config=experiments/methods_digits.py:smoke", f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(workdir, "report.json")) as f:
+    report = json.load(f)
+  stages = [row["stage"] for row in report["comparison"]]
+  assert stages[0] == "baseline" and "kd" in stages and "fitnets" in stages and len(stages) >= 10
+  with open(os.path.join(REPO, "notebooks", "methods.ipynb")) as f:
+    notebook = nbformat.read(f, as_version=4)
+  os.environ["KD_WORKDIR"], os.environ["KD_VARIANT"] = workdir, "smoke"
+  try:
+    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}).execute()
+  finally:
+    del os.environ["KD_WORKDIR"], os.environ["KD_VARIANT"]
+  outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+  assert not [o for o in outputs if o.output_type == "error"]
+  assert any("image/png" in o.get("data", {}) for o in outputs)
