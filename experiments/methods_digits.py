@@ -36,6 +36,12 @@ METHODS = {
     "fsp": method_config("fsp", student_features=("conv0", "norm0"), teacher_features=("conv0", "norm0")),
     "vid": method_config("vid", student_features=("conv0",), teacher_features=("conv0",)),
     "ab": method_config("ab", student_features=("norm0",), teacher_features=("norm0",)),
+    "sp": method_config("sp", student_features=("conv0",), teacher_features=("conv1",)),
+    "cc": method_config("cc", student_features=("hidden",), teacher_features=("hidden",)),
+    "rkd": method_config("rkd", student_features=("hidden",), teacher_features=("hidden",)),
+    "pkt": method_config("pkt", student_features=("hidden",), teacher_features=("hidden",)),
+    "crd": method_config("crd", student_features=("hidden",), teacher_features=("hidden",)),
+    "reviewkd": method_config("reviewkd", student_features=("conv0",), teacher_features=("conv0",)),
 }
 
 

@@ -30,6 +30,8 @@ from typing import Any, Callable, Mapping
 from kd.errors import ConfigError
 from kd.methods import ab
 from kd.methods import attention_transfer
+from kd.methods import cc
+from kd.methods import crd
 from kd.methods import dist
 from kd.methods import dkd
 from kd.methods import fitnets
@@ -38,6 +40,10 @@ from kd.methods import hinton_kd
 from kd.methods import logit_mse
 from kd.methods import logit_std
 from kd.methods import nst
+from kd.methods import pkt
+from kd.methods import reviewkd
+from kd.methods import rkd
+from kd.methods import sp
 from kd.methods import supervised
 from kd.methods import vid
 
@@ -56,6 +62,13 @@ METHODS = {
     "fsp": fsp,
     "vid": vid,
     "ab": ab,
+    "reviewkd": reviewkd,
+    # Relation-based: similarities between the examples of a batch.
+    "sp": sp,
+    "cc": cc,
+    "rkd": rkd,
+    "pkt": pkt,
+    "crd": crd,
 }
 
 LossFn = Callable[..., tuple[Any, dict[str, Any]]]
