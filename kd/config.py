@@ -13,7 +13,8 @@ method (a loss), optionally against the exported model of an earlier stage as it
     config.eval_every_steps      accuracy on data.eval_split during training (0: only at the end)
     config.stage_order           the stages to run, in order
     config.stages.<name>         model, method, teacher, num_steps, optimizer
-    config.report                the stages the report card compares: teacher, baseline, student
+    config.report                the stages the report card compares: teacher, baseline, student,
+                                 and `compare`, more stages for a table of accuracy over seeds
 
 Experiment files build on `base_config()` and `stage_config()`. `validate()` checks a config before
 anything is compiled and raises ConfigError with one line that names the key and the fix.
