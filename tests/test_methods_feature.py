@@ -21,6 +21,7 @@ from kd import models
 from kd import train
 from kd.errors import ConfigError
 from kd.methods import ab
+from kd.methods import common
 from kd.methods import fsp
 from kd.methods import nst
 from kd.methods import vid
@@ -137,10 +138,10 @@ def _cross_entropy(logits, labels):
 def test_adaptive_pool_follows_pytorch_bins():
   x = np.random.default_rng(0).normal(size=(2, 5, 7, 3))
   for height, width in ((3, 3), (5, 7), (1, 2), (4, 6)):
-    np.testing.assert_allclose(nst.adaptive_average_pool(jnp.asarray(x), height, width),
+    np.testing.assert_allclose(common.adaptive_average_pool(jnp.asarray(x), height, width),
                                _np_adaptive_pool(x, height, width), rtol=1e-5, atol=1e-6)
   even = np.random.default_rng(1).normal(size=(1, 4, 4, 2))  # A multiple: plain 2x2 average pooling.
-  np.testing.assert_allclose(nst.adaptive_average_pool(jnp.asarray(even), 2, 2),
+  np.testing.assert_allclose(common.adaptive_average_pool(jnp.asarray(even), 2, 2),
                              even.reshape(1, 2, 2, 2, 2, 2).mean(axis=(2, 4)), rtol=1e-5)
 
 
@@ -259,7 +260,7 @@ def _term_fn(name, teacher_features):
   def term(student_features, teacher_features=teacher_features):
     connector = None
     if name == "vid":
-      pooled = [nst.adaptive_average_pool(s, 2, 2) for s in student_features]
+      pooled = [common.adaptive_average_pool(s, 2, 2) for s in student_features]
       connector = {"means": [jnp.tile(p[..., :1], (1, 1, 1, 5)) for p in pooled],
                    "variances": [jnp.full(5, 2.0)]}
     if name == "ab":

@@ -50,9 +50,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kd import losses
 from kd.errors import ConfigError
-from kd.methods import nst
+from kd.methods import common
 from kd.models import cifar_resnet
 
 NEEDS_TEACHER = True
@@ -68,19 +67,17 @@ DEFAULTS: dict[str, Any] = {
 
 
 def check(params: dict[str, Any], where: str) -> None:
-  for key in ("ab_weight", "ce_weight"):
-    if not nst.is_number(params[key]) or not params[key] >= 0:
-      raise ConfigError(f"{where}.{key}={params[key]!r} must be a number >= 0")
-  if not nst.is_number(params["margin"]) or not params["margin"] >= 0:
+  common.check_weights(params, ("ab_weight", "ce_weight"), where)
+  if not common.is_number(params["margin"]) or not params["margin"] >= 0:
     raise ConfigError(f"{where}.margin={params['margin']!r} must be a number >= 0 (the paper's mu; 1.0 "
                       "in the authors' code)")
   if not isinstance(params["connector"], bool):
     raise ConfigError(f"{where}.connector={params['connector']!r} must be True or False")
-  nst.check_feature_patterns(params, where)
+  common.check_feature_patterns(params, where, ("layer1_4", "layer2_4", "layer3_4"))
 
 
 def check_features(params, student_shapes, teacher_shapes, where: str) -> None:
-  nst.check_feature_count(student_shapes, teacher_shapes, where)
+  common.check_feature_count(student_shapes, teacher_shapes, where)
   for (s_path, s_shape), (t_path, t_shape) in zip(student_shapes.items(), teacher_shapes.items()):
     if not params["connector"]:
       if s_shape != t_shape:
@@ -148,5 +145,5 @@ def loss(student_out, teacher_out, batch, *, student_features, teacher_features,
   count = len(teachers)
   ab = sum(2.0**(k - count + 1) * jnp.mean(boundary_loss(s, t, margin))
            for k, (s, t) in enumerate(zip(students, teachers)))
-  ce = jnp.mean(losses.cross_entropy_with_integer_labels(student_out["logits"], batch["label"]))
+  ce = common.cross_entropy(student_out["logits"], batch["label"])
   return ab_weight * ab + ce_weight * ce, {"ab": ab, "ce": ce}

@@ -18,8 +18,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kd import losses
 from kd.errors import ConfigError
+from kd.methods import common
 
 NEEDS_TEACHER = True
 DEFAULTS: dict[str, Any] = {
@@ -34,9 +34,7 @@ DEFAULTS: dict[str, Any] = {
 def check(params: dict[str, Any], where: str) -> None:
   if not params["p"] > 0:
     raise ConfigError(f"{where}.p={params['p']} must be > 0 (the paper uses 2)")
-  for key in ("at_weight", "ce_weight"):
-    if not params[key] >= 0:
-      raise ConfigError(f"{where}.{key}={params[key]} must be >= 0")
+  common.check_non_negative(params, ("at_weight", "ce_weight"), where)
   if not params["student_features"] or len(params["student_features"]) != len(params["teacher_features"]):
     raise ConfigError(f"{where}: student_features {params['student_features']} and teacher_features "
                       f"{params['teacher_features']} must pair up one to one (same non-zero length)")
@@ -69,5 +67,5 @@ def loss(student_out, teacher_out, batch, *, student_features, teacher_features,
   at = sum(
       jnp.mean((attention_map(s, p) - attention_map(jax.lax.stop_gradient(t), p)) ** 2)
       for s, t in zip(student_out["features"].values(), teacher_out["features"].values()))
-  ce = jnp.mean(losses.cross_entropy_with_integer_labels(student_out["logits"], batch["label"]))
+  ce = common.cross_entropy(student_out["logits"], batch["label"])
   return at_weight * at + ce_weight * ce, {"at": at, "ce": ce}

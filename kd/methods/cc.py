@@ -49,6 +49,7 @@ import jax.numpy as jnp
 
 from kd import losses
 from kd.errors import ConfigError
+from kd.methods import common
 
 NEEDS_TEACHER = True
 DEFAULTS: dict[str, Any] = {
@@ -70,14 +71,10 @@ _torch_linear_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "un
 
 
 def check(params: dict[str, Any], where: str) -> None:
-  for key in ("cc_weight", "ce_weight"):
-    if not _is_number(params[key]) or not params[key] >= 0:
-      raise ConfigError(f"{where}.{key}={params[key]!r} must be a number >= 0")
-  if params["cc_weight"] == 0 and params["ce_weight"] == 0:
-    raise ConfigError(f"{where}: cc_weight and ce_weight are both 0, so nothing is learned; set one > 0")
+  common.check_weights(params, ("cc_weight", "ce_weight"), where, all_zero_ok=False)
   if params["variant"] not in VARIANTS:
     raise ConfigError(f"{where}.variant={params['variant']!r} is not a variant; use one of {VARIANTS}")
-  if not _is_number(params["gamma"]) or not params["gamma"] > 0:
+  if not common.is_number(params["gamma"]) or not params["gamma"] > 0:
     raise ConfigError(f"{where}.gamma={params['gamma']!r} must be a number > 0 (Peng et al. use 0.4)")
   order = params["taylor_order"]
   if not isinstance(order, int) or isinstance(order, bool) or not 0 <= order <= 20:
@@ -85,11 +82,11 @@ def check(params: dict[str, Any], where: str) -> None:
   embed_dim = params["embed_dim"]
   if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 0:
     raise ConfigError(f"{where}.embed_dim={embed_dim!r} must be an integer >= 0 (RepDistiller uses 128)")
-  _check_feature_patterns(params, where)
+  common.check_feature_patterns(params, where, ("pool",))
 
 
 def check_features(params, student_shapes, teacher_shapes, where: str) -> None:
-  _check_feature_count(student_shapes, teacher_shapes, where)
+  common.check_feature_count(student_shapes, teacher_shapes, where)
   if params["variant"] == "repdistiller" and params["embed_dim"] == 0:
     for (s_path, s_shape), (t_path, t_shape) in zip(student_shapes.items(), teacher_shapes.items()):
       if math.prod(s_shape[1:]) != math.prod(t_shape[1:]):
@@ -111,10 +108,11 @@ class Embeddings(nn.Module):
   def __call__(self, student_out, teacher_out, batch, train: bool):
     del batch, train
     pairs = []
-    for index, (student, teacher) in enumerate(_feature_pairs(student_out, teacher_out)):
+    for index, (student, teacher) in enumerate(common.feature_pairs(student_out, teacher_out)):
       student_embed = nn.Dense(self.embed_dim, kernel_init=_torch_linear_kernel, name=f"student_embed{index}")
       teacher_embed = nn.Dense(self.embed_dim, kernel_init=_torch_linear_kernel, name=f"teacher_embed{index}")
-      pairs.append((student_embed(_flatten(student)), teacher_embed(_flatten(teacher))))
+      pairs.append((student_embed(common.flatten_examples(student)),
+                    teacher_embed(common.flatten_examples(teacher))))
     return {"cc_embeddings": pairs}
 
 
@@ -147,11 +145,11 @@ def loss(student_out, teacher_out, batch, *, cc_weight: float, ce_weight: float,
     # The teacher's projection is trainable: its output keeps its gradient.
     pairs = student_out["connector"]["cc_embeddings"]
   else:
-    pairs = _feature_pairs(student_out, teacher_out)
+    pairs = common.feature_pairs(student_out, teacher_out)
   cc = 0.0
   for student_embedding, teacher_embedding in pairs:
-    student_BxD = _flatten(student_embedding)
-    teacher_BxD = _flatten(teacher_embedding)
+    student_BxD = common.flatten_examples(student_embedding)
+    teacher_BxD = common.flatten_examples(teacher_embedding)
     if variant == "taylor_rbf":
       difference_BxB = (correlation_matrix(teacher_BxD, gamma=gamma, taylor_order=taylor_order)
                         - correlation_matrix(student_BxD, gamma=gamma, taylor_order=taylor_order))
@@ -160,7 +158,7 @@ def loss(student_out, teacher_out, batch, *, cc_weight: float, ce_weight: float,
       cc = cc + _repdistiller_correlation(student_BxD, teacher_BxD)
     else:
       raise ConfigError(f"method.variant={variant!r} is not a variant; use one of {VARIANTS}")
-  ce = jnp.mean(losses.cross_entropy_with_integer_labels(student_out["logits"], batch["label"]))
+  ce = common.cross_entropy(student_out["logits"], batch["label"])
   return cc_weight * cc + ce_weight * ce, {"cc": cc, "ce": ce}
 
 
@@ -175,40 +173,3 @@ def _repdistiller_correlation(student_BxD: jax.Array, teacher_BxD: jax.Array) ->
   delta_BxD = jnp.abs(student_BxD - teacher_BxD)
   return jnp.mean(jnp.sum(delta_BxD[:-1] * delta_BxD[1:], axis=1))
 
-
-def _flatten(features: jax.Array) -> jax.Array:
-  return features.reshape(features.shape[0], -1).astype(jnp.float32)
-
-
-def _is_number(value) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_feature_patterns(params: dict[str, Any], where: str) -> None:
-  for key in ("student_features", "teacher_features"):
-    patterns = params[key]
-    if (isinstance(patterns, str) or not isinstance(patterns, (tuple, list)) or not patterns
-        or not all(isinstance(p, str) and p for p in patterns)):
-      raise ConfigError(f"{where}.{key}={patterns!r} must be a non-empty tuple of tap-point patterns, "
-                        f"e.g. ('pool',)")
-  if len(params["student_features"]) != len(params["teacher_features"]):
-    raise ConfigError(f"{where}: student_features has {len(params['student_features'])} patterns and "
-                      f"teacher_features {len(params['teacher_features'])}; the i-th of each are "
-                      f"compared, so give the same number")
-
-
-def _check_feature_count(student_shapes, teacher_shapes, where: str) -> None:
-  if len(student_shapes) != len(teacher_shapes):
-    raise ConfigError(f"{where}: student_features selected {list(student_shapes)} and teacher_features "
-                      f"{list(teacher_shapes)}; the i-th of each are compared, so they must select the "
-                      f"same number of tap points")
-
-
-def _feature_pairs(student_out, teacher_out) -> list[tuple[jax.Array, jax.Array]]:
-  """(student, teacher) features in pattern order; the teacher's without gradient."""
-  student = student_out.get("features", {})
-  teacher = teacher_out.get("features", {})
-  if not student or len(student) != len(teacher):
-    raise ConfigError(f"method: student_features selected {list(student)} and teacher_features "
-                      f"{list(teacher)}; they must select the same number of tap points (> 0)")
-  return [(s, jax.lax.stop_gradient(t)) for s, t in zip(student.values(), teacher.values())]

@@ -46,8 +46,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kd import losses
 from kd.errors import ConfigError
+from kd.methods import common
 
 NEEDS_TEACHER = True
 DEFAULTS: dict[str, Any] = {
@@ -71,15 +71,11 @@ _torch_linear_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "un
 
 
 def check(params: dict[str, Any], where: str) -> None:
-  for key in ("crd_weight", "ce_weight", "kd_weight"):
-    if not params[key] >= 0:
-      raise ConfigError(f"{where}.{key}={params[key]} must be >= 0")
+  common.check_non_negative(params, ("crd_weight", "ce_weight", "kd_weight"), where)
   for key in ("feat_dim", "nce_k"):
     if not (isinstance(params[key], int) and params[key] >= 1):
       raise ConfigError(f"{where}.{key}={params[key]!r} must be an integer >= 1")
-  for key in ("nce_t", "temperature"):
-    if not params[key] > 0:
-      raise ConfigError(f"{where}.{key}={params[key]} must be > 0")
+  common.check_positive(params, ("nce_t", "temperature"), where)
   if not 0 <= params["nce_momentum"] < 1:
     raise ConfigError(f"{where}.nce_momentum={params['nce_momentum']} must be in [0, 1) (the paper uses 0.5)")
   if len(params["student_features"]) != 1 or len(params["teacher_features"]) != 1:
@@ -258,12 +254,7 @@ def loss(student_out, teacher_out, batch, *, student_features, teacher_features,
   del student_features, teacher_features, feat_dim, nce_k, nce_t, nce_momentum  # The connector's.
   connector = student_out["connector"]
   crd = jnp.mean(connector["student_anchor_nce"]) + jnp.mean(connector["teacher_anchor_nce"])
-  ce = jnp.mean(losses.cross_entropy_with_integer_labels(student_out["logits"], batch["label"]))
-  terms = {"crd": crd, "ce": ce}
+  ce = common.cross_entropy(student_out["logits"], batch["label"])
   total = crd_weight * crd + ce_weight * ce
-  if kd_weight:
-    kd = temperature**2 * jnp.mean(losses.kl_divergence_with_logits(
-        student_out["logits"], jax.lax.stop_gradient(teacher_out["logits"]), temperature=temperature))
-    terms["kd"] = kd
-    total = total + kd_weight * kd
-  return total, terms
+  return common.add_kd_term(total, {"crd": crd, "ce": ce}, student_out["logits"], teacher_out["logits"],
+                            kd_weight=kd_weight, temperature=temperature)

@@ -21,8 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kd import losses
 from kd.errors import ConfigError
+from kd.methods import common
 
 NEEDS_TEACHER = True
 DEFAULTS: dict[str, Any] = {
@@ -37,11 +37,8 @@ DEFAULTS: dict[str, Any] = {
 
 
 def check(params: dict[str, Any], where: str) -> None:
-  for key in ("hint_weight", "ce_weight", "kd_weight"):
-    if not params[key] >= 0:
-      raise ConfigError(f"{where}.{key}={params[key]} must be >= 0")
-  if not params["temperature"] > 0:
-    raise ConfigError(f"{where}.temperature={params['temperature']} must be > 0")
+  common.check_non_negative(params, ("hint_weight", "ce_weight", "kd_weight"), where)
+  common.check_positive(params, ("temperature",), where)
   if not params["student_features"] or len(params["student_features"]) != len(params["teacher_features"]):
     raise ConfigError(f"{where}: student_features {params['student_features']} and teacher_features "
                       f"{params['teacher_features']} must pair up one to one (same non-zero length)")
@@ -130,12 +127,7 @@ def loss(student_out, teacher_out, batch, *, student_features, teacher_features,
   targets = [jax.lax.stop_gradient(t) for t in teacher_out["features"].values()]
   hints = student_out["connector"]["hints"] if regressor else list(student_out["features"].values())
   hint = hint_loss(hints, targets)
-  ce = jnp.mean(losses.cross_entropy_with_integer_labels(student_out["logits"], batch["label"]))
-  terms = {"hint": hint, "ce": ce}
+  ce = common.cross_entropy(student_out["logits"], batch["label"])
   total = hint_weight * hint + ce_weight * ce
-  if kd_weight:
-    kd = temperature**2 * jnp.mean(losses.kl_divergence_with_logits(
-        student_out["logits"], jax.lax.stop_gradient(teacher_out["logits"]), temperature=temperature))
-    terms["kd"] = kd
-    total = total + kd_weight * kd
-  return total, terms
+  return common.add_kd_term(total, {"hint": hint, "ce": ce}, student_out["logits"], teacher_out["logits"],
+                            kd_weight=kd_weight, temperature=temperature)

@@ -44,9 +44,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kd import losses
 from kd.errors import ConfigError
-from kd.methods import nst
+from kd.methods import common
 
 NEEDS_TEACHER = True
 DEFAULTS: dict[str, Any] = {
@@ -59,15 +58,13 @@ DEFAULTS: dict[str, Any] = {
 
 
 def check(params: dict[str, Any], where: str) -> None:
-  for key in ("fsp_weight", "ce_weight"):
-    if not nst.is_number(params[key]) or not params[key] >= 0:
-      raise ConfigError(f"{where}.{key}={params[key]!r} must be a number >= 0")
-  nst.check_feature_patterns(params, where)
+  common.check_weights(params, ("fsp_weight", "ce_weight"), where)
+  common.check_feature_patterns(params, where, ("layer1_4", "layer2_4", "layer3_4"))
 
 
 def check_features(params, student_shapes, teacher_shapes, where: str) -> None:
   del params
-  nst.check_feature_count(student_shapes, teacher_shapes, where)
+  common.check_feature_count(student_shapes, teacher_shapes, where)
   if len(student_shapes) < 2:
     raise ConfigError(f"{where}: FSP matrices are built between consecutive features, but "
                       f"student_features selected only {list(student_shapes)}: select at least two, "
@@ -79,7 +76,7 @@ def check_features(params, student_shapes, teacher_shapes, where: str) -> None:
                           f"{shape[1:]}: pick convolutional tap points")
     paths = list(shapes)
     for bottom, top in zip(paths, paths[1:]):
-      if not nst.poolable(shapes[bottom], shapes[top]):
+      if not common.poolable(shapes[bottom], shapes[top]):
         raise ConfigError(
             f"{where}: {who} features {bottom} {shapes[bottom][1:]} and {top} {shapes[top][1:]} "
             "cannot be pooled to one resolution for their FSP matrix: pick consecutive maps whose "
@@ -105,7 +102,7 @@ def fsp_matrix(bottom_BxHxWxM: jax.Array, top_BxHxWxN: jax.Array) -> jax.Array:
   References:
     Yim, Joo, Bae & Kim, "A Gift from Knowledge Distillation", CVPR 2017, eq. 1.
   """
-  bottom_BxHxWxM, top_BxHxWxN = nst.match_resolution(bottom_BxHxWxM, top_BxHxWxN)
+  bottom_BxHxWxM, top_BxHxWxN = common.match_resolution(bottom_BxHxWxM, top_BxHxWxN)
   _, height, width, _ = bottom_BxHxWxM.shape
   return jnp.einsum("bhwi,bhwj->bij", bottom_BxHxWxM.astype(jnp.float32),
                     top_BxHxWxN.astype(jnp.float32)) / (height * width)
@@ -127,5 +124,5 @@ def loss(student_out, teacher_out, batch, *, student_features, teacher_features,
   del student_features, teacher_features  # Resolved by the framework into the outputs' "features".
   teacher_maps = [jax.lax.stop_gradient(t) for t in teacher_out["features"].values()]
   fsp = fsp_distance(list(student_out["features"].values()), teacher_maps)
-  ce = jnp.mean(losses.cross_entropy_with_integer_labels(student_out["logits"], batch["label"]))
+  ce = common.cross_entropy(student_out["logits"], batch["label"])
   return fsp_weight * fsp + ce_weight * ce, {"fsp": fsp, "ce": ce}

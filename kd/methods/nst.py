@@ -23,8 +23,8 @@ RepDistiller, `distiller_zoo/NST.py`, `helper/loops.py`, `scripts/run_cifar_dist
 pairs are the three stage outputs (the reference's `feat[1:-1]`, e.g. `layer1_4`, `layer2_4`,
 `layer3_4` for resnet32x4), nst_weight = 50 (`-b 50`), ce_weight = 1 and no KD term (`-a 0`). When
 the resolutions differ, the larger map is average-pooled to the smaller one
-(`F.adaptive_avg_pool2d`, reproduced exactly by `adaptive_average_pool`); the two maps need not have
-the same number of channels.
+(`F.adaptive_avg_pool2d`, reproduced exactly by `common.adaptive_average_pool`); the two maps need
+not have the same number of channels.
 
 Deviations from RepDistiller: it pools to (H, H), assuming square maps; here height and width are
 pooled separately. Its `F.normalize` divides by max(||f||, 1e-12); here an all-zero channel (a dead
@@ -38,10 +38,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from kd import losses
 from kd.errors import ConfigError
+from kd.methods import common
 
 NEEDS_TEACHER = True
 DEFAULTS: dict[str, Any] = {
@@ -54,65 +53,20 @@ DEFAULTS: dict[str, Any] = {
 
 
 def check(params: dict[str, Any], where: str) -> None:
-  for key in ("nst_weight", "ce_weight"):
-    if not is_number(params[key]) or not params[key] >= 0:
-      raise ConfigError(f"{where}.{key}={params[key]!r} must be a number >= 0")
-  check_feature_patterns(params, where)
+  common.check_weights(params, ("nst_weight", "ce_weight"), where)
+  common.check_feature_patterns(params, where, ("layer1_4", "layer2_4", "layer3_4"))
 
 
 def check_features(params, student_shapes, teacher_shapes, where: str) -> None:
   del params
-  check_feature_count(student_shapes, teacher_shapes, where)
+  common.check_feature_count(student_shapes, teacher_shapes, where)
   for (s_path, s_shape), (t_path, t_shape) in zip(student_shapes.items(), teacher_shapes.items()):
-    if len(s_shape) != 4 or len(t_shape) != 4 or not poolable(s_shape, t_shape):
+    if len(s_shape) != 4 or len(t_shape) != 4 or not common.poolable(s_shape, t_shape):
       raise ConfigError(
           f"{where}: NST compares channel activation patterns of feature maps [B,H,W,C], the larger "
           f"average-pooled to the smaller, but student feature {s_path} is {s_shape[1:]} and teacher "
           f"feature {t_path} is {t_shape[1:]}: pick maps whose height and width are both >= (or "
           "both <=) the other's (channels may differ)")
-
-
-# Resolution matching, shared with FSP and VID, which pool the same way.
-
-
-def poolable(shape_a, shape_b) -> bool:
-  """Whether one of two [B,H,W,C] maps can be average-pooled to the other's height and width."""
-  (_, a_h, a_w, _), (_, b_h, b_w, _) = shape_a, shape_b
-  return (a_h >= b_h and a_w >= b_w) or (a_h <= b_h and a_w <= b_w)
-
-
-def _pool_matrix(size_in: int, size_out: int) -> np.ndarray:
-  """[size_out, size_in] averaging weights of PyTorch's adaptive average pooling along one axis.
-
-  Output i averages inputs floor(i * n / m) to ceil((i + 1) * n / m) - 1, so for n a multiple of m
-  it is plain average pooling with window and stride n / m.
-  """
-  weights = np.zeros((size_out, size_in), np.float32)
-  for i in range(size_out):
-    start = (i * size_in) // size_out
-    end = -(-((i + 1) * size_in) // size_out)
-    weights[i, start:end] = 1.0 / (end - start)
-  return weights
-
-
-def adaptive_average_pool(x_BxHxWxC: jax.Array, height: int, width: int) -> jax.Array:
-  """`torch.nn.functional.adaptive_avg_pool2d` for NHWC maps: [B, H, W, C] -> [B, height, width, C]."""
-  _, in_height, in_width, _ = x_BxHxWxC.shape
-  if (in_height, in_width) == (height, width):
-    return x_BxHxWxC
-  rows_HoxH = jnp.asarray(_pool_matrix(in_height, height), x_BxHxWxC.dtype)
-  cols_WoxW = jnp.asarray(_pool_matrix(in_width, width), x_BxHxWxC.dtype)
-  return jnp.einsum("ih,jw,bhwc->bijc", rows_HoxH, cols_WoxW, x_BxHxWxC)
-
-
-def match_resolution(a_BxHxWxC: jax.Array, b_BxHxWxC: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(a, b) with the larger of the two average-pooled to the smaller's height and width."""
-  (_, a_h, a_w, _), (_, b_h, b_w, _) = a_BxHxWxC.shape, b_BxHxWxC.shape
-  if a_h >= b_h and a_w >= b_w:
-    return adaptive_average_pool(a_BxHxWxC, b_h, b_w), b_BxHxWxC
-  if a_h <= b_h and a_w <= b_w:
-    return a_BxHxWxC, adaptive_average_pool(b_BxHxWxC, a_h, a_w)
-  raise ValueError(f"cannot pool maps of shapes {a_BxHxWxC.shape} and {b_BxHxWxC.shape} to one resolution")
 
 
 def channel_patterns(features_BxHxWxC: jax.Array) -> jax.Array:
@@ -148,7 +102,7 @@ def nst_mmd(student_BxHxWxC: jax.Array, teacher_BxHxWxC: jax.Array) -> jax.Array
     arXiv:1707.01219, Section 3: MMD^2 of the normalised channel patterns, polynomial kernel
     with d = 2, c = 0.
   """
-  student_BxHxWxC, teacher_BxHxWxC = match_resolution(student_BxHxWxC, teacher_BxHxWxC)
+  student_BxHxWxC, teacher_BxHxWxC = common.match_resolution(student_BxHxWxC, teacher_BxHxWxC)
   s_BxPxC, t_BxPxC = channel_patterns(student_BxHxWxC), channel_patterns(teacher_BxHxWxC)
   return (_mean_polynomial_kernel(t_BxPxC, t_BxPxC) + _mean_polynomial_kernel(s_BxPxC, s_BxPxC)
           - 2 * _mean_polynomial_kernel(s_BxPxC, t_BxPxC))
@@ -159,32 +113,6 @@ def loss(student_out, teacher_out, batch, *, student_features, teacher_features,
   del student_features, teacher_features  # Resolved by the framework into the outputs' "features".
   nst = sum(jnp.mean(nst_mmd(s, jax.lax.stop_gradient(t)))
             for s, t in zip(student_out["features"].values(), teacher_out["features"].values()))
-  ce = jnp.mean(losses.cross_entropy_with_integer_labels(student_out["logits"], batch["label"]))
+  ce = common.cross_entropy(student_out["logits"], batch["label"])
   return nst_weight * nst + ce_weight * ce, {"nst": nst, "ce": ce}
 
-
-# Config checks, shared with FSP, VID and AB.
-
-
-def is_number(value) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_feature_patterns(params: dict[str, Any], where: str) -> None:
-  for key in ("student_features", "teacher_features"):
-    patterns = params[key]
-    if (isinstance(patterns, str) or not isinstance(patterns, (tuple, list)) or not patterns
-        or not all(isinstance(p, str) and p for p in patterns)):
-      raise ConfigError(f"{where}.{key}={patterns!r} must be a non-empty tuple of tap-point patterns, "
-                        "e.g. ('layer1_4', 'layer2_4', 'layer3_4')")
-  if len(params["student_features"]) != len(params["teacher_features"]):
-    raise ConfigError(f"{where}: student_features {tuple(params['student_features'])} and "
-                      f"teacher_features {tuple(params['teacher_features'])} must pair up one to one "
-                      "(the same number of patterns)")
-
-
-def check_feature_count(student_shapes, teacher_shapes, where: str) -> None:
-  if len(student_shapes) != len(teacher_shapes):
-    raise ConfigError(f"{where}: student_features selected {list(student_shapes)} and teacher_features "
-                      f"{list(teacher_shapes)}; the i-th of each are compared, so they must select the "
-                      "same number of tap points")

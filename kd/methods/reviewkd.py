@@ -41,8 +41,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kd import losses
 from kd.errors import ConfigError
+from kd.methods import common
 
 NEEDS_TEACHER = True
 DEFAULTS: dict[str, Any] = {
@@ -64,11 +64,8 @@ _torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "u
 
 
 def check(params: dict[str, Any], where: str) -> None:
-  for key in ("review_weight", "ce_weight", "kd_weight"):
-    if not params[key] >= 0:
-      raise ConfigError(f"{where}.{key}={params[key]} must be >= 0")
-  if not params["temperature"] > 0:
-    raise ConfigError(f"{where}.temperature={params['temperature']} must be > 0")
+  common.check_non_negative(params, ("review_weight", "ce_weight", "kd_weight"), where)
+  common.check_positive(params, ("temperature",), where)
   if not params["student_features"] or len(params["student_features"]) != len(params["teacher_features"]):
     raise ConfigError(f"{where}: student_features {params['student_features']} and teacher_features "
                       f"{params['teacher_features']} must pair up one to one (same non-zero length), "
@@ -99,20 +96,6 @@ def resize_nearest(x_BxHxWxC: jax.Array, size: Sequence[int]) -> jax.Array:
   return x_BxHxWxC[:, rows][:, :, cols]
 
 
-def adaptive_avg_pool(x_BxHxWxC: jax.Array, size: int) -> jax.Array:
-  """PyTorch's `adaptive_avg_pool2d(x, (size, size))`: bin i covers [floor(i*H/s), ceil((i+1)*H/s))."""
-
-  def pool_axis(x, axis):
-    length = x.shape[axis]
-    bins = []
-    for i in range(size):
-      start, stop = (i * length) // size, -((-(i + 1) * length) // size)
-      bins.append(jnp.mean(jax.lax.slice_in_dim(x, start, stop, axis=axis), axis=axis, keepdims=True))
-    return jnp.concatenate(bins, axis=axis)
-
-  return pool_axis(pool_axis(x_BxHxWxC, 1), 2)
-
-
 def hcl(student_maps: Sequence[jax.Array], teacher_maps: Sequence[jax.Array]) -> jax.Array:
   """Hierarchical context loss (the code's `hcl`): a scalar, summed over the pairs of maps.
 
@@ -131,7 +114,8 @@ def hcl(student_maps: Sequence[jax.Array], teacher_maps: Sequence[jax.Array]) ->
       if level >= min(fs.shape[1], fs.shape[2]):
         continue
       weight /= 2.0
-      pooled_difference = adaptive_avg_pool(fs, level) - adaptive_avg_pool(ft, level)
+      pooled_difference = (common.adaptive_average_pool(fs, level, level)
+                           - common.adaptive_average_pool(ft, level, level))
       pair_loss = pair_loss + weight * jnp.mean(pooled_difference**2)
       weight_sum += weight
     total = total + pair_loss / weight_sum
@@ -207,12 +191,7 @@ def loss(student_out, teacher_out, batch, *, student_features, teacher_features,
   del student_features, teacher_features  # Resolved by the framework into the outputs' "features".
   targets = [as_map(jax.lax.stop_gradient(t)) for t in teacher_out["features"].values()]
   review = hcl(student_out["connector"]["fused"], targets)
-  ce = jnp.mean(losses.cross_entropy_with_integer_labels(student_out["logits"], batch["label"]))
-  terms = {"hcl": review, "ce": ce}
+  ce = common.cross_entropy(student_out["logits"], batch["label"])
   total = review_weight * review + ce_weight * ce
-  if kd_weight:
-    kd = temperature**2 * jnp.mean(losses.kl_divergence_with_logits(
-        student_out["logits"], jax.lax.stop_gradient(teacher_out["logits"]), temperature=temperature))
-    terms["kd"] = kd
-    total = total + kd_weight * kd
-  return total, terms
+  return common.add_kd_term(total, {"hcl": review, "ce": ce}, student_out["logits"], teacher_out["logits"],
+                            kd_weight=kd_weight, temperature=temperature)

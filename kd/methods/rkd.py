@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import optax
 
 from kd import losses
-from kd.errors import ConfigError
+from kd.methods import common
 
 NEEDS_TEACHER = True
 DEFAULTS: dict[str, Any] = {
@@ -55,19 +55,13 @@ HUBER_DELTA = 1.0  # PyTorch's smooth_l1_loss, which Park et al. and RepDistille
 
 
 def check(params: dict[str, Any], where: str) -> None:
-  keys = ("distance_weight", "angle_weight", "ce_weight")
-  for key in keys:
-    if not _is_number(params[key]) or not params[key] >= 0:
-      raise ConfigError(f"{where}.{key}={params[key]!r} must be a number >= 0")
-  if all(params[key] == 0 for key in keys):
-    raise ConfigError(f"{where}: distance_weight, angle_weight and ce_weight are all 0, so nothing "
-                      f"is learned; set one > 0")
-  _check_feature_patterns(params, where)
+  common.check_weights(params, ("distance_weight", "angle_weight", "ce_weight"), where,
+                       all_zero_ok=False)
+  common.check_feature_patterns(params, where, ("pool",))
 
 
-def check_features(params, student_shapes, teacher_shapes, where: str) -> None:
-  del params  # Features of any shapes work: each is flattened per example.
-  _check_feature_count(student_shapes, teacher_shapes, where)
+# Features of any shapes work: each is flattened per example.
+check_features = common.check_flattened_features
 
 
 def distance_potentials(embeddings_BxD: jax.Array) -> jax.Array:
@@ -83,51 +77,14 @@ def loss(student_out, teacher_out, batch, *, distance_weight: float, angle_weigh
          ce_weight: float, student_features, teacher_features) -> tuple[Any, dict[str, Any]]:
   del student_features, teacher_features  # The framework captured them into the outputs.
   distance, angle = 0.0, 0.0
-  for student_embedding, teacher_embedding in _feature_pairs(student_out, teacher_out):
-    student_BxD = _flatten(student_embedding)
-    teacher_BxD = _flatten(teacher_embedding)
+  for student_embedding, teacher_embedding in common.feature_pairs(student_out, teacher_out):
+    student_BxD = common.flatten_examples(student_embedding)
+    teacher_BxD = common.flatten_examples(teacher_embedding)
     distance = distance + jnp.mean(optax.losses.huber_loss(
         distance_potentials(student_BxD), distance_potentials(teacher_BxD), delta=HUBER_DELTA))
     angle = angle + jnp.mean(optax.losses.huber_loss(
         losses.angle_potentials(student_BxD), losses.angle_potentials(teacher_BxD), delta=HUBER_DELTA))
-  ce = jnp.mean(losses.cross_entropy_with_integer_labels(student_out["logits"], batch["label"]))
+  ce = common.cross_entropy(student_out["logits"], batch["label"])
   total = distance_weight * distance + angle_weight * angle + ce_weight * ce
   return total, {"rkd_distance": distance, "rkd_angle": angle, "ce": ce}
 
-
-def _flatten(features: jax.Array) -> jax.Array:
-  return features.reshape(features.shape[0], -1).astype(jnp.float32)
-
-
-def _is_number(value) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_feature_patterns(params: dict[str, Any], where: str) -> None:
-  for key in ("student_features", "teacher_features"):
-    patterns = params[key]
-    if (isinstance(patterns, str) or not isinstance(patterns, (tuple, list)) or not patterns
-        or not all(isinstance(p, str) and p for p in patterns)):
-      raise ConfigError(f"{where}.{key}={patterns!r} must be a non-empty tuple of tap-point patterns, "
-                        f"e.g. ('pool',)")
-  if len(params["student_features"]) != len(params["teacher_features"]):
-    raise ConfigError(f"{where}: student_features has {len(params['student_features'])} patterns and "
-                      f"teacher_features {len(params['teacher_features'])}; the i-th of each are "
-                      f"compared, so give the same number")
-
-
-def _check_feature_count(student_shapes, teacher_shapes, where: str) -> None:
-  if len(student_shapes) != len(teacher_shapes):
-    raise ConfigError(f"{where}: student_features selected {list(student_shapes)} and teacher_features "
-                      f"{list(teacher_shapes)}; the i-th of each are compared, so they must select the "
-                      f"same number of tap points")
-
-
-def _feature_pairs(student_out, teacher_out) -> list[tuple[jax.Array, jax.Array]]:
-  """(student, teacher) features in pattern order; the teacher's without gradient."""
-  student = student_out.get("features", {})
-  teacher = teacher_out.get("features", {})
-  if not student or len(student) != len(teacher):
-    raise ConfigError(f"method: student_features selected {list(student)} and teacher_features "
-                      f"{list(teacher)}; they must select the same number of tap points (> 0)")
-  return [(s, jax.lax.stop_gradient(t)) for s, t in zip(student.values(), teacher.values())]

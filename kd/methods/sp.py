@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from kd import losses
-from kd.errors import ConfigError
+from kd.methods import common
 
 NEEDS_TEACHER = True
 DEFAULTS: dict[str, Any] = {
@@ -52,17 +52,12 @@ DEFAULTS: dict[str, Any] = {
 
 
 def check(params: dict[str, Any], where: str) -> None:
-  for key in ("sp_weight", "ce_weight"):
-    if not _is_number(params[key]) or not params[key] >= 0:
-      raise ConfigError(f"{where}.{key}={params[key]!r} must be a number >= 0")
-  if params["sp_weight"] == 0 and params["ce_weight"] == 0:
-    raise ConfigError(f"{where}: sp_weight and ce_weight are both 0, so nothing is learned; set one > 0")
-  _check_feature_patterns(params, where)
+  common.check_weights(params, ("sp_weight", "ce_weight"), where, all_zero_ok=False)
+  common.check_feature_patterns(params, where, ("layer3_4",))
 
 
-def check_features(params, student_shapes, teacher_shapes, where: str) -> None:
-  del params  # Features of any shapes work: each is flattened per example.
-  _check_feature_count(student_shapes, teacher_shapes, where)
+# Features of any shapes work: each is flattened per example.
+check_features = common.check_flattened_features
 
 
 def similarity_matrix(features_BxN: jax.Array) -> jax.Array:
@@ -75,43 +70,10 @@ def loss(student_out, teacher_out, batch, *, sp_weight: float, ce_weight: float,
          student_features, teacher_features) -> tuple[Any, dict[str, Any]]:
   del student_features, teacher_features  # The framework captured them into the outputs.
   sp = 0.0
-  for student_map, teacher_map in _feature_pairs(student_out, teacher_out):
+  for student_map, teacher_map in common.feature_pairs(student_out, teacher_out):
     batch_size = student_map.shape[0]
     difference_BxB = similarity_matrix(teacher_map) - similarity_matrix(student_map)
     sp = sp + jnp.sum(jnp.square(difference_BxB)) / batch_size**2
-  ce = jnp.mean(losses.cross_entropy_with_integer_labels(student_out["logits"], batch["label"]))
+  ce = common.cross_entropy(student_out["logits"], batch["label"])
   return sp_weight * sp + ce_weight * ce, {"sp": sp, "ce": ce}
 
-
-def _is_number(value) -> bool:
-  return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_feature_patterns(params: dict[str, Any], where: str) -> None:
-  for key in ("student_features", "teacher_features"):
-    patterns = params[key]
-    if (isinstance(patterns, str) or not isinstance(patterns, (tuple, list)) or not patterns
-        or not all(isinstance(p, str) and p for p in patterns)):
-      raise ConfigError(f"{where}.{key}={patterns!r} must be a non-empty tuple of tap-point patterns, "
-                        f"e.g. ('layer3_4',)")
-  if len(params["student_features"]) != len(params["teacher_features"]):
-    raise ConfigError(f"{where}: student_features has {len(params['student_features'])} patterns and "
-                      f"teacher_features {len(params['teacher_features'])}; the i-th of each are "
-                      f"compared, so give the same number")
-
-
-def _check_feature_count(student_shapes, teacher_shapes, where: str) -> None:
-  if len(student_shapes) != len(teacher_shapes):
-    raise ConfigError(f"{where}: student_features selected {list(student_shapes)} and teacher_features "
-                      f"{list(teacher_shapes)}; the i-th of each are compared, so they must select the "
-                      f"same number of tap points")
-
-
-def _feature_pairs(student_out, teacher_out) -> list[tuple[jax.Array, jax.Array]]:
-  """(student, teacher) features in pattern order; the teacher's without gradient."""
-  student = student_out.get("features", {})
-  teacher = teacher_out.get("features", {})
-  if not student or len(student) != len(teacher):
-    raise ConfigError(f"method: student_features selected {list(student)} and teacher_features "
-                      f"{list(teacher)}; they must select the same number of tap points (> 0)")
-  return [(s, jax.lax.stop_gradient(t)) for s, t in zip(student.values(), teacher.values())]

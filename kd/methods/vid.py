@@ -36,9 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd import losses
 from kd.errors import ConfigError
-from kd.methods import nst
+from kd.methods import common
 from kd.models import cifar_resnet
 
 NEEDS_TEACHER = True
@@ -54,23 +53,22 @@ DEFAULTS: dict[str, Any] = {
 
 
 def check(params: dict[str, Any], where: str) -> None:
-  for key in ("vid_weight", "ce_weight"):
-    if not nst.is_number(params[key]) or not params[key] >= 0:
-      raise ConfigError(f"{where}.{key}={params[key]!r} must be a number >= 0")
-  if not nst.is_number(params["variance_epsilon"]) or not params["variance_epsilon"] > 0:
+  common.check_weights(params, ("vid_weight", "ce_weight"), where)
+  if not common.is_number(params["variance_epsilon"]) or not params["variance_epsilon"] > 0:
     raise ConfigError(f"{where}.variance_epsilon={params['variance_epsilon']!r} must be a number > 0 "
                       "(it keeps the variance away from 0; RepDistiller uses 1e-5)")
-  if not nst.is_number(params["init_variance"]) or not params["init_variance"] > params["variance_epsilon"]:
+  if (not common.is_number(params["init_variance"])
+      or not params["init_variance"] > params["variance_epsilon"]):
     raise ConfigError(f"{where}.init_variance={params['init_variance']!r} must be a number > "
                       f"variance_epsilon={params['variance_epsilon']} (RepDistiller uses 5.0)")
-  nst.check_feature_patterns(params, where)
+  common.check_feature_patterns(params, where, ("layer1_4", "layer2_4", "layer3_4"))
 
 
 def check_features(params, student_shapes, teacher_shapes, where: str) -> None:
   del params
-  nst.check_feature_count(student_shapes, teacher_shapes, where)
+  common.check_feature_count(student_shapes, teacher_shapes, where)
   for (s_path, s_shape), (t_path, t_shape) in zip(student_shapes.items(), teacher_shapes.items()):
-    maps = len(s_shape) == 4 and len(t_shape) == 4 and nst.poolable(s_shape, t_shape)
+    maps = len(s_shape) == 4 and len(t_shape) == 4 and common.poolable(s_shape, t_shape)
     embeddings = len(s_shape) == 2 and len(t_shape) == 2
     if not (maps or embeddings):
       raise ConfigError(
@@ -98,7 +96,7 @@ class VariationalRegressors(nn.Module):
     means, variances = [], []
     for index, (feature, shape) in enumerate(zip(student_out["features"].values(), self.teacher_shapes)):
       if len(shape) == 4:
-        feature = nst.adaptive_average_pool(feature, *_pooled_resolution(feature.shape, shape))
+        feature = common.adaptive_average_pool(feature, *_pooled_resolution(feature.shape, shape))
       channels = shape[-1]
       x = nn.relu(_conv1x1(channels, f"regressor{index}_conv0")(feature.astype(jnp.float32)))
       x = nn.relu(_conv1x1(channels, f"regressor{index}_conv1")(x))
@@ -155,7 +153,7 @@ def loss(student_out, teacher_out, batch, *, student_features, teacher_features,
                                     teacher_out["features"].values()):
     target = jax.lax.stop_gradient(target).astype(jnp.float32)
     if target.ndim == 4:
-      target = nst.adaptive_average_pool(target, mean.shape[1], mean.shape[2])
+      target = common.adaptive_average_pool(target, mean.shape[1], mean.shape[2])
     vid = vid + jnp.mean(gaussian_nll(mean, variance, target))
-  ce = jnp.mean(losses.cross_entropy_with_integer_labels(student_out["logits"], batch["label"]))
+  ce = common.cross_entropy(student_out["logits"], batch["label"])
   return vid_weight * vid + ce_weight * ce, {"vid": vid, "ce": ce}
