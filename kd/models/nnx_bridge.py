@@ -67,7 +67,7 @@ class NNXModel:
       model.eval()
     if capture:
       logits, intermediates = nnx.capture(model, nnx.Intermediate, method_outputs=nnx.Intermediate)(inputs)
-      intermediates = intermediates.to_pure_dict()
+      intermediates = nnx.to_pure_dict(intermediates)
     else:
       logits, intermediates = model(inputs), {}
     _, _, _, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
