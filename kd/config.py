@@ -32,6 +32,7 @@ from kd.errors import ConfigError
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant")
 NONFINITE_POLICIES = ("stop", "skip")
+TEACHER_VIEWS = ("same", "independent")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -46,6 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
       "test_split": "test",  # The report card's split.
       "batch_size": 64,  # Global, over all devices and processes.
       "eval_batch_size": 256,
+      # Training views, made on the device (kd.augment): random crop after zero padding, random
+      # horizontal flip; the teacher sees the "same" view as the student or an "independent" one.
+      "augment": ml_collections.ConfigDict({"crop_padding": 0, "flip": False, "teacher_view": "same"}),
   })
   config.mesh = ml_collections.ConfigDict({"data": -1})
   config.checkpoint = ml_collections.ConfigDict({"every_steps": 500, "keep": 2})
@@ -174,6 +178,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   for key in ("batch_size", "eval_batch_size"):
     if data[key] <= 0:
       raise ConfigError(f"data.{key}={data[key]} must be > 0")
+  augment = data.augment
+  if augment.crop_padding < 0:
+    raise ConfigError(f"data.augment.crop_padding={augment.crop_padding} must be >= 0")
+  if augment.teacher_view not in TEACHER_VIEWS:
+    raise ConfigError(f"data.augment.teacher_view={augment.teacher_view!r}: choose one of {TEACHER_VIEWS}")
   if config.checkpoint.every_steps <= 0:
     raise ConfigError(f"checkpoint.every_steps={config.checkpoint.every_steps} must be > 0")
   if config.checkpoint.keep < 1:

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from kd import augment
 from kd import checkpoint
 from kd import data
 from kd import evaluation
@@ -110,7 +111,8 @@ def student_variables(state: TrainState) -> dict[str, Any]:
 
 
 def train_step(state: TrainState, teacher_variables, batch, *, student_apply, teacher_apply,
-               loss_fn, optimizer, learning_rate, connector=None, nonfinite_policy: str = "stop",
+               loss_fn, optimizer, learning_rate, connector=None, make_views=None,
+               nonfinite_policy: str = "stop",
                inject_nonfinite_at_step: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update: teacher forward (no gradient), student forward and backward, optimizer update.
 
@@ -127,6 +129,8 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
     optimizer: an optax transform.
     learning_rate: its schedule, reported in the metrics.
     connector: the method's trainable connector module, or None.
+    make_views: `(batch, rng) -> (student batch, teacher batch)` augmenting on the device
+      (`kd.augment.views`), or None to train on the batch as it comes.
     nonfinite_policy: a step whose loss or gradient is NaN or Inf never updates the state; under
       "stop", no later step does either (the host stops the run at its next log step and names the
       bad step), under "skip" training goes on.
@@ -138,9 +142,12 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
     learning_rate, nonfinite (1 if this step was NaN/Inf), skipped_updates (so far).
   """
   rng = jax.random.fold_in(state.rng, state.step)
+  teacher_batch = batch
+  if make_views is not None:
+    batch, teacher_batch = make_views(batch, jax.random.fold_in(rng, 2))
   teacher_out = None
   if teacher_apply is not None:
-    teacher_out = jax.lax.stop_gradient(teacher_apply(teacher_variables, batch, train=False))
+    teacher_out = jax.lax.stop_gradient(teacher_apply(teacher_variables, teacher_batch, train=False))
 
   def objective(params):
     student_out = student_apply({"params": params["student"], **state.model_state["student"]}, batch,
@@ -308,6 +315,12 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
                                       stage_features.teacher_shapes, len(train_arrays["label"]))
   optimizer, learning_rate = make_optimizer(stage.optimizer, stage.num_steps)
   loss_fn = methods.build_loss(stage.method)
+  augment_config = data_config.augment
+  make_views = None
+  if augment_config.crop_padding or augment_config.flip:
+    make_views = functools.partial(augment.views, input_key=spec.input_key,
+                                   crop_padding=augment_config.crop_padding, flip=augment_config.flip,
+                                   teacher_view=augment_config.teacher_view)
   example_batch = {spec.input_key: jnp.zeros((2,) + spec.input_shape, spec.input_dtype),
                    "label": jnp.zeros((2,), jnp.int32), "index": jnp.zeros((2,), jnp.int32)}
   init = functools.partial(init_train_state, module=module, optimizer=optimizer,
@@ -319,7 +332,8 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   step_fn = jax.jit(
       functools.partial(train_step, student_apply=student_train_apply, teacher_apply=teacher_apply,
                         loss_fn=loss_fn, optimizer=optimizer, learning_rate=learning_rate,
-                        connector=connector, nonfinite_policy=config.nonfinite.policy,
+                        connector=connector, make_views=make_views,
+                        nonfinite_policy=config.nonfinite.policy,
                         inject_nonfinite_at_step=config.nonfinite.inject_at_step),
       in_shardings=(state_sharding, jax.tree.map(lambda _: replicated, teacher_variables), batch_sharding),
       out_shardings=(state_sharding, replicated),

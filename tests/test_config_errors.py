@@ -28,6 +28,8 @@ CASES = [
     (["--config.seeds=()"], ["seeds=()", "non-empty"]),
     (["--stages=student"], ["needs teacher stage 'teacher'", "no finished run"]),
     (["--stages=pupil"], ["'pupil'", "not a stage"]),
+    (["--config.data.augment.crop_padding=-1"], ["crop_padding=-1 must be >= 0"]),
+    (["--config.data.augment.teacher_view=other"], ["teacher_view='other'", "independent"]),
 ]
 
 
