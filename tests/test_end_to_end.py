@@ -51,10 +51,11 @@ def test_rerunning_a_finished_experiment_skips_its_stages(smoke_workdir):
   assert os.path.getmtime(result_file) == modified
 
 
-def test_quickstart_notebook_runs_headless(smoke_workdir):
-  with open(os.path.join(REPO, "notebooks", "quickstart.ipynb")) as f:
+def _run_notebook(name: str, workdir: str) -> list:
+  """Executes notebooks/<name> headless on `workdir` (smoke variant); returns its outputs."""
+  with open(os.path.join(REPO, "notebooks", name)) as f:
     notebook = nbformat.read(f, as_version=4)
-  os.environ["KD_WORKDIR"], os.environ["KD_VARIANT"] = smoke_workdir, "smoke"
+  os.environ["KD_WORKDIR"], os.environ["KD_VARIANT"] = workdir, "smoke"
   try:
     nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}).execute()
@@ -62,6 +63,11 @@ def test_quickstart_notebook_runs_headless(smoke_workdir):
     del os.environ["KD_WORKDIR"], os.environ["KD_VARIANT"]
   outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
   assert not [o for o in outputs if o.output_type == "error"]
+  return outputs
+
+
+def test_quickstart_notebook_runs_headless(smoke_workdir):
+  outputs = _run_notebook("quickstart.ipynb", smoke_workdir)
   text = "".join(o.get("text", "") for o in outputs)
   assert "top-1 agreement" in text
   assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # Soft targets and the bar chart.
@@ -75,14 +81,5 @@ def test_methods_notebook_runs_headless_on_a_smoke_comparison(tmp_path):
     report = json.load(f)
   stages = [row["stage"] for row in report["comparison"]]
   assert stages[0] == "baseline" and "kd" in stages and "fitnets" in stages and len(stages) >= 10
-  with open(os.path.join(REPO, "notebooks", "methods.ipynb")) as f:
-    notebook = nbformat.read(f, as_version=4)
-  os.environ["KD_WORKDIR"], os.environ["KD_VARIANT"] = workdir, "smoke"
-  try:
-    nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}).execute()
-  finally:
-    del os.environ["KD_WORKDIR"], os.environ["KD_VARIANT"]
-  outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
-  assert not [o for o in outputs if o.output_type == "error"]
+  outputs = _run_notebook("methods.ipynb", workdir)
   assert any("image/png" in o.get("data", {}) for o in outputs)
