@@ -53,7 +53,7 @@ def tap_points(module: nn.Module, example_inputs: Any) -> dict[str, tuple[int, .
       return True
     return False
 
-  def run(inputs):
+  def run_linen(inputs):
     variables = module.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, inputs,
                             train=False)
     call_order.clear()  # Only the apply's calls count, in the order the modules ran.
@@ -61,16 +61,15 @@ def tap_points(module: nn.Module, example_inputs: Any) -> dict[str, tuple[int, .
                             mutable=["intermediates"])
     return _flatten(state["intermediates"])
 
-  if hasattr(module, "graphdef"):  # An NNX model (kd.models.nnx_bridge): paths in call order too.
+  def run_nnx(inputs):  # An NNX model (kd.models.nnx_bridge).
+    call_order.clear()
+    _, intermediates, _ = module.apply(module.init(jax.random.key(0)), inputs, train=False,
+                                       capture=True)
+    flat = _flatten(intermediates)
+    call_order.extend(flat)  # NNX records submodule outputs in the order they return.
+    return flat
 
-    def run(inputs):  # pylint: disable=function-redefined
-      call_order.clear()
-      _, intermediates, _ = module.apply(module.init(jax.random.key(0)), inputs, train=False,
-                                         capture=True)
-      flat = _flatten(intermediates)
-      call_order.extend(flat)  # NNX records submodule outputs in the order they return.
-      return flat
-
+  run = run_nnx if hasattr(module, "graphdef") else run_linen
   shapes = jax.eval_shape(run, example_inputs)  # A dict, so its keys come back sorted.
   rank = {path: index for index, path in reversed(list(enumerate(call_order)))}
   return {path: tuple(shapes[path].shape) for path in sorted(shapes, key=lambda p: rank.get(p, len(rank)))}

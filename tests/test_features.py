@@ -1,7 +1,5 @@
 """Features of unmodified models by module path, connectors, and the feature methods FitNets and AT."""
 
-import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import run_main
-from kd import config as config_lib
+import method_harness
 from kd import features
 from kd import methods
 from kd import models
@@ -19,12 +17,8 @@ from kd.methods import attention_transfer
 from kd.methods import fitnets
 
 SMOKE = "--config=experiments/quickstart.py:smoke"
-TEACHER = {"name": "cnn", "channels": (8, 16), "hidden": 32}
-STUDENT = {"name": "cnn", "channels": (4,), "hidden": 16}
-
-
-def _module(model):
-  return models.build_model(models.model_config(**model), 10)
+TEACHER = method_harness.TEACHER
+_module = method_harness.module
 
 
 def test_tap_points_list_every_submodule_output_in_call_order():
@@ -91,29 +85,7 @@ def test_hint_loss_and_attention_maps_by_hand():
 
 
 def _step_setup(method):
-  spec_shapes = {"student": STUDENT, "teacher": TEACHER}
-  example = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
-  student, teacher = _module(spec_shapes["student"]), _module(spec_shapes["teacher"])
-  s_patterns, t_patterns = methods.feature_patterns(method)
-  s_taps, t_taps = features.tap_points(student, example), features.tap_points(teacher, example)
-  s_paths = features.select(s_patterns, list(s_taps), "s")
-  t_paths = features.select(t_patterns, list(t_taps), "t")
-  s_shapes, t_shapes = {p: s_taps[p] for p in s_paths}, {p: t_taps[p] for p in t_paths}
-  methods.check_feature_shapes(method, s_shapes, t_shapes, "method")
-  connector = methods.build_connector(method, s_shapes, t_shapes, 16)
-  teacher_variables = models.init_variables(teacher, jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 1)))
-  optimizer, schedule = train.make_optimizer(config_lib.optimizer_config(learning_rate=3e-3), 100)
-  student_apply = models.make_apply(student, "image", s_paths)
-  teacher_apply = models.make_apply(teacher, "image", t_paths)
-  batch = {"image": np.random.default_rng(0).integers(0, 255, (16, 8, 8, 1), dtype=np.uint8),
-           "label": np.arange(16, dtype=np.int32) % 10, "index": np.arange(16, dtype=np.int32)}
-  state = train.init_train_state(jax.random.PRNGKey(0), batch, teacher_variables, module=student,
-                                 optimizer=optimizer, connector=connector, student_apply=student_apply,
-                                 teacher_apply=teacher_apply)
-  step = jax.jit(functools.partial(train.train_step, student_apply=student_apply,
-                                   teacher_apply=teacher_apply, loss_fn=methods.build_loss(method),
-                                   optimizer=optimizer, learning_rate=schedule, connector=connector))
-  return state, teacher_variables, batch, step
+  return method_harness.build_method_step(method)
 
 
 def test_fitnets_regressor_is_trained_with_the_student_and_left_out_of_the_export():

@@ -6,7 +6,6 @@ the papers state, finite gradients, no gradient into the teacher, the errors for
 cannot work, and, for the methods with connectors, train steps through `kd.train.train_step`.
 """
 
-import functools
 import math
 
 import jax
@@ -14,10 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd import config as config_lib
-from kd import features
+import method_harness
+
 from kd import methods
-from kd import models
 from kd import train
 from kd.errors import ConfigError
 from kd.methods import ab
@@ -351,40 +349,11 @@ def test_check_rejects_impossible_parameters(name, key, value, words):
 
 # Training with connectors.
 
-TEACHER = {"name": "cnn", "channels": (8, 16), "hidden": 32}
-STUDENT = {"name": "cnn", "channels": (4,), "hidden": 16}
-
-
-def _module(model):
-  return models.build_model(models.model_config(**model), 10)
-
-
 def _step_setup(monkeypatch, name, learning_rate=3e-3, **params):
   """A jitted train step through the framework's method table, as `kd.train` builds it."""
   monkeypatch.setitem(methods.METHODS, name, MODULES[name])
-  method = methods.method_config(name, **params)
-  example = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
-  student, teacher = _module(STUDENT), _module(TEACHER)
-  s_patterns, t_patterns = methods.feature_patterns(method)
-  s_taps, t_taps = features.tap_points(student, example), features.tap_points(teacher, example)
-  s_paths = features.select(s_patterns, list(s_taps), "s")
-  t_paths = features.select(t_patterns, list(t_taps), "t")
-  s_shapes, t_shapes = {p: s_taps[p] for p in s_paths}, {p: t_taps[p] for p in t_paths}
-  methods.check_feature_shapes(method, s_shapes, t_shapes, "method")
-  connector = methods.build_connector(method, s_shapes, t_shapes, 16)
-  teacher_variables = models.init_variables(teacher, jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 1)))
-  optimizer, schedule = train.make_optimizer(config_lib.optimizer_config(learning_rate=learning_rate), 100)
-  student_apply = models.make_apply(student, "image", s_paths)
-  teacher_apply = models.make_apply(teacher, "image", t_paths)
-  batch = {"image": np.random.default_rng(0).integers(0, 255, (16, 8, 8, 1), dtype=np.uint8),
-           "label": np.arange(16, dtype=np.int32) % 10, "index": np.arange(16, dtype=np.int32)}
-  state = train.init_train_state(jax.random.PRNGKey(0), batch, teacher_variables, module=student,
-                                 optimizer=optimizer, connector=connector, student_apply=student_apply,
-                                 teacher_apply=teacher_apply)
-  step = jax.jit(functools.partial(train.train_step, student_apply=student_apply,
-                                   teacher_apply=teacher_apply, loss_fn=methods.build_loss(method),
-                                   optimizer=optimizer, learning_rate=schedule, connector=connector))
-  return state, teacher_variables, batch, step
+  return method_harness.build_method_step(methods.method_config(name, **params),
+                                          learning_rate=learning_rate)
 
 
 def _train(state, teacher_variables, batch, step, term, num_steps=25):

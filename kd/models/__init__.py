@@ -18,7 +18,6 @@ from typing import Any, Callable, Mapping, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from kd import features
 from kd.errors import ConfigError
