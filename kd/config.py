@@ -49,7 +49,13 @@ def base_config() -> ml_collections.ConfigDict:
       "eval_batch_size": 256,
       # Training views, made on the device (kd.augment): random crop after zero padding, random
       # horizontal flip; the teacher sees the "same" view as the student or an "independent" one.
-      "augment": ml_collections.ConfigDict({"crop_padding": 0, "flip": False, "teacher_view": "same"}),
+      # random_resized_crop: ImageNet-style inception crop (area fraction in rrc_scale, aspect ratio
+      # in rrc_ratio) resized back to the dataset's size; mixup_alpha / cutmix_alpha > 0 mix each
+      # example with its neighbour (one of the two per batch when both are set), labels weighted.
+      "augment": ml_collections.ConfigDict({"crop_padding": 0, "flip": False, "teacher_view": "same",
+                                            "random_resized_crop": False, "rrc_scale": (0.08, 1.0),
+                                            "rrc_ratio": (3 / 4, 4 / 3), "mixup_alpha": 0.0,
+                                            "cutmix_alpha": 0.0}),
   })
   config.mesh = ml_collections.ConfigDict({"data": -1})
   config.checkpoint = ml_collections.ConfigDict({"every_steps": 500, "keep": 2})
@@ -166,6 +172,21 @@ def _check_stage(stage, where: str) -> None:
                       f"[0, num_steps={stage.num_steps})")
 
 
+def _check_augment_ranges(augment) -> None:
+  """The inception crop's ranges and the mixing alphas (see kd.augment)."""
+  for key, upper in (("rrc_scale", 1.0), ("rrc_ratio", None)):
+    value = tuple(augment[key])
+    if (len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or not 0 < value[0] <= value[1] or (upper is not None and value[1] > upper)):
+      bound = " <= 1" if upper is not None else ""
+      raise ConfigError(f"data.augment.{key}={value!r} must be a pair (low, high) with 0 < low <= high{bound}, "
+                        f"e.g. {base_config().data.augment[key]!r}")
+  for key in ("mixup_alpha", "cutmix_alpha"):
+    if not augment[key] >= 0:
+      raise ConfigError(f"data.augment.{key}={augment[key]} must be >= 0 (0: off; e.g. 0.2 for mixup, 1.0 "
+                        "for cutmix)")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ConfigError (one line: the key, the problem, the fix) if the config cannot run.
 
@@ -183,6 +204,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     raise ConfigError(f"data.augment.crop_padding={augment.crop_padding} must be >= 0")
   if augment.teacher_view not in TEACHER_VIEWS:
     raise ConfigError(f"data.augment.teacher_view={augment.teacher_view!r}: choose one of {TEACHER_VIEWS}")
+  _check_augment_ranges(augment)
   if config.checkpoint.every_steps <= 0:
     raise ConfigError(f"checkpoint.every_steps={config.checkpoint.every_steps} must be > 0")
   if config.checkpoint.keep < 1:

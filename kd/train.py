@@ -145,6 +145,7 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
   teacher_batch = batch
   if make_views is not None:
     batch, teacher_batch = make_views(batch, jax.random.fold_in(rng, 2))
+    loss_fn = augment.mixed_loss(loss_fn)  # Label terms weighted by mixup/cutmix's lambda, if mixed.
   teacher_out = None
   if teacher_apply is not None:
     teacher_out = jax.lax.stop_gradient(teacher_apply(teacher_variables, teacher_batch, train=False))
@@ -181,7 +182,7 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
   new_state = jax.tree.map(lambda new, old: jnp.where(apply_update, new, old), updated, state)
   new_state = new_state.replace(step=state.step + 1,
                                 nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32))
-  accuracy = jnp.mean(jnp.argmax(student_out["logits"], -1) == batch["label"])
+  accuracy = augment.accuracy(student_out["logits"], batch)
   metrics = {"loss": loss, **terms, "accuracy": accuracy, "grad_norm": grad_norm,
              "learning_rate": learning_rate(state.step), "nonfinite": (~finite).astype(jnp.float32),
              "skipped_updates": new_state.nonfinite_count.astype(jnp.float32)}
@@ -316,11 +317,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   optimizer, learning_rate = make_optimizer(stage.optimizer, stage.num_steps)
   loss_fn = methods.build_loss(stage.method)
   augment_config = data_config.augment
-  make_views = None
-  if augment_config.crop_padding or augment_config.flip:
-    make_views = functools.partial(augment.views, input_key=spec.input_key,
-                                   crop_padding=augment_config.crop_padding, flip=augment_config.flip,
-                                   teacher_view=augment_config.teacher_view)
+  make_views = augment.views_from_config(augment_config, spec.input_key, spec.input_shape)
   example_batch = {spec.input_key: jnp.zeros((2,) + spec.input_shape, spec.input_dtype),
                    "label": jnp.zeros((2,), jnp.int32), "index": jnp.zeros((2,), jnp.int32)}
   init = functools.partial(init_train_state, module=module, optimizer=optimizer,
