@@ -24,7 +24,7 @@ def check(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str]
   for name in stages:
     if name not in config.stages:
       raise ConfigError(f"--stages names {name!r}, which is not a stage; stages: {list(config.stage_order)}")
-  spec = data.load_spec(config.data.name, config.data.data_dir)
+  spec = data.load_spec(config.data.name, config.data.data_dir, config.data.image_size)
   for split in (config.data.train_split, config.data.eval_split, config.data.test_split):
     data.check_split(config.data.name, split, config.data.data_dir, spec)
   for name in stages:
@@ -50,11 +50,12 @@ def _check_exported_model(config: ml_collections.ConfigDict, stage_name: str, st
     raise ConfigError(
         f"the model exported in {stage_dir} is {exported['model']}, but stages.{stage_name}.model is "
         f"{expected}: point --workdir at the run of this teacher, or use a fresh --workdir to train it")
-  if exported["dataset"]["num_classes"] != data.load_spec(config.data.name, config.data.data_dir).num_classes:
+  num_classes = data.load_spec(config.data.name, config.data.data_dir, config.data.image_size).num_classes
+  if exported["dataset"]["num_classes"] != num_classes:
     raise ConfigError(
         f"the model exported in {stage_dir} predicts {exported['dataset']['num_classes']} classes of "
         f"{exported['dataset']['name']}, but data.name={config.data.name!r} has "
-        f"{data.load_spec(config.data.name, config.data.data_dir).num_classes}: use matching datasets")
+        f"{num_classes}: use matching datasets")
 
 
 def _check_writable(workdir: str) -> None:

@@ -48,7 +48,8 @@ def build_run(config: ml_collections.ConfigDict, run_dir: str, arrays, mesh) -> 
     report[role], logits[role] = _measure_model(loaded, arrays, mesh, config.data.eval_batch_size)
   teacher, student = report["teacher"], report["student"]
   report.update({
-      "retention": student["accuracy"] / teacher["accuracy"],
+      # A teacher at 0% (a smoke run on random data) has no retention to report.
+      "retention": student["accuracy"] / teacher["accuracy"] if teacher["accuracy"] else float("nan"),
       "compression": teacher["params"] / student["params"],
       "speedup": teacher["latency_ms_b256"] / student["latency_ms_b256"],
       "speedup_b1": teacher["latency_ms_b1"] / student["latency_ms_b1"],
@@ -80,7 +81,8 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   The top-level numbers are means over `config.seeds`; `std` holds their standard deviations
   (0 for one seed) and `per_seed` each seed's report.
   """
-  arrays = data.load_arrays(config.data.name, config.data.test_split, config.data.data_dir)
+  arrays = data.load_arrays(config.data.name, config.data.test_split, config.data.data_dir,
+                            config.data.image_size)
   mesh = train.make_mesh(config.mesh)
   runs = [build_run(config, train.seed_dir(workdir, seed), arrays, mesh) for seed in config.seeds]
   mean, std = _mean_and_std(runs)

@@ -294,9 +294,11 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
 
   # Data.
   data_config = config.data
-  spec = data.load_spec(data_config.name, data_config.data_dir)
-  train_arrays = data.load_arrays(data_config.name, data_config.train_split, data_config.data_dir)
-  eval_arrays = data.load_arrays(data_config.name, data_config.eval_split, data_config.data_dir)
+  spec = data.load_spec(data_config.name, data_config.data_dir, data_config.image_size)
+  train_arrays = data.load_arrays(data_config.name, data_config.train_split, data_config.data_dir,
+                                 data_config.image_size)
+  eval_arrays = data.load_arrays(data_config.name, data_config.eval_split, data_config.data_dir,
+                                data_config.image_size)
   mesh = make_mesh(config.mesh)
   replicated = jax.NamedSharding(mesh, jax.P())
   batch_sharding = jax.NamedSharding(mesh, jax.P("data"))

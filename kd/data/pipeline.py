@@ -85,34 +85,64 @@ def _input_key(features) -> str:
   raise DataError(f"no model input among the dataset's features {list(features)}")
 
 
-def load_spec(name: str, data_dir: str = "") -> DatasetSpec:
-  """Prepares the dataset if needed and describes it."""
+def load_spec(name: str, data_dir: str = "", image_size: int = 0) -> DatasetSpec:
+  """Prepares the dataset if needed and describes it.
+
+  `image_size` > 0: images are read as `resize_image` makes them, [image_size, image_size, C].
+  """
   builder = _builder(name, data_dir)
   features = builder.info.features
   key = _input_key(features)
   if "label" not in features:
     raise DataError(f"dataset {name!r} has no 'label' feature; it has {list(features)}")
+  input_shape = tuple(features[key].shape)
+  if image_size:
+    if len(input_shape) != 3:
+      raise DataError(f"data.image_size={image_size} resizes images, but {name!r} has {key!r} of shape "
+                      f"{input_shape}: set data.image_size=0")
+    input_shape = (image_size, image_size, input_shape[2])
+  elif None in input_shape:
+    raise DataError(f"the images of {name!r} vary in size ({input_shape}): set data.image_size (e.g. 128) "
+                    "to resize them to one square size")
   return DatasetSpec(
       name=name,
       input_key=key,
-      input_shape=tuple(features[key].shape),
+      input_shape=input_shape,
       input_dtype=np.dtype(features[key].np_dtype).name,
       num_classes=int(features["label"].num_classes),
       split_sizes={split: info.num_examples for split, info in builder.info.splits.items()},
   )
 
 
-def load_arrays(name: str, split: str, data_dir: str = "") -> Batch:
+def resize_image(image_HxWxC: np.ndarray, size: int) -> np.ndarray:
+  """Shorter side resized to `size` (bilinear), then the central size x size crop: the usual
+  evaluation view (`resize_small|central_crop` in big_vision), here also the stored training image."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  height, width, channels = image_HxWxC.shape
+  scale = size / min(height, width)
+  new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+  planes = image_HxWxC if channels != 1 else image_HxWxC[:, :, 0]
+  resized = np.asarray(Image.fromarray(planes).resize((new_w, new_h), Image.BILINEAR))
+  resized = resized.reshape(new_h, new_w, channels)
+  top, left = (new_h - size) // 2, (new_w - size) // 2
+  return resized[top:top + size, left:left + size]
+
+
+def load_arrays(name: str, split: str, data_dir: str = "", image_size: int = 0) -> Batch:
   """Reads a whole split (`train`, `test`, `train[:90%]`, ...) into memory as stacked arrays.
+
+  `image_size` > 0 resizes each image with `resize_image` (datasets whose images vary in size).
 
   Returns: {input_key: [N, ...], "label": int32 [N]}.
   """
-  spec = load_spec(name, data_dir)
+  spec = load_spec(name, data_dir, image_size)
   check_split(name, split, data_dir, spec)
   source = _builder(name, data_dir).as_data_source(split=split)
   examples = [source[i] for i in range(len(source))]
+  resize = (lambda image: resize_image(np.asarray(image), image_size)) if image_size else np.asarray
   return {
-      spec.input_key: np.stack([np.asarray(e[spec.input_key]) for e in examples]),
+      spec.input_key: np.stack([resize(e[spec.input_key]) for e in examples]),
       "label": np.asarray([e["label"] for e in examples], dtype=np.int32),
   }
 
