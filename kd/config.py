@@ -50,6 +50,10 @@ def base_config() -> ml_collections.ConfigDict:
       # > 0: images are resized (shorter side) and centre-cropped to image_size x image_size when
       # read, for datasets whose images vary in size (flowers, pets, imagenet2012); 0: as stored.
       "image_size": 0,
+      # Processes that gather training batches (0: in the training process; the example order is
+      # the same for any number), and batches prepared ahead of the step.
+      "workers": 0,
+      "prefetch": 2,
       # Training views, made on the device (kd.augment): random crop after zero padding, random
       # horizontal flip; the teacher sees the "same" view as the student or an "independent" one.
       # random_resized_crop: ImageNet-style inception crop (area fraction in rrc_scale, aspect ratio
@@ -208,6 +212,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if augment.teacher_view not in TEACHER_VIEWS:
     raise ConfigError(f"data.augment.teacher_view={augment.teacher_view!r}: choose one of {TEACHER_VIEWS}")
   _check_augment_ranges(augment)
+  for key in ("workers", "prefetch"):
+    if data[key] < 0:
+      raise ConfigError(f"data.{key}={data[key]} must be >= 0")
   if data.image_size < 0:
     raise ConfigError(f"data.image_size={data.image_size} must be >= 0 (0: images as stored)")
   if config.checkpoint.every_steps <= 0:

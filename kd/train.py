@@ -303,7 +303,8 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   replicated = jax.NamedSharding(mesh, jax.P())
   batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
   iterator = data.train_iterator(train_arrays, batch_size=data_config.batch_size, seed=seed,
-                                 shard_index=jax.process_index(), shard_count=jax.process_count())
+                                 shard_index=jax.process_index(), shard_count=jax.process_count(),
+                                 prefetch=data_config.prefetch, workers=data_config.workers)
 
   # Models and the step.
   stage_features = resolve_stage_features(config, stage_name, spec)

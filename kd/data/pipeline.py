@@ -160,8 +160,18 @@ class _Gather:
             "index": indices.astype(np.int32)}
 
 
+class _ProcessShard:
+  """This process's slice of a global batch of indices (a picklable Grain transform)."""
+
+  def __init__(self, shard_index: int, per_process: int):
+    self.start, self.stop = shard_index * per_process, (shard_index + 1) * per_process
+
+  def __call__(self, indices: np.ndarray) -> np.ndarray:
+    return indices[self.start:self.stop]
+
+
 def train_iterator(arrays: Batch, *, batch_size: int, seed: int, shard_index: int = 0,
-                   shard_count: int = 1, prefetch: int = 2) -> grain.DatasetIterator:
+                   shard_count: int = 1, prefetch: int = 2, workers: int = 0) -> grain.DatasetIterator:
   """An endless iterator of shuffled batches, reshuffled each epoch; checkpointable.
 
   Each process reads its own `batch_size // shard_count` examples of every global batch, so the
@@ -173,7 +183,11 @@ def train_iterator(arrays: Batch, *, batch_size: int, seed: int, shard_index: in
     seed: the only source of the example order.
     shard_index: this process's index among `shard_count` data-loading processes.
     shard_count: number of processes that load data.
-    prefetch: batches prepared ahead by a background thread.
+    prefetch: batches prepared ahead by a background thread (per worker process with workers > 0).
+    workers: processes that gather batches (0: in this process). Every transformation before the
+      workers is one-to-one on whole batches, and Grain hands batch i to worker i mod N and reads
+      them back in that order, so the batches and their order are the same for any N. The
+      iterator's state records the worker count: resume with the same `workers`.
 
   Returns:
     A Grain iterator with `get_state()` / `set_state()` of batches {input_key, "label", "index"}.
@@ -185,10 +199,16 @@ def train_iterator(arrays: Batch, *, batch_size: int, seed: int, shard_index: in
   per_process = batch_size // shard_count
   indices = (grain.MapDataset.range(num_examples).seed(seed).shuffle().repeat(None)
              .batch(batch_size, drop_remainder=True)
-             .map(lambda batch: batch[shard_index * per_process:(shard_index + 1) * per_process])
+             .map(_ProcessShard(shard_index, per_process))
              .map(_Gather(arrays)))
   options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch) if prefetch else None
-  return iter(indices.to_iter_dataset(options))
+  batches = indices.to_iter_dataset(options)
+  if workers:
+    if workers < 0:
+      raise DataError(f"data.workers={workers} must be >= 0 (0: batches are gathered in this process)")
+    batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                              per_worker_buffer_size=max(prefetch, 1)))
+  return iter(batches)
 
 
 def eval_batches(arrays: Batch, batch_size: int) -> Iterator[Batch]:
