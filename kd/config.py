@@ -65,6 +65,12 @@ def base_config() -> ml_collections.ConfigDict:
                                             "cutmix_alpha": 0.0}),
   })
   config.mesh = ml_collections.ConfigDict({"data": -1})
+  # Teacher-output cache (kd.teacher_cache): the teacher's outputs over data.train_split are computed
+  # once, stored in `dir` (empty: <workdir>/seed_<n>/teacher_cache) and read by example index instead
+  # of running the teacher. top_k > 0 stores the k largest log-probabilities and the remaining mass.
+  # The cache holds un-augmented views: with data.augment on, training refuses unless allow_augment.
+  config.teacher_cache = ml_collections.ConfigDict({"enabled": False, "dir": "", "top_k": 0,
+                                                    "allow_augment": False})
   config.checkpoint = ml_collections.ConfigDict({"every_steps": 500, "keep": 2})
   # What to do when the loss or the gradient is NaN or Inf: "stop" (the run fails naming the step
   # and the loss terms; the checkpoints are intact) or "skip" (the update is not applied and
@@ -212,6 +218,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
   if augment.teacher_view not in TEACHER_VIEWS:
     raise ConfigError(f"data.augment.teacher_view={augment.teacher_view!r}: choose one of {TEACHER_VIEWS}")
   _check_augment_ranges(augment)
+  cache = config.teacher_cache
+  if cache.top_k < 0:
+    raise ConfigError(f"teacher_cache.top_k={cache.top_k} must be >= 0 (0: store all logits)")
+  augmenting = (augment.crop_padding or augment.flip or augment.random_resized_crop or augment.mixup_alpha > 0
+                or augment.cutmix_alpha > 0)
+  if cache.enabled and augmenting and not cache.allow_augment:
+    raise ConfigError("teacher_cache.enabled=True but data.augment changes the inputs, so cached teacher "
+                      "outputs (of un-augmented examples) would not match the student's view: turn "
+                      "data.augment off, or set teacher_cache.allow_augment=True to train on them anyway")
   for key in ("workers", "prefetch"):
     if data[key] < 0:
       raise ConfigError(f"data.{key}={data[key]} must be >= 0")

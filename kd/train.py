@@ -29,6 +29,7 @@ from kd import logs
 from kd import methods
 from kd import models
 from kd import provenance
+from kd import teacher_cache
 from kd.errors import Interrupted
 from kd.errors import TrainingError
 from kd.errors import UserError
@@ -315,6 +316,15 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   teacher_apply = (models.make_apply(teacher.module, spec.input_key, stage_features.teacher_paths)
                    if teacher else None)
   teacher_variables = jax.device_put(teacher.variables, replicated) if teacher else {}
+  if teacher and config.teacher_cache.enabled:  # Read the teacher's outputs by example index instead.
+    cached = teacher_cache.load_or_build(
+        config.teacher_cache.dir or os.path.join(run_dir, "teacher_cache"), stage.teacher,
+        os.path.join(run_dir, stage.teacher), dataset=data_config.name, split=data_config.train_split,
+        image_size=data_config.image_size, arrays=train_arrays, teacher_apply=teacher_apply,
+        teacher_variables=teacher_variables, feature_paths=stage_features.teacher_paths,
+        top_k=config.teacher_cache.top_k, batch_size=data_config.eval_batch_size)
+    teacher_apply = teacher_cache.make_cached_apply(spec.num_classes, config.teacher_cache.top_k)
+    teacher_variables = jax.device_put(cached, replicated)
   connector = methods.build_connector(stage.method, stage_features.student_shapes,
                                       stage_features.teacher_shapes, len(train_arrays["label"]))
   optimizer, learning_rate = make_optimizer(stage.optimizer, stage.num_steps)
