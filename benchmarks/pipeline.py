@@ -1,0 +1,184 @@
+r"""Does the input pipeline keep up with the train step, and what does the teacher-output cache save?
+
+    python benchmarks/pipeline.py [--pairs=quickstart,cifar_resnet] [--steps=30] [--batch_size=64] \
+        [--workers=0] [--json=out.json]
+
+For each teacher/student pair, at one batch size, prints:
+  - the pipeline alone: examples/s of the Grain iterator (`kd.data.train_iterator`, gather + shuffle),
+    and with the host-to-device copy;
+  - the train step's consumption: examples/s of the online KD step, of a student-only step, and of
+    a step that reads the teacher's outputs from the cache (`kd.teacher_cache`);
+  - the fraction of the KD loop's wall time spent waiting for data (next batch + copy) while the
+    device runs the previous step (goal < 5%);
+  - the cached-teacher step time over the student-only step time (goal <= 1.05).
+
+Pairs:
+  quickstart    experiments/quickstart.py's ConvNets on digits (8x8x1);
+  cifar_resnet  resnet32x4 -> resnet8x4 (the CRD benchmark's CIFAR-100 pair) on synthetic 32x32x3
+                data with 100 classes.
+The teacher is freshly initialised (timing does not depend on its weights). Everything is measured in
+one process after compiling; the same script runs unchanged on a GPU or TPU.
+"""
+
+import functools
+import json
+import os
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kd import checkpoint
+from kd import config as config_lib
+from kd import data
+from kd import experiment
+from kd import methods
+from kd import models
+from kd import teacher_cache
+from kd import train
+
+_PAIRS = flags.DEFINE_list("pairs", ["quickstart", "cifar_resnet"], "Pairs to measure (see the docstring).")
+_STEPS = flags.DEFINE_integer("steps", 30, "Timed steps per measurement.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Global batch size.")
+_WORKERS = flags.DEFINE_integer("workers", 0, "Grain worker processes (data.workers).")
+_JSON = flags.DEFINE_string("json", "", "Also write the results to this file.")
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _pair(name: str):
+  """(dataset, teacher model config, student model config, KD method config)."""
+  if name == "quickstart":
+    config = experiment.load_config(os.path.join(_REPO, "experiments", "quickstart.py"))
+    return (config.data.name, config.stages.teacher.model.to_dict(), config.stages.student.model.to_dict(),
+            config.stages.student.method.to_dict())
+  if name == "cifar_resnet":
+    return ("synthetic/32x32x3_100_2048", models.zoo_model_config("resnet32x4"),
+            models.zoo_model_config("resnet8x4"), methods.method_config("hinton_kd"))
+  raise app.UsageError(f"unknown pair {name!r}: choose from quickstart, cifar_resnet")
+
+
+def _median_seconds(fn, steps: int) -> float:
+  for _ in range(3):  # Warm-up (the first call compiles).
+    jax.block_until_ready(fn())
+  times = []
+  for _ in range(steps):
+    tic = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - tic)
+  return float(np.median(times))
+
+
+def measure(pair: str, batch_size: int, steps: int, workers: int) -> dict:
+  dataset, teacher_config, student_config, method_config = _pair(pair)
+  spec = data.load_spec(dataset)
+  arrays = data.load_arrays(dataset, "train")
+  example = np.zeros((1,) + spec.input_shape, spec.input_dtype)
+  teacher_module = models.build_model(teacher_config, spec.num_classes)
+  student_module = models.build_model(student_config, spec.num_classes)
+  teacher_apply = models.make_apply(teacher_module, spec.input_key)
+  student_apply = models.make_apply(student_module, spec.input_key)
+  teacher_variables = models.init_variables(teacher_module, jax.random.PRNGKey(1), example)
+  optimizer, schedule = train.make_optimizer(config_lib.optimizer_config(), 1000)
+  state = train.init_train_state(jax.random.PRNGKey(0), {spec.input_key: example}, module=student_module,
+                                 optimizer=optimizer, input_key=spec.input_key)
+
+  # The teacher's outputs over the split, through the real cache (files in a temporary folder).
+  with tempfile.TemporaryDirectory() as folder:
+    checkpoint.export_model(os.path.join(folder, "teacher"), teacher_config, spec,
+                            jax.device_get(teacher_variables))
+    tic = time.perf_counter()
+    cached = teacher_cache.load_or_build(
+        os.path.join(folder, "cache"), "teacher", os.path.join(folder, "teacher"), dataset=dataset,
+        split="train", image_size=0, arrays=arrays, teacher_apply=teacher_apply,
+        teacher_variables=teacher_variables, feature_paths=(), top_k=0, batch_size=256)
+    cache_build_seconds = time.perf_counter() - tic
+  cached = jax.device_put(cached)
+
+  def step_fn(method, apply_teacher):
+    return jax.jit(functools.partial(
+        train.train_step, student_apply=student_apply, teacher_apply=apply_teacher,
+        loss_fn=methods.build_loss(method), optimizer=optimizer, learning_rate=schedule), donate_argnums=0)
+
+  kd_step = step_fn(method_config, teacher_apply)
+  student_step = step_fn(methods.method_config("supervised"), None)
+  cached_step = step_fn(method_config, teacher_cache.make_cached_apply(spec.num_classes, 0))
+
+  iterator = data.train_iterator(arrays, batch_size=batch_size, seed=0, workers=workers)
+  device_batch = jax.device_put(next(iterator))
+
+  # The pipeline alone.
+  pipeline_seconds = _median_seconds(lambda: next(iterator), steps)
+  pipeline_copy_seconds = _median_seconds(lambda: jax.device_put(next(iterator)), steps)
+
+  # Each step on a batch already on the device (the state is donated, so it is threaded through).
+  holder = {"state": state}
+
+  def timed(step, teacher_arg):
+    def call():
+      holder["state"], metrics = step(holder["state"], teacher_arg, device_batch)
+      return metrics
+    return _median_seconds(call, steps)
+
+  student_seconds = timed(student_step, {})
+  kd_seconds = timed(kd_step, teacher_variables)
+  cached_seconds = timed(cached_step, cached)
+
+  # The KD loop as kd.train runs it: next batch, copy, dispatch (asynchronous), repeated.
+  holder["state"], metrics = kd_step(holder["state"], teacher_variables, device_batch)
+  jax.block_until_ready(metrics)
+  waiting, start = 0.0, time.perf_counter()
+  for _ in range(steps):
+    tic = time.perf_counter()
+    batch = jax.device_put(next(iterator))
+    waiting += time.perf_counter() - tic
+    holder["state"], metrics = kd_step(holder["state"], teacher_variables, batch)
+  jax.block_until_ready(metrics)
+  loop_seconds = time.perf_counter() - start
+  close = getattr(iterator, "close", None)
+  if close:
+    close()
+
+  def per_second(seconds):
+    return batch_size / seconds
+
+  return {
+      "pair": pair, "dataset": dataset, "batch_size": batch_size, "workers": workers,
+      "examples_per_second": {
+          "pipeline": per_second(pipeline_seconds), "pipeline_and_copy": per_second(pipeline_copy_seconds),
+          "kd_step": per_second(kd_seconds), "student_only_step": per_second(student_seconds),
+          "cached_teacher_step": per_second(cached_seconds)},
+      "step_ms": {"kd_step": kd_seconds * 1e3, "student_only_step": student_seconds * 1e3,
+                  "cached_teacher_step": cached_seconds * 1e3},
+      "data_wait_fraction": waiting / loop_seconds,
+      "cached_over_student_only": cached_seconds / student_seconds,
+      "cache_build_seconds": cache_build_seconds,
+  }
+
+
+def main(argv):
+  del argv
+  results = [measure(pair, _BATCH_SIZE.value, _STEPS.value, _WORKERS.value) for pair in _PAIRS.value]
+  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), batch {_BATCH_SIZE.value}, "
+        f"workers {_WORKERS.value}, median of {_STEPS.value} steps")
+  header = ("pair", "pipeline ex/s", "+copy ex/s", "KD step ex/s", "student-only ex/s", "cached-teacher ex/s",
+            "data wait", "cached / student-only")
+  print("| " + " | ".join(header) + " |")
+  print("|" + "---|" * len(header))
+  for r in results:
+    rate = r["examples_per_second"]
+    print(f"| {r['pair']} | {rate['pipeline']:,.0f} | {rate['pipeline_and_copy']:,.0f} | {rate['kd_step']:,.0f} | "
+          f"{rate['student_only_step']:,.0f} | {rate['cached_teacher_step']:,.0f} | "
+          f"{r['data_wait_fraction']:.1%} | {r['cached_over_student_only']:.3f} |")
+  print("goals: data wait < 5%; cached-teacher step / student-only step <= 1.05")
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)
