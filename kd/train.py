@@ -371,9 +371,11 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   predict = evaluation.make_predict(student_apply, mesh)
   stop_on_nonfinite = config.nonfinite.policy == "stop"
   state_bytes = models.count_bytes(abstract_state)
-  with _StopSignals() as signals, _disk_errors(manager, stage_dir):
+  # Batches are gathered and copied to the devices ahead, in a thread, while the previous step runs.
+  batches = data.DevicePrefetch(iterator, functools.partial(shard_batch, sharding=batch_sharding))
+  with _StopSignals() as signals, _disk_errors(manager, stage_dir), contextlib.closing(batches):
     while step < stage.num_steps:
-      batch = shard_batch(next(iterator), batch_sharding)
+      batch = next(batches)
       state, metrics = step_fn(state, teacher_variables, batch)
       step += 1
       window.append(metrics)
@@ -397,7 +399,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
                                          data_config.eval_batch_size))
       if save_now:
         _check_free_space(stage_dir, state_bytes, manager)
-        checkpoint.save_train_state(manager, step, state, iterator.get_state())
+        checkpoint.save_train_state(manager, step, state, batches.get_state())
       if stop_now and step < stage.num_steps:
         manager.wait_until_finished()
         writer.close()

@@ -144,3 +144,19 @@ def test_datasets_of_varying_image_sizes_need_an_image_size():
       data.load_spec("oxford_flowers102")
     arrays = data.load_arrays("oxford_flowers102", "train", image_size=24)
   assert arrays["image"].shape == (6, 24, 24, 3) and arrays["image"].dtype == np.uint8
+
+
+def test_device_prefetch_resumes_after_the_last_returned_batch():
+  arrays = {"image": np.arange(24, dtype=np.uint8)[:, None], "label": np.arange(24, dtype=np.int32)}
+  prefetched = data.DevicePrefetch(data.train_iterator(arrays, batch_size=4, seed=2), lambda batch: batch, size=3)
+  for _ in range(4):
+    next(prefetched)
+  state = prefetched.get_state()  # The thread has prepared more batches by now; they are not counted.
+  expected = [next(prefetched)["index"] for _ in range(2)]
+  prefetched.close()
+  resumed = data.DevicePrefetch(data.train_iterator(arrays, batch_size=4, seed=2), lambda batch: batch)
+  resumed.set_state(state)
+  np.testing.assert_array_equal([next(resumed)["index"] for _ in range(2)], expected)
+  resumed.close()
+  plain = data.train_iterator(arrays, batch_size=4, seed=2)
+  np.testing.assert_array_equal([next(plain)["index"] for _ in range(6)][4:], expected)

@@ -11,6 +11,8 @@ an uninterrupted run would have seen), and a split that fits in memory is read f
 """
 
 import dataclasses
+import queue
+import threading
 from typing import Any, Iterator
 
 import grain
@@ -54,8 +56,10 @@ def _builder(name: str, data_dir: str):
     builder_class = OFFLINE_BUILDERS[family]
     kwargs = {}
     if builder_class is Synthetic:
-      try:
-        kwargs["config"] = SyntheticConfig(config_name or "8x8x1_10_512")
+      config_name = config_name or "8x8x1_10_512"
+      try:  # TFDS refuses a new config named like a predefined one: pass those by name.
+        kwargs["config"] = (config_name if config_name in Synthetic.builder_configs
+                            else SyntheticConfig(config_name))
       except ValueError as e:
         raise DataError(str(e)) from e
     builder = builder_class(data_dir=data_dir, file_format="array_record", **kwargs)
@@ -241,3 +245,63 @@ def check_split(name: str, split: str, data_dir: str, spec: DatasetSpec) -> None
                     f"{sorted(spec.split_sizes)} (slices such as 'train[:90%]' work too)") from e
   if size == 0:
     raise DataError(f"split {split!r} of dataset {name!r} is empty: choose a non-empty split or slice")
+
+
+class DevicePrefetch:
+  """Puts the next `size` batches on the device from a background thread, so the train loop never waits
+  for the host's gather or the copy while the device is busy.
+
+  Checkpointable like the iterator it wraps: `get_state()` is the wrapped iterator's state just after
+  the last batch *returned* (batches prepared ahead are not counted), so a resumed run continues at
+  exactly the next batch. Call `set_state` before the first `next`.
+
+  Args:
+    iterator: a Grain iterator (`train_iterator`).
+    put: moves a host batch to the device, e.g. `kd.train.shard_batch` with the batch sharding.
+    size: batches kept ready ahead.
+  """
+
+  def __init__(self, iterator, put, size: int = 2):
+    self._iterator, self._put, self._size = iterator, put, size
+    self._queue = None
+    self._state = iterator.get_state()
+    self._stop = threading.Event()
+
+  def _produce(self):
+    try:
+      while not self._stop.is_set():
+        batch = self._put(next(self._iterator))
+        item = (batch, self._iterator.get_state(), None)
+        while not self._stop.is_set():
+          try:
+            self._queue.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+    except Exception as e:  # pylint: disable=broad-except
+      self._queue.put((None, None, e))  # Raised in the consumer's thread.
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self._queue is None:
+      self._queue = queue.Queue(maxsize=self._size)
+      threading.Thread(target=self._produce, daemon=True).start()
+    batch, state, error = self._queue.get()
+    if error is not None:
+      raise error
+    self._state = state
+    return batch
+
+  def get_state(self):
+    return self._state
+
+  def set_state(self, state) -> None:
+    if self._queue is not None:
+      raise RuntimeError("set_state after the first batch: restore the state before iterating")
+    self._iterator.set_state(state)
+    self._state = self._iterator.get_state()
+
+  def close(self) -> None:
+    self._stop.set()
