@@ -8,9 +8,9 @@ For each teacher/student pair, at one batch size, prints:
     and with the host-to-device copy;
   - the train step's consumption: examples/s of the online KD step, of a student-only step, and of
     a step that reads the teacher's outputs from the cache (`kd.teacher_cache`);
-  - the fraction of the KD loop's wall time spent waiting for data while the device runs the previous
-    step (goal < 5%), with `kd.data.DevicePrefetch` as the trainer runs it, and without (the next batch
-    gathered and copied in the loop);
+  - the fraction of the KD loop's time the device waits for data (goal < 5%): 1 - (the loop on one batch
+    already on the device) / (the loop taking real batches), with `kd.data.DevicePrefetch` as the
+    trainer runs it, and without (each batch gathered and copied in the loop);
   - the cached-teacher step time over the student-only step time (goal <= 1.05).
 
 Pairs:
@@ -67,15 +67,19 @@ def _pair(name: str):
   raise app.UsageError(f"unknown pair {name!r}: choose from quickstart, cifar_resnet, tiny")
 
 
-def _median_seconds(fn, steps: int) -> float:
-  for _ in range(3):  # Warm-up (the first call compiles).
-    jax.block_until_ready(fn())
-  times = []
+def _interleaved_medians(functions: dict, steps: int) -> dict[str, float]:
+  """Median seconds per call of each function, timed one after the other in each of `steps` rounds
+  (after compiling and warming up)."""
+  for fn in functions.values():
+    for _ in range(3):
+      jax.block_until_ready(fn())
+  times = {name: [] for name in functions}
   for _ in range(steps):
-    tic = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - tic)
-  return float(np.median(times))
+    for name, fn in functions.items():
+      tic = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - tic)
+  return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def measure(pair: str, batch_size: int, steps: int, workers: int) -> dict:
@@ -107,7 +111,7 @@ def measure(pair: str, batch_size: int, steps: int, workers: int) -> dict:
   def step_fn(method, apply_teacher):
     return jax.jit(functools.partial(
         train.train_step, student_apply=student_apply, teacher_apply=apply_teacher,
-        loss_fn=methods.build_loss(method), optimizer=optimizer, learning_rate=schedule), donate_argnums=0)
+        loss_fn=methods.build_loss(method), optimizer=optimizer, learning_rate=schedule))
 
   kd_step = step_fn(method_config, teacher_apply)
   student_step = step_fn(methods.method_config("supervised"), None)
@@ -116,60 +120,52 @@ def measure(pair: str, batch_size: int, steps: int, workers: int) -> dict:
   iterator = data.train_iterator(arrays, batch_size=batch_size, seed=0, workers=workers)
   device_batch = jax.device_put(next(iterator))
 
-  # The pipeline alone.
-  pipeline_seconds = _median_seconds(lambda: next(iterator), steps)
-  pipeline_copy_seconds = _median_seconds(lambda: jax.device_put(next(iterator)), steps)
+  # Then the steps on a batch already on the device, timed in turn within each round so that load from
+  # other processes on the machine affects them alike; medians over the rounds.
+  # The pipeline first, on its own: Grain's prefetch thread keeps working after each call.
+  seconds = {"pipeline": _interleaved_medians({"pipeline": lambda: next(iterator)}, steps)["pipeline"],
+             "pipeline_and_copy": _interleaved_medians({"copy": lambda: jax.device_put(next(iterator))},
+                                                       steps)["copy"]}
+  time.sleep(0.5)  # Let the prefetch thread fill its buffer and go idle.
+  seconds |= _interleaved_medians({
+      "student_only_step": lambda: student_step(state, {}, device_batch),
+      "kd_step": lambda: kd_step(state, teacher_variables, device_batch),
+      "cached_teacher_step": lambda: cached_step(state, cached, device_batch),
+  }, steps)
 
-  # Each step on a batch already on the device (the state is donated, so it is threaded through).
-  holder = {"state": state}
-
-  def timed(step, teacher_arg):
-    def call():
-      holder["state"], metrics = step(holder["state"], teacher_arg, device_batch)
-      return metrics
-    return _median_seconds(call, steps)
-
-  student_seconds = timed(student_step, {})
-  kd_seconds = timed(kd_step, teacher_variables)
-  cached_seconds = timed(cached_step, cached)
-
-  # The KD loop as kd.train runs it: take the next batch (gathered and copied ahead by
-  # kd.data.DevicePrefetch, or here in the loop), dispatch the step (asynchronous), repeat.
-  def wait_fraction(prefetch_to_device: bool) -> float:
-    batches = data.DevicePrefetch(iterator, jax.device_put) if prefetch_to_device else None
-    holder["state"], metrics = kd_step(holder["state"], teacher_variables, device_batch)
-    jax.block_until_ready(metrics)
-    if batches is not None:  # Start the thread and fill its queue, as during a run.
-      next(batches)
-      time.sleep(0.2)
-    waiting, start = 0.0, time.perf_counter()
+  # The KD loop as kd.train runs it (next batch, dispatch the step asynchronously, repeat) against the
+  # same loop on one batch already on the device: the extra time is time the device waited for data.
+  def loop(next_batch) -> float:
+    tic = time.perf_counter()
+    metrics = None
     for _ in range(steps):
-      tic = time.perf_counter()
-      batch = next(batches) if batches is not None else jax.device_put(next(iterator))
-      waiting += time.perf_counter() - tic
-      holder["state"], metrics = kd_step(holder["state"], teacher_variables, batch)
+      _, metrics = kd_step(state, teacher_variables, next_batch())
     jax.block_until_ready(metrics)
-    if batches is not None:
-      batches.close()
-    return waiting / (time.perf_counter() - start)
+    return time.perf_counter() - tic
 
-  wait_in_loop = wait_fraction(False)
-  wait_prefetched = wait_fraction(True)
+  batches = data.DevicePrefetch(iterator, jax.device_put)
+  next(batches)  # Starts the thread.
+  compute, prefetched, in_loop = [], [], []
+  for _ in range(3):
+    compute.append(loop(lambda: device_batch))
+    prefetched.append(loop(lambda: next(batches)))
+    in_loop.append(loop(lambda: jax.device_put(next(batches._iterator))))  # pylint: disable=protected-access
+  batches.close()
+  compute_seconds = float(np.median(compute))
+
+  def wait(loop_seconds):
+    return max(0.0, 1.0 - compute_seconds / float(np.median(loop_seconds)))
 
   def per_second(seconds):
     return batch_size / seconds
 
   return {
       "pair": pair, "dataset": dataset, "batch_size": batch_size, "workers": workers,
-      "examples_per_second": {
-          "pipeline": per_second(pipeline_seconds), "pipeline_and_copy": per_second(pipeline_copy_seconds),
-          "kd_step": per_second(kd_seconds), "student_only_step": per_second(student_seconds),
-          "cached_teacher_step": per_second(cached_seconds)},
-      "step_ms": {"kd_step": kd_seconds * 1e3, "student_only_step": student_seconds * 1e3,
-                  "cached_teacher_step": cached_seconds * 1e3},
-      "data_wait_fraction": wait_prefetched,
-      "data_wait_fraction_without_device_prefetch": wait_in_loop,
-      "cached_over_student_only": cached_seconds / student_seconds,
+      "examples_per_second": {name: per_second(value) for name, value in seconds.items()},
+      "step_ms": {name: seconds[name] * 1e3 for name in ("kd_step", "student_only_step", "cached_teacher_step")},
+      "data_wait_fraction": wait(prefetched),
+      "data_wait_fraction_without_device_prefetch": wait(in_loop),
+      "cached_over_student_only": seconds["cached_teacher_step"] / seconds["student_only_step"],
       "cache_build_seconds": cache_build_seconds,
   }
 

@@ -371,8 +371,11 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   predict = evaluation.make_predict(student_apply, mesh)
   stop_on_nonfinite = config.nonfinite.policy == "stop"
   state_bytes = models.count_bytes(abstract_state)
-  # Batches are gathered and copied to the devices ahead, in a thread, while the previous step runs.
-  batches = data.DevicePrefetch(iterator, functools.partial(shard_batch, sharding=batch_sharding))
+  # On an accelerator, batches are gathered and copied ahead, in a thread, while the previous step runs.
+  # On the CPU backend the "device" is the host's own cores, where such a thread only competes with the
+  # step (benchmarks/pipeline.py measures both).
+  batches = data.DevicePrefetch(iterator, functools.partial(shard_batch, sharding=batch_sharding),
+                                enabled=jax.default_backend() != "cpu")
   with _StopSignals() as signals, _disk_errors(manager, stage_dir), contextlib.closing(batches):
     while step < stage.num_steps:
       batch = next(batches)

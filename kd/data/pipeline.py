@@ -259,10 +259,11 @@ class DevicePrefetch:
     iterator: a Grain iterator (`train_iterator`).
     put: moves a host batch to the device, e.g. `kd.train.shard_batch` with the batch sharding.
     size: batches kept ready ahead.
+    enabled: False puts each batch in the caller's thread when it is asked for (same interface).
   """
 
-  def __init__(self, iterator, put, size: int = 2):
-    self._iterator, self._put, self._size = iterator, put, size
+  def __init__(self, iterator, put, size: int = 2, enabled: bool = True):
+    self._iterator, self._put, self._size, self._enabled = iterator, put, size, enabled
     self._queue = None
     self._state = iterator.get_state()
     self._stop = threading.Event()
@@ -285,6 +286,10 @@ class DevicePrefetch:
     return self
 
   def __next__(self):
+    if not self._enabled:
+      batch = self._put(next(self._iterator))
+      self._state = self._iterator.get_state()
+      return batch
     if self._queue is None:
       self._queue = queue.Queue(maxsize=self._size)
       threading.Thread(target=self._produce, daemon=True).start()
