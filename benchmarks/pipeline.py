@@ -16,7 +16,7 @@ For each teacher/student pair, at one batch size, prints:
 Pairs:
   quickstart    experiments/quickstart.py's ConvNets on digits (8x8x1);
   cifar_resnet  resnet32x4 -> resnet8x4 (the CRD benchmark's CIFAR-100 pair) on synthetic 32x32x3
-                data with 100 classes.
+                data with 100 classes (512 training examples: the cache is built over them).
   tiny          small MLPs on synthetic 4x6x3 data (to test the script).
 The teacher is freshly initialised (timing does not depend on its weights). Everything is measured in
 one process after compiling; the same script runs unchanged on a GPU or TPU.
@@ -59,7 +59,7 @@ def _pair(name: str):
     return (config.data.name, config.stages.teacher.model.to_dict(), config.stages.student.model.to_dict(),
             config.stages.student.method.to_dict())
   if name == "cifar_resnet":
-    return ("synthetic/32x32x3_100_2048", models.zoo_model_config("resnet32x4"),
+    return ("synthetic/32x32x3_100_512", models.zoo_model_config("resnet32x4"),
             models.zoo_model_config("resnet8x4"), methods.method_config("hinton_kd"))
   if name == "tiny":  # For the test that this script runs.
     return ("synthetic/4x6x3_7_70", models.model_config("mlp", hidden=(16,)), models.model_config("mlp", hidden=(8,)),
