@@ -27,6 +27,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from kd.errors import ConfigError
+
 DEFAULT_RRC_SCALE = (0.08, 1.0)  # Fraction of the image's area (Szegedy et al. 2015; torchvision).
 DEFAULT_RRC_RATIO = (3 / 4, 4 / 3)  # Width / height of the box.
 
@@ -259,8 +261,6 @@ def views_from_config(augment_config, input_key: str,
   teacher see inputs of the shape they expect. Raises ConfigError for image-only options on
   non-image inputs (called before anything compiles).
   """
-  from kd.errors import ConfigError  # pylint: disable=g-import-not-at-top
-
   is_image = len(input_shape) == 3
   for key in ("random_resized_crop", "flip"):
     if augment_config[key] and not is_image:
