@@ -18,18 +18,23 @@ the first step's time and the XLA compile time within it, FLOPs per step from XL
 and the FLOP/s achieved, next to this machine's measured dense matmul FLOP/s, and memory (the
 device's peak where it reports one, else the compiled program's arguments + outputs + temporaries).
 
-Targets, printed with PASS/FAIL:
+Targets, printed with PASS/FAIL (ratios of the median step times):
   online_kd <= 1.05 x (student_only + teacher_forward);
   cached_kd <= 1.05 x student_only;
   no compilation inside the timed loop (counted with a jax.monitoring listener);
   no host-device transfer inside the loop beyond the batch (the loop runs under
   `jax.transfer_guard("disallow")` and puts each batch explicitly);
-  data wait (putting the batch on the devices) under 5% of the step time.
+  data wait under 5% of the step time: the student-only step with the batch put on the devices in
+  the loop against the same step on batches already there (`student_only_resident`).
+And checks of the optimized HLO (`kd.perf.hlo_summary`): no parameters baked into a program as
+constants, no host transfers inside a program, and the KD step's extra convolutions and matmuls
+(over the student-only step) no more than the teacher's forward pass has: the teacher runs once.
 
 Timing: every variant is compiled and warmed up first, then the variants are measured in rounds, one
-after another within each round (rotating which goes first), so a slow spell of a shared machine
-hits all of them alike; a round runs each variant for at least --min_round_ms and blocks on the
-result. The same script runs unchanged on CPU, GPU or TPU (the batch is split over all devices).
+after another within each round (rotating which goes first; use --steps of at least the number of
+variants so each takes every place), so a slow spell of a shared machine hits all of them alike; a
+round runs each variant for at least --min_round_ms and blocks on the result; the step time is the
+median over rounds. The same script runs unchanged on CPU, GPU or TPU (the batch is split over all devices).
 
 Precisions: "float32" everywhere, or "bfloat16": the student computes in bfloat16 with float32
 parameters (the models' `dtype` attribute) and the teacher runs inference in bfloat16 (its variables
@@ -222,13 +227,22 @@ class Variant:
     return self.state
 
 
+def _with_dtype(model_config: dict[str, Any], dtype: str) -> dict[str, Any]:
+  """The model config computing in `dtype`; PairUnavailable if the model has no `dtype` attribute."""
+  if dtype == "float32":
+    return model_config
+  if "dtype" not in models.model_config(model_config["name"]):
+    raise PairUnavailable(f"model {model_config['name']!r} has no dtype attribute, so it cannot compute in {dtype}")
+  return {**model_config, "dtype": dtype}
+
+
 def _build_variants(pair: Pair, precision: str, batch_size: int, mesh, feature_methods,
                     counter: perf.CompileCounter) -> list[Variant]:
   student_dtype, teacher_dtype = PRECISIONS[precision]
   replicated = jax.NamedSharding(mesh, jax.P())
   batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
-  student = models.build_model({**pair.student, "dtype": student_dtype}, pair.num_classes)
-  teacher = models.build_model({**pair.teacher, "dtype": teacher_dtype}, pair.num_classes)
+  student = models.build_model(_with_dtype(pair.student, student_dtype), pair.num_classes)
+  teacher = models.build_model(_with_dtype(pair.teacher, teacher_dtype), pair.num_classes)
   example = jax.ShapeDtypeStruct((2,) + pair.input_shape, jnp.float32)
   example_batch = {k: jnp.zeros((2,) + v.shape[1:], v.dtype) for k, v in
                    _synthetic_batches(pair, 2, 1)[0].items()}
@@ -383,8 +397,11 @@ def run_pair(name: str, pair: Pair, precision: str, batch_size: int, mesh, count
         "batch_put_fraction": float(np.median(variant.put_fractions)) if variant.put_fractions else None,
         "compiles_in_loop": variant.loop_compiles,
         "steps_per_round": variant.steps_per_round,
+        "round_ms": [t * 1e3 for t in variant.times],
         "rounds": len(variant.times),
     }
+  # Ratios of the medians: the rounds interleave the variants, so a busy spell of a shared machine
+  # touches them alike, and the median drops the rounds it hit hardest.
   ms = {k: v["step_ms"] for k, v in figures.items()}
   online_ratio = ms["online_kd"] / (ms["student_only"] + ms["teacher_forward"])
   cached_ratio = ms["cached_kd"] / ms["student_only"]
@@ -495,7 +512,12 @@ def main(argv):
     if batch_size % num_devices:
       raise app.UsageError(f"--batch={batch_size} does not divide over {num_devices} devices")
     for precision in _PRECISIONS.value:
-      result = run_pair(name, pair, precision, batch_size, mesh, counter, matmul_flops)
+      try:
+        result = run_pair(name, pair, precision, batch_size, mesh, counter, matmul_flops)
+      except PairUnavailable as e:
+        print(f"\n{name} {precision}: skipped ({e})")
+        output["skipped"][f"{name}/{precision}"] = str(e)
+        continue
       print_result(result)
       output["results"].append(result)
   if _JSON.value:
