@@ -1,6 +1,7 @@
 """The CRD benchmark's model zoo: reference parameter counts, forward passes and feature tap points."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -204,14 +205,15 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits(config):
   bf16_variables = models.init_variables(bf16, jax.random.key(1), images)
   jax.tree.map(np.testing.assert_array_equal, bf16_variables, variables)
   assert {leaf.dtype for leaf in jax.tree.leaves(bf16_variables)} == {jnp.dtype(jnp.float32)}
-  logits = f32.apply(variables, images, train=False)
-  bf16_logits, state = bf16.apply(variables, images, train=True, mutable=["batch_stats"])
+  logits = jax.jit(functools.partial(f32.apply, train=False))(variables, images)
+  bf16_logits, state = jax.jit(functools.partial(bf16.apply, train=True, mutable=["batch_stats"]))(
+      variables, images)
   assert bf16_logits.dtype == jnp.float32
   assert {leaf.dtype for leaf in jax.tree.leaves(state)} == {jnp.dtype(jnp.float32)}
-  bf16_eval = bf16.apply(variables, images, train=False)
+  bf16_eval = jax.jit(functools.partial(bf16.apply, train=False))(variables, images)
   # bfloat16 keeps 8 bits of mantissa: close to the float32 logits, but not equal.
   np.testing.assert_allclose(bf16_eval, logits, rtol=0.1, atol=0.05)
   assert not np.array_equal(bf16_eval, logits)
-  grads = jax.grad(lambda p: bf16.apply({**variables, "params": p}, images, train=False).sum())(
+  grads = jax.jit(jax.grad(lambda p: bf16.apply({**variables, "params": p}, images, train=False).sum()))(
       variables["params"])
   assert {leaf.dtype for leaf in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
