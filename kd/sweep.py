@@ -323,16 +323,22 @@ def run_local(workdir: str, runs: list[Run], parallel: int = 1, env: dict[str, s
   return failed
 
 
-def _worker(workdir: str, name: str) -> int:
-  """One run in this process, with kd.main's logging and exit statuses."""
+def setup_logging() -> None:
+  """kd.main's logging (progress lines at INFO, library chatter filtered) in a worker process."""
   from absl import logging  # pylint: disable=g-import-not-at-top
   from kd import main as kd_main  # pylint: disable=g-import-not-at-top
-  from kd.errors import Interrupted  # pylint: disable=g-import-not-at-top
-  from kd.errors import TrainingError  # pylint: disable=g-import-not-at-top
 
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
   kd_main._quiet_library_logs()  # pylint: disable=protected-access
+
+
+def _worker(workdir: str, name: str) -> int:
+  """One run in this process, with kd.main's exit statuses."""
+  from kd.errors import Interrupted  # pylint: disable=g-import-not-at-top
+  from kd.errors import TrainingError  # pylint: disable=g-import-not-at-top
+
+  setup_logging()
   try:
     run_one(workdir, name)
   except TrainingError as e:
@@ -356,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                       "array tasks at once, 0: no limit)")
   parser.add_argument("--grid", action="append", default=[], help="dotted.key=v1,v2 (repeatable)")
   parser.add_argument("--seeds", default=None, help="comma-separated seeds, instead of config.seeds")
+  parser.add_argument("--detach", action="store_true", help="slurm: submit and return, without waiting")
   parser.add_argument("--dry_run", action="store_true", help="print the runs and write the manifest only")
   parser.add_argument("--run", default=None, help=argparse.SUPPRESS)  # One run, in a worker process.
   parser.add_argument("--slurm_partition", default=None)
@@ -393,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
       from kd import sweep_slurm  # pylint: disable=g-import-not-at-top
       failed = sweep_slurm.run_slurm(
-          workdir, runs, parallel=args.parallel, partition=args.slurm_partition,
+          workdir, runs, parallel=args.parallel, partition=args.slurm_partition, wait=not args.detach,
           timeout_min=args.slurm_timeout_min, cpus_per_task=args.slurm_cpus_per_task,
           mem_gb=args.slurm_mem_gb, gpus_per_task=args.slurm_gpus_per_task)
   except UserError as e:
