@@ -7,6 +7,7 @@ method (a loss), optionally against the exported model of an earlier stage as it
                                  initialisation, dropout and data order; the report averages them
     config.data                  dataset name, TFDS data_dir, splits, batch sizes
     config.mesh.data             devices on the data-parallel axis (-1: all)
+    config.mesh.fsdp, .teacher   FSDP axis size for the student, the teacher's sharding
     config.checkpoint            every_steps, keep
     config.nonfinite             policy ("stop" or "skip") for NaN/Inf losses and gradients
     config.log_every_steps       progress line, metrics.jsonl and TensorBoard
@@ -25,6 +26,7 @@ from typing import Any
 
 import ml_collections
 
+from kd import distributed
 from kd import methods
 from kd import models
 from kd.errors import ConfigError
@@ -51,7 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
       # horizontal flip; the teacher sees the "same" view as the student or an "independent" one.
       "augment": ml_collections.ConfigDict({"crop_padding": 0, "flip": False, "teacher_view": "same"}),
   })
-  config.mesh = ml_collections.ConfigDict({"data": -1})
+  # Devices: mesh.data x mesh.fsdp; the student is FSDP-sharded over "fsdp" when it is > 1, the
+  # teacher's variables are "replicated", sharded over "fsdp", or over "all" devices (kd.distributed).
+  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "teacher": "replicated"})
   config.checkpoint = ml_collections.ConfigDict({"every_steps": 500, "keep": 2})
   # What to do when the loss or the gradient is NaN or Inf: "stop" (the run fails naming the step
   # and the loss terms; the checkpoints are intact) or "skip" (the update is not applied and
@@ -228,3 +232,4 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       if data[key] % mesh_devices:
         raise ConfigError(f"data.{key}={data[key]} does not divide over {mesh_devices} devices: "
                           f"use a multiple of {mesh_devices}")
+    distributed.check_mesh(config, num_devices)

@@ -23,6 +23,7 @@ import optax
 from kd import augment
 from kd import checkpoint
 from kd import data
+from kd import distributed
 from kd import evaluation
 from kd import features
 from kd import logs
@@ -227,10 +228,8 @@ def resolve_stage_features(config: ml_collections.ConfigDict, stage_name: str,
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-  """A 1-D mesh over `mesh.data` devices (-1: all), axis "data"."""
-  num_devices = jax.device_count() if mesh_config.data == -1 else mesh_config.data
-  return jax.make_mesh((num_devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=jax.devices()[:num_devices])
+  """The ("data", "fsdp") mesh of `mesh.data` x `mesh.fsdp` devices (see kd.distributed)."""
+  return distributed.make_mesh(mesh_config)
 
 
 def shard_batch(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -298,7 +297,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   eval_arrays = data.load_arrays(data_config.name, data_config.eval_split, data_config.data_dir)
   mesh = make_mesh(config.mesh)
   replicated = jax.NamedSharding(mesh, jax.P())
-  batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
+  batch_sharding = distributed.batch_sharding(mesh)
   iterator = data.train_iterator(train_arrays, batch_size=data_config.batch_size, seed=seed,
                                  shard_index=jax.process_index(), shard_count=jax.process_count())
 
@@ -310,7 +309,9 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   teacher = load_teacher(config, stage_name, run_dir, spec)
   teacher_apply = (models.make_apply(teacher.module, spec.input_key, stage_features.teacher_paths)
                    if teacher else None)
-  teacher_variables = jax.device_put(teacher.variables, replicated) if teacher else {}
+  teacher_sharding = distributed.teacher_shardings(teacher.variables if teacher else {}, mesh,
+                                                   config.mesh.get("teacher", "replicated"))
+  teacher_variables = jax.device_put(teacher.variables, teacher_sharding) if teacher else {}
   connector = methods.build_connector(stage.method, stage_features.student_shapes,
                                       stage_features.teacher_shapes, len(train_arrays["label"]))
   optimizer, learning_rate = make_optimizer(stage.optimizer, stage.num_steps)
@@ -328,14 +329,14 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
                            student_apply=student_train_apply, teacher_apply=teacher_apply)
   rng = jax.random.PRNGKey(seed)
   abstract_state = jax.eval_shape(init, rng, example_batch, teacher_variables)
-  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+  state_sharding = distributed.state_shardings(abstract_state, mesh)
   step_fn = jax.jit(
       functools.partial(train_step, student_apply=student_train_apply, teacher_apply=teacher_apply,
                         loss_fn=loss_fn, optimizer=optimizer, learning_rate=learning_rate,
                         connector=connector, make_views=make_views,
                         nonfinite_policy=config.nonfinite.policy,
                         inject_nonfinite_at_step=config.nonfinite.inject_at_step),
-      in_shardings=(state_sharding, jax.tree.map(lambda _: replicated, teacher_variables), batch_sharding),
+      in_shardings=(state_sharding, teacher_sharding, batch_sharding),
       out_shardings=(state_sharding, replicated),
       donate_argnums=0,
   )
