@@ -114,3 +114,80 @@ def teacher_shardings(variables, mesh: jax.sharding.Mesh, mode: str = "replicate
   if mode == "all":
     return fsdp_shardings(variables, mesh, (DATA, FSDP))
   return jax.tree.map(lambda _: jax.NamedSharding(mesh, jax.P()), variables)
+
+
+# Several processes (hosts).
+
+COORDINATOR_ENV = ("KD_COORDINATOR_ADDRESS", "KD_NUM_PROCESSES", "KD_PROCESS_ID")
+
+
+def initialize() -> bool:
+  """Starts JAX's multi-process runtime when this process is one of several; True if it did.
+
+  Under Slurm with several tasks (`srun -n N`, `sbatch --ntasks N`), `jax.distributed.initialize()`
+  finds the coordinator, the number of processes and this process's id itself. Elsewhere, set
+  KD_COORDINATOR_ADDRESS (host:port of process 0), KD_NUM_PROCESSES and KD_PROCESS_ID. A single
+  process (the default) starts nothing. Each process then loads its own part of every global batch
+  (`kd.data.train_iterator(shard_index=...)`), and Orbax writes each process's shards of a checkpoint.
+  """
+  if jax.distributed.is_initialized():
+    return True
+  address = os.environ.get(COORDINATOR_ENV[0])
+  if address:
+    try:
+      num_processes, process_id = int(os.environ[COORDINATOR_ENV[1]]), int(os.environ[COORDINATOR_ENV[2]])
+    except (KeyError, ValueError):
+      raise ConfigError(f"{COORDINATOR_ENV[0]} is set, so {COORDINATOR_ENV[1]} and {COORDINATOR_ENV[2]} must be "
+                        "integers too (the number of processes, and this one's id from 0)") from None
+    jax.distributed.initialize(coordinator_address=address, num_processes=num_processes, process_id=process_id)
+  elif int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "1"))) > 1:
+    jax.distributed.initialize()
+  else:
+    return False
+  logging.info("process %d of %d, %d local of %d devices", jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+  return True
+
+
+def is_primary() -> bool:
+  """Whether this process writes the files that all processes share (logs, results)."""
+  return jax.process_index() == 0
+
+
+def shutdown(*outputs) -> None:
+  """Waits for `outputs` and for every process, then stops the multi-process runtime.
+
+  A process that leaves while a collective is still running can hang at exit: `float()` and
+  `np.asarray()` wait only for the local shards, so wait for everything, then meet at a barrier.
+  """
+  if not jax.distributed.is_initialized():
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  jax.block_until_ready(outputs)
+  multihost_utils.sync_global_devices("kd-shutdown")
+  jax.distributed.shutdown()
+
+
+class NullWriter:
+  """A MetricsWriter for processes other than the primary one: the primary writes the shared logs."""
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    del step, scalars
+
+  def close(self) -> None:
+    pass
+
+
+def prepare_dataset(config: ml_collections.ConfigDict) -> None:
+  """The primary process prepares the dataset (TFDS) first; the others wait, then read it.
+
+  Processes on one host that prepare a dataset at the same time race to rename TFDS's folders.
+  """
+  from kd import data  # pylint: disable=g-import-not-at-top
+
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  if is_primary():
+    data.load_spec(config.data.name, config.data.data_dir)
+  multihost_utils.sync_global_devices("kd-dataset-prepared")

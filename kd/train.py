@@ -352,11 +352,13 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
     logging.info("[%s] resuming from step %d", stage_name, int(state.step))
   else:
     state = jax.jit(init, out_shardings=state_sharding)(rng, example_batch, teacher_variables)
-  provenance.record(stage_dir, config.to_dict(), seed)
+  if distributed.is_primary():  # With several processes, one writes the shared files.
+    provenance.record(stage_dir, config.to_dict(), seed)
 
   # The loop.
   step = int(state.step)
-  writer = logs.MetricsWriter(stage_dir, resume_step=step)
+  writer = (logs.MetricsWriter(stage_dir, resume_step=step) if distributed.is_primary()
+            else distributed.NullWriter())
   progress = logs.Progress(stage_name, step, stage.num_steps, data_config.batch_size)
   window, start_step, start_time = [], step, time.perf_counter()
   predict = evaluation.make_predict(student_apply, mesh)
@@ -411,9 +413,10 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
     writer.write(step, eval_scalars)
     writer.close()
     checkpoint.export_model(stage_dir, stage.model.to_dict(), spec, jax.device_get(variables))
-    with open(os.path.join(stage_dir, RESULT_JSON + ".tmp"), "w") as f:
-      json.dump(result, f, indent=2)
-    os.replace(os.path.join(stage_dir, RESULT_JSON + ".tmp"), os.path.join(stage_dir, RESULT_JSON))
+    if distributed.is_primary():
+      with open(os.path.join(stage_dir, RESULT_JSON + ".tmp"), "w") as f:
+        json.dump(result, f, indent=2)
+      os.replace(os.path.join(stage_dir, RESULT_JSON + ".tmp"), os.path.join(stage_dir, RESULT_JSON))
   logging.info("[%s] finished: %s accuracy %.4f", stage_name, data_config.eval_split,
                eval_scalars["eval/accuracy"])
   return result
