@@ -82,6 +82,10 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
       "schedule": "cosine",
       "warmup_steps": 0,
       "grad_clip_norm": 0.0,  # 0: no clipping.
+      # learning_rate was tuned at base_batch_size; scale it to data.batch_size by this rule:
+      # "none", "linear" or "sqrt" (kd.distributed.scaled_learning_rate). Logged with the result.
+      "lr_scaling": "none",
+      "base_batch_size": 256,
       **overrides,
   })
 
@@ -160,6 +164,11 @@ def _check_stage(stage, where: str) -> None:
     raise ConfigError(f"{where}.optimizer.name={optimizer.name!r}: choose one of {OPTIMIZERS}")
   if optimizer.schedule not in SCHEDULES:
     raise ConfigError(f"{where}.optimizer.schedule={optimizer.schedule!r}: choose one of {SCHEDULES}")
+  if optimizer.lr_scaling not in distributed.LR_SCALING_RULES:
+    raise ConfigError(f"{where}.optimizer.lr_scaling={optimizer.lr_scaling!r}: choose one of "
+                      f"{distributed.LR_SCALING_RULES}")
+  if optimizer.base_batch_size <= 0:
+    raise ConfigError(f"{where}.optimizer.base_batch_size={optimizer.base_batch_size} must be > 0")
   if not optimizer.learning_rate > 0:
     raise ConfigError(f"{where}.optimizer.learning_rate={optimizer.learning_rate} must be > 0")
   for key in ("weight_decay", "grad_clip_norm", "momentum"):

@@ -191,3 +191,22 @@ def prepare_dataset(config: ml_collections.ConfigDict) -> None:
   if is_primary():
     data.load_spec(config.data.name, config.data.data_dir)
   multihost_utils.sync_global_devices("kd-dataset-prepared")
+
+
+# The learning rate and the global batch size.
+
+LR_SCALING_RULES = ("none", "linear", "sqrt")
+
+
+def scaled_learning_rate(learning_rate: float, rule: str, batch_size: int, base_batch_size: int) -> float:
+  """The peak learning rate for a global `batch_size`, given the rate tuned at `base_batch_size`.
+
+  "linear": lr x batch / base (Goyal et al., "Accurate, Large Minibatch SGD", arXiv:1706.02677, sec. 2.1);
+  "sqrt": lr x sqrt(batch / base) (Krizhevsky, "One weird trick", arXiv:1404.5997; suits Adam);
+  "none": lr unchanged.
+  """
+  if rule == "linear":
+    return learning_rate * batch_size / base_batch_size
+  if rule == "sqrt":
+    return learning_rate * (batch_size / base_batch_size) ** 0.5
+  return learning_rate

@@ -61,10 +61,16 @@ class TrainState:
   nonfinite_count: jax.Array
 
 
-def make_optimizer(optimizer_config: ml_collections.ConfigDict,
-                   num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optax transform a stage's `optimizer` block describes, and its learning-rate schedule."""
+def make_optimizer(optimizer_config: ml_collections.ConfigDict, num_steps: int,
+                   batch_size: int | None = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optax transform a stage's `optimizer` block describes, and its learning-rate schedule.
+
+  With `batch_size` (global), the peak rate is scaled by the block's `lr_scaling` rule.
+  """
   peak, warmup = optimizer_config.learning_rate, optimizer_config.warmup_steps
+  if batch_size is not None and "lr_scaling" in optimizer_config:
+    peak = distributed.scaled_learning_rate(peak, optimizer_config.lr_scaling, batch_size,
+                                            optimizer_config.base_batch_size)
   if optimizer_config.schedule == "cosine":
     learning_rate = optax.cosine_decay_schedule(peak, num_steps - warmup)
   else:
@@ -314,7 +320,14 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   teacher_variables = jax.device_put(teacher.variables, teacher_sharding) if teacher else {}
   connector = methods.build_connector(stage.method, stage_features.student_shapes,
                                       stage_features.teacher_shapes, len(train_arrays["label"]))
-  optimizer, learning_rate = make_optimizer(stage.optimizer, stage.num_steps)
+  optimizer, learning_rate = make_optimizer(stage.optimizer, stage.num_steps, data_config.batch_size)
+  peak_learning_rate = distributed.scaled_learning_rate(
+      stage.optimizer.learning_rate, stage.optimizer.get("lr_scaling", "none"), data_config.batch_size,
+      stage.optimizer.get("base_batch_size", data_config.batch_size))
+  logging.info("[%s] peak learning rate %g (optimizer.lr_scaling=%s: %g tuned at batch %d, batch %d)",
+               stage_name, peak_learning_rate, stage.optimizer.get("lr_scaling", "none"),
+               stage.optimizer.learning_rate, stage.optimizer.get("base_batch_size", data_config.batch_size),
+               data_config.batch_size)
   loss_fn = methods.build_loss(stage.method)
   augment_config = data_config.augment
   make_views = None
@@ -407,7 +420,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   variables = student_variables(state)
   eval_scalars = _eval_scalars(predict, variables, eval_arrays, data_config.eval_batch_size)
   result = {"stage": stage_name, "seed": seed, "step": step, **eval_scalars,
-            "train_seconds": seconds,
+            "train_seconds": seconds, "peak_learning_rate": peak_learning_rate,
             "train_examples_per_second": (step - start_step) * data_config.batch_size / max(seconds, 1e-9)}
   with _disk_errors(manager, stage_dir):
     writer.write(step, eval_scalars)

@@ -27,7 +27,8 @@ TINY = textwrap.dedent("""
       config.seeds = (0, 1)
       config.data.batch_size = 32
       cnn = {"name": "cnn", "channels": (8,), "hidden": 16}
-      config.stages.teacher = stage_config(cnn, method_config("supervised"), num_steps=6)
+      config.stages.teacher = stage_config(cnn, method_config("supervised"), num_steps=6,
+                                           lr_scaling="sqrt", base_batch_size=128)
       config.stage_order = ("teacher",)
       config.report.baseline = config.report.student = "teacher"
       config.log_every_steps = 3
@@ -85,6 +86,11 @@ def test_local_sweep_runs_skips_resumes_and_reports(tmp_path, capsys):
   for name in names:
     assert os.path.exists(workdir / name / "teacher" / "result.json"), name
     assert "finished: test accuracy" in (workdir / name / "run.log").read_text()
+  # The rate is scaled to the batch of 32 (tuned at 128, sqrt rule): 1e-2 x 0.5; the rule is logged.
+  result_high = json.loads((workdir / "lr_high/seed_0/teacher/result.json").read_text())
+  assert result_high["peak_learning_rate"] == pytest.approx(5e-3)
+  assert "peak learning rate 0.005 (optimizer.lr_scaling=sqrt: 0.01 tuned at batch 128, batch 32)" in (
+      workdir / "lr_high/seed_0/run.log").read_text()
   manifest = json.loads((workdir / "sweep.json").read_text())
   assert [run["name"] for run in manifest["runs"]] == names
 
