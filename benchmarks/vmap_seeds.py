@@ -62,7 +62,8 @@ def main(argv):
       "accuracy_std": together["groups"][0]["accuracy_std"],
   }
   print(f"{len(seeds)} seeds x {_STEPS.value} steps of stage {_STAGE.value!r} (batch {config.data.batch_size}):")
-  print(f"  {len(seeds)} separate runs: {separate_seconds:8.2f} s  (first steps {figures['separate_first_step_seconds']:.2f} s, "
+  print(f"  {len(seeds)} separate runs: {separate_seconds:8.2f} s  "
+        f"(first steps {figures['separate_first_step_seconds']:.2f} s, "
         f"other steps {figures['separate_other_steps_seconds']:.2f} s)")
   print(f"  one vmapped run:  {together_seconds:8.2f} s  (first step {together['first_step_seconds']:.2f} s, "
         f"other steps {together['train_seconds']:.2f} s)")

@@ -124,7 +124,7 @@ COORDINATOR_ENV = ("KD_COORDINATOR_ADDRESS", "KD_NUM_PROCESSES", "KD_PROCESS_ID"
 def initialize() -> bool:
   """Starts JAX's multi-process runtime when this process is one of several; True if it did.
 
-  Under Slurm with several tasks (`srun -n N`, `sbatch --ntasks N`), `jax.distributed.initialize()`
+  In a Slurm job step of several tasks (`srun -n N ...`), `jax.distributed.initialize()`
   finds the coordinator, the number of processes and this process's id itself. Elsewhere, set
   KD_COORDINATOR_ADDRESS (host:port of process 0), KD_NUM_PROCESSES and KD_PROCESS_ID. A single
   process (the default) starts nothing. Each process then loads its own part of every global batch
@@ -140,7 +140,7 @@ def initialize() -> bool:
       raise ConfigError(f"{COORDINATOR_ENV[0]} is set, so {COORDINATOR_ENV[1]} and {COORDINATOR_ENV[2]} must be "
                         "integers too (the number of processes, and this one's id from 0)") from None
     jax.distributed.initialize(coordinator_address=address, num_processes=num_processes, process_id=process_id)
-  elif int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "1"))) > 1:
+  elif int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:  # A job step of several tasks (srun -n N).
     jax.distributed.initialize()
   else:
     return False

@@ -21,9 +21,10 @@ the flags, and every run with its arg, overrides, seed and folder. A run whose s
 `result.json` is skipped; an unfinished one resumes from its checkpoints. `python -m kd.report <workdir>`
 tabulates the finished runs.
 
-Backends: `local` runs `--parallel` runs at once as subprocesses (log: `<run>/run.log`); `slurm`
-submits one job array through submitit (logs: `<workdir>/slurm/<array id>_<task>_0_log.{out,err}`),
-whose tasks are requeued on preemption or timeout and resume from their checkpoints.
+Backends: `local` runs `--parallel` runs at once (default 1) as subprocesses (log: `<run>/run.log`);
+`slurm` submits one job array through submitit (`--parallel` tasks at once, default all; logs:
+`<workdir>/slurm/<job id>/`), whose tasks are requeued on preemption or timeout and resume from their
+checkpoints (kd.sweep_slurm).
 """
 
 import ast
@@ -144,7 +145,8 @@ def expand(config_spec: str, grid: list[tuple[str, list[Any]]] = (),
   Every variant's config is built and validated here, so a bad key or value fails before anything
   runs, with a ConfigError that names the variant.
   """
-  from kd import experiment  # pylint: disable=g-import-not-at-top  # Keeps `--help` light.
+  from kd import config as config_lib  # pylint: disable=g-import-not-at-top  # Keeps `--help` light.
+  from kd import experiment  # pylint: disable=g-import-not-at-top
 
   path, default_arg = split_config_spec(config_spec)
   module = load_module(path)
@@ -185,13 +187,12 @@ def expand(config_spec: str, grid: list[tuple[str, list[Any]]] = (),
     if seeds is not None:
       config.seeds = tuple(seeds)
     try:
-      from kd import config as config_lib  # pylint: disable=g-import-not-at-top
       config_lib.validate(config)
     except ConfigError as e:
       raise ConfigError(f"sweep variant {variant!r}: {e}") from e
     for seed in config.seeds:
-      runs.append(Run(name=f"{variant}/seed_{seed}", variant=variant, base=base, arg=arg, overrides=overrides,
-                      seed=seed, stages=tuple(config.stage_order)))
+      runs.append(Run(name=f"{variant}/seed_{seed}", variant=variant, base=base, arg=arg,
+                      overrides=overrides, seed=seed, stages=tuple(config.stage_order)))
   return runs
 
 
@@ -221,8 +222,9 @@ def write_manifest(workdir: str, config_spec: str, runs: list[Run], **flags) -> 
       "config": os.path.abspath(path),
       "arg": arg,
       "flags": flags,
-      "runs": [{"name": r.name, "variant": r.variant, "base": r.base, "arg": r.arg, "seed": r.seed, "stages": list(r.stages),
-                "overrides": {k: _jsonable(v) for k, v in r.overrides.items()}} for r in runs],
+      "runs": [{"name": r.name, "variant": r.variant, "base": r.base, "arg": r.arg, "seed": r.seed,
+                "stages": list(r.stages), "overrides": {k: _jsonable(v) for k, v in r.overrides.items()}}
+               for r in runs],
   }
   os.makedirs(workdir, exist_ok=True)
   target = os.path.join(workdir, MANIFEST)
@@ -238,8 +240,9 @@ def read_manifest(workdir: str) -> tuple[dict[str, Any], list[Run]]:
     raise UserError(f"{workdir} holds no {MANIFEST}: give the --workdir of a sweep made by python -m kd.sweep")
   with open(path) as f:
     manifest = json.load(f)
-  runs = [Run(name=r["name"], variant=r["variant"], base=r["base"], arg=r["arg"], seed=r["seed"], stages=tuple(r["stages"]),
-              overrides={k: _from_json(v) for k, v in r["overrides"].items()}) for r in manifest["runs"]]
+  runs = [Run(name=r["name"], variant=r["variant"], base=r["base"], arg=r["arg"], seed=r["seed"],
+              stages=tuple(r["stages"]), overrides={k: _from_json(v) for k, v in r["overrides"].items()})
+          for r in manifest["runs"]]
   return manifest, runs
 
 
@@ -292,7 +295,8 @@ def _print_status(workdir: str, runs: list[Run], failed: dict[str, str]) -> None
     print(f"  {status:10s} {run.name}", flush=True)
 
 
-def run_local(workdir: str, runs: list[Run], parallel: int = 1, env: dict[str, str] | None = None) -> dict[str, str]:
+def run_local(workdir: str, runs: list[Run], parallel: int = 1,
+              env: dict[str, str] | None = None) -> dict[str, str]:
   """Runs the unfinished runs as subprocesses, `parallel` at a time; returns {name: why} of failures."""
   pending = [run for run in runs if not run.is_finished(workdir)]
   for run in runs:
@@ -358,8 +362,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--config", help="experiments/<file>.py[:arg]")
   parser.add_argument("--workdir", required=True, help="the sweep's folder")
   parser.add_argument("--backend", default="local", choices=("local", "slurm"))
-  parser.add_argument("--parallel", type=int, default=1, help="runs at once (local: processes; slurm: "
-                      "array tasks at once, 0: no limit)")
+  parser.add_argument("--parallel", type=int, default=None, help="runs at once (local: processes, default "
+                      "1; slurm: array tasks at once, default 0: no limit)")
   parser.add_argument("--grid", action="append", default=[], help="dotted.key=v1,v2 (repeatable)")
   parser.add_argument("--seeds", default=None, help="comma-separated seeds, instead of config.seeds")
   parser.add_argument("--detach", action="store_true", help="slurm: submit and return, without waiting")
@@ -378,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.config:
       raise ConfigError("--config is required: python -m kd.sweep --config=experiments/<file>.py[:arg] "
                         "--workdir=<dir>")
+    if args.parallel is None:
+      args.parallel = 1 if args.backend == "local" else 0
     if args.parallel < 0 or (args.backend == "local" and args.parallel < 1):
       raise ConfigError(f"--parallel={args.parallel} must be >= 1 for the local backend (>= 0 for slurm)")
     seeds = None

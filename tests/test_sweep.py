@@ -128,3 +128,11 @@ def test_local_sweep_runs_skips_resumes_and_reports(tmp_path, capsys):
   markdown = (workdir / "sweep_report.md").read_text()
   assert markdown in capsys.readouterr().out
   assert f"| lr_high | teacher | 2/2 [0, 1] | {100 * np.mean(last):.2f} ± {100 * np.std(last, ddof=1):.2f} |" in markdown
+
+
+@pytest.mark.parametrize("path", sorted(os.path.join("experiments", f) for f in os.listdir(os.path.join(REPO, "experiments"))
+                                        if f.endswith(".py")))
+def test_every_sweep_point_of_every_experiment_file_builds(path):
+  """Every variant of every experiment file's sweep(add) (one variant for a file without one) validates."""
+  runs = sweep.expand(os.path.join(REPO, path))
+  assert runs and len({run.name for run in runs}) == len(runs)
