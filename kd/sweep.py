@@ -175,7 +175,9 @@ def expand(config_spec: str, grid: list[tuple[str, list[Any]]] = (),
     variant = name or variant_name(arg, default_arg, overrides)
     if name and grid_keys:
       variant = variant_name(name, None, grid_overrides)
-    if variant in names and names[variant] != (arg, overrides):
+    if variant in names:
+      if names[variant] == (arg, overrides):
+        continue  # The same variant added twice: run it once.
       raise ConfigError(f"two variants of {path} are both named {variant!r}: give add(..., name=...) "
                         "distinct names")
     names[variant] = (arg, overrides)
