@@ -7,6 +7,7 @@ method (a loss), optionally against the exported model of an earlier stage as it
                                  initialisation, dropout and data order; the report averages them
     config.data                  dataset name, TFDS data_dir, splits, batch sizes
     config.mesh.data             devices on the data-parallel axis (-1: all)
+    config.mesh.fsdp, .teacher   FSDP axis size for the student, the teacher's sharding
     config.checkpoint            every_steps, keep
     config.nonfinite             policy ("stop" or "skip") for NaN/Inf losses and gradients
     config.log_every_steps       progress line, metrics.jsonl and TensorBoard
@@ -25,6 +26,7 @@ from typing import Any
 
 import ml_collections
 
+from kd import distributed
 from kd import methods
 from kd import models
 from kd.errors import ConfigError
@@ -64,7 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
                                             "rrc_ratio": (3 / 4, 4 / 3), "mixup_alpha": 0.0,
                                             "cutmix_alpha": 0.0}),
   })
-  config.mesh = ml_collections.ConfigDict({"data": -1})
+  # Devices: mesh.data x mesh.fsdp; the student is FSDP-sharded over "fsdp" when it is > 1, the
+  # teacher's variables are "replicated", sharded over "fsdp", or over "all" devices (kd.distributed).
+  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "teacher": "replicated"})
   # Teacher-output cache (kd.teacher_cache): the teacher's outputs over data.train_split are computed
   # once, stored in `dir` (empty: <workdir>/seed_<n>/teacher_cache) and read by example index instead
   # of running the teacher. top_k > 0 stores the k largest log-probabilities and the remaining mass.
@@ -97,6 +101,10 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
       "schedule": "cosine",
       "warmup_steps": 0,
       "grad_clip_norm": 0.0,  # 0: no clipping.
+      # learning_rate was tuned at base_batch_size; scale it to data.batch_size by this rule:
+      # "none", "linear" or "sqrt" (kd.distributed.scaled_learning_rate). Logged with the result.
+      "lr_scaling": "none",
+      "base_batch_size": 256,
       **overrides,
   })
 
@@ -175,6 +183,11 @@ def _check_stage(stage, where: str) -> None:
     raise ConfigError(f"{where}.optimizer.name={optimizer.name!r}: choose one of {OPTIMIZERS}")
   if optimizer.schedule not in SCHEDULES:
     raise ConfigError(f"{where}.optimizer.schedule={optimizer.schedule!r}: choose one of {SCHEDULES}")
+  if optimizer.lr_scaling not in distributed.LR_SCALING_RULES:
+    raise ConfigError(f"{where}.optimizer.lr_scaling={optimizer.lr_scaling!r}: choose one of "
+                      f"{distributed.LR_SCALING_RULES}")
+  if optimizer.base_batch_size <= 0:
+    raise ConfigError(f"{where}.optimizer.base_batch_size={optimizer.base_batch_size} must be > 0")
   if not optimizer.learning_rate > 0:
     raise ConfigError(f"{where}.optimizer.learning_rate={optimizer.learning_rate} must be > 0")
   for key in ("weight_decay", "grad_clip_norm", "momentum"):
@@ -277,3 +290,4 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       if data[key] % mesh_devices:
         raise ConfigError(f"data.{key}={data[key]} does not divide over {mesh_devices} devices: "
                           f"use a multiple of {mesh_devices}")
+    distributed.check_mesh(config, num_devices)

@@ -12,6 +12,7 @@ import ml_collections
 from kd import checkpoint
 from kd import config as config_lib
 from kd import data
+from kd import distributed
 from kd import report as report_lib
 from kd import train
 from kd.errors import ConfigError
@@ -93,7 +94,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     logging.info("Not every stage of the report card is finished; no report.")
     return None
   report = report_lib.build(config, workdir)
-  print(report_lib.write(report, workdir), flush=True)
+  if distributed.is_primary():  # With several processes, one writes the shared files.
+    print(report_lib.write(report, workdir), flush=True)
   return report
 
 

@@ -190,3 +190,30 @@ def write(report: dict[str, Any], workdir: str) -> str:
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(markdown)
   return markdown
+
+
+def main(argv: list[str] | None = None) -> int:
+  """`python -m kd.report <workdir>`: the table of a sweep (see kd.sweep_report), or a run's report card."""
+  import sys  # pylint: disable=g-import-not-at-top
+  from kd import sweep_report  # pylint: disable=g-import-not-at-top  # Imports kd.sweep only when asked.
+
+  argv = sys.argv[1:] if argv is None else argv
+  if len(argv) != 1:
+    print("usage: python -m kd.report <sweep workdir>", file=sys.stderr)
+    return 2
+  workdir = argv[0]
+  if os.path.exists(os.path.join(workdir, "sweep.json")):
+    print(sweep_report.write(workdir), end="")
+    print(f"(also in {os.path.join(workdir, sweep_report.MARKDOWN)} and {sweep_report.CSV})")
+    return 0
+  if os.path.exists(os.path.join(workdir, "report.md")):
+    with open(os.path.join(workdir, "report.md")) as f:
+      print(f.read(), end="")
+    return 0
+  print(f"error: {workdir} holds neither a sweep (sweep.json) nor a report card (report.md): give the "
+        "--workdir of python -m kd.sweep or kd.main", file=sys.stderr)
+  return 2
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

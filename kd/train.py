@@ -23,6 +23,7 @@ import optax
 from kd import augment
 from kd import checkpoint
 from kd import data
+from kd import distributed
 from kd import evaluation
 from kd import features
 from kd import logs
@@ -61,10 +62,16 @@ class TrainState:
   nonfinite_count: jax.Array
 
 
-def make_optimizer(optimizer_config: ml_collections.ConfigDict,
-                   num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optax transform a stage's `optimizer` block describes, and its learning-rate schedule."""
+def make_optimizer(optimizer_config: ml_collections.ConfigDict, num_steps: int,
+                   batch_size: int | None = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optax transform a stage's `optimizer` block describes, and its learning-rate schedule.
+
+  With `batch_size` (global), the peak rate is scaled by the block's `lr_scaling` rule.
+  """
   peak, warmup = optimizer_config.learning_rate, optimizer_config.warmup_steps
+  if batch_size is not None and "lr_scaling" in optimizer_config:
+    peak = distributed.scaled_learning_rate(peak, optimizer_config.lr_scaling, batch_size,
+                                            optimizer_config.base_batch_size)
   if optimizer_config.schedule == "cosine":
     learning_rate = optax.cosine_decay_schedule(peak, num_steps - warmup)
   else:
@@ -229,10 +236,8 @@ def resolve_stage_features(config: ml_collections.ConfigDict, stage_name: str,
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-  """A 1-D mesh over `mesh.data` devices (-1: all), axis "data"."""
-  num_devices = jax.device_count() if mesh_config.data == -1 else mesh_config.data
-  return jax.make_mesh((num_devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=jax.devices()[:num_devices])
+  """The ("data", "fsdp") mesh of `mesh.data` x `mesh.fsdp` devices (see kd.distributed)."""
+  return distributed.make_mesh(mesh_config)
 
 
 def shard_batch(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -302,7 +307,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
                                 data_config.image_size)
   mesh = make_mesh(config.mesh)
   replicated = jax.NamedSharding(mesh, jax.P())
-  batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
+  batch_sharding = distributed.batch_sharding(mesh)
   iterator = data.train_iterator(train_arrays, batch_size=data_config.batch_size, seed=seed,
                                  shard_index=jax.process_index(), shard_count=jax.process_count(),
                                  prefetch=data_config.prefetch, workers=data_config.workers)
@@ -315,7 +320,9 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   teacher = load_teacher(config, stage_name, run_dir, spec)
   teacher_apply = (models.make_apply(teacher.module, spec.input_key, stage_features.teacher_paths)
                    if teacher else None)
-  teacher_variables = jax.device_put(teacher.variables, replicated) if teacher else {}
+  teacher_sharding = distributed.teacher_shardings(teacher.variables if teacher else {}, mesh,
+                                                   config.mesh.get("teacher", "replicated"))
+  teacher_variables = jax.device_put(teacher.variables, teacher_sharding) if teacher else {}
   if teacher and config.teacher_cache.enabled:  # Read the teacher's outputs by example index instead.
     cached = teacher_cache.load_or_build(
         config.teacher_cache.dir or os.path.join(run_dir, "teacher_cache"), stage.teacher,
@@ -327,7 +334,14 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
     teacher_variables = jax.device_put(cached, replicated)
   connector = methods.build_connector(stage.method, stage_features.student_shapes,
                                       stage_features.teacher_shapes, len(train_arrays["label"]))
-  optimizer, learning_rate = make_optimizer(stage.optimizer, stage.num_steps)
+  optimizer, learning_rate = make_optimizer(stage.optimizer, stage.num_steps, data_config.batch_size)
+  peak_learning_rate = distributed.scaled_learning_rate(
+      stage.optimizer.learning_rate, stage.optimizer.get("lr_scaling", "none"), data_config.batch_size,
+      stage.optimizer.get("base_batch_size", data_config.batch_size))
+  logging.info("[%s] peak learning rate %g (optimizer.lr_scaling=%s: %g tuned at batch %d, batch %d)",
+               stage_name, peak_learning_rate, stage.optimizer.get("lr_scaling", "none"),
+               stage.optimizer.learning_rate, stage.optimizer.get("base_batch_size", data_config.batch_size),
+               data_config.batch_size)
   loss_fn = methods.build_loss(stage.method)
   augment_config = data_config.augment
   make_views = augment.views_from_config(augment_config, spec.input_key, spec.input_shape)
@@ -338,14 +352,14 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
                            student_apply=student_train_apply, teacher_apply=teacher_apply)
   rng = jax.random.PRNGKey(seed)
   abstract_state = jax.eval_shape(init, rng, example_batch, teacher_variables)
-  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+  state_sharding = distributed.state_shardings(abstract_state, mesh)
   step_fn = jax.jit(
       functools.partial(train_step, student_apply=student_train_apply, teacher_apply=teacher_apply,
                         loss_fn=loss_fn, optimizer=optimizer, learning_rate=learning_rate,
                         connector=connector, make_views=make_views,
                         nonfinite_policy=config.nonfinite.policy,
                         inject_nonfinite_at_step=config.nonfinite.inject_at_step),
-      in_shardings=(state_sharding, jax.tree.map(lambda _: replicated, teacher_variables), batch_sharding),
+      in_shardings=(state_sharding, teacher_sharding, batch_sharding),
       out_shardings=(state_sharding, replicated),
       donate_argnums=0,
   )
@@ -361,11 +375,13 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
     logging.info("[%s] resuming from step %d", stage_name, int(state.step))
   else:
     state = jax.jit(init, out_shardings=state_sharding)(rng, example_batch, teacher_variables)
-  provenance.record(stage_dir, config.to_dict(), seed)
+  if distributed.is_primary():  # With several processes, one writes the shared files.
+    provenance.record(stage_dir, config.to_dict(), seed)
 
   # The loop.
   step = int(state.step)
-  writer = logs.MetricsWriter(stage_dir, resume_step=step)
+  writer = (logs.MetricsWriter(stage_dir, resume_step=step) if distributed.is_primary()
+            else distributed.NullWriter())
   progress = logs.Progress(stage_name, step, stage.num_steps, data_config.batch_size)
   window, start_step, start_time = [], step, time.perf_counter()
   predict = evaluation.make_predict(student_apply, mesh)
@@ -419,15 +435,16 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   variables = student_variables(state)
   eval_scalars = _eval_scalars(predict, variables, eval_arrays, data_config.eval_batch_size)
   result = {"stage": stage_name, "seed": seed, "step": step, **eval_scalars,
-            "train_seconds": seconds,
+            "train_seconds": seconds, "peak_learning_rate": peak_learning_rate,
             "train_examples_per_second": (step - start_step) * data_config.batch_size / max(seconds, 1e-9)}
   with _disk_errors(manager, stage_dir):
     writer.write(step, eval_scalars)
     writer.close()
     checkpoint.export_model(stage_dir, stage.model.to_dict(), spec, jax.device_get(variables))
-    with open(os.path.join(stage_dir, RESULT_JSON + ".tmp"), "w") as f:
-      json.dump(result, f, indent=2)
-    os.replace(os.path.join(stage_dir, RESULT_JSON + ".tmp"), os.path.join(stage_dir, RESULT_JSON))
+    if distributed.is_primary():
+      with open(os.path.join(stage_dir, RESULT_JSON + ".tmp"), "w") as f:
+        json.dump(result, f, indent=2)
+      os.replace(os.path.join(stage_dir, RESULT_JSON + ".tmp"), os.path.join(stage_dir, RESULT_JSON))
   logging.info("[%s] finished: %s accuracy %.4f", stage_name, data_config.eval_split,
                eval_scalars["eval/accuracy"])
   return result
