@@ -194,7 +194,8 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
   new_state = new_state.replace(step=state.step + 1,
                                 nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32))
   # Token datasets have no labels: their methods report token_accuracy among their terms.
-  accuracy = {"accuracy": jnp.mean(jnp.argmax(student_out["logits"], -1) == batch["label"])} if "label" in batch else {}
+  accuracy = ({"accuracy": jnp.mean(jnp.argmax(student_out["logits"], -1) == batch["label"])}
+              if "label" in batch else {})
   metrics = {"loss": loss, **terms, **accuracy, "grad_norm": grad_norm,
              "learning_rate": learning_rate(state.step), "nonfinite": (~finite).astype(jnp.float32),
              "skipped_updates": new_state.nonfinite_count.astype(jnp.float32)}
