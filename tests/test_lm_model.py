@@ -159,3 +159,16 @@ def test_distilbert_student_starts_from_every_other_teacher_layer():
   with pytest.raises(Exception, match="init_from_teacher"):
     lm_distilbert.init_from_teacher(lm_distilbert.DEFAULTS, _variables(_lm(num_layers=2, width=32))["params"],
                                     teacher_params, "method")
+
+
+def test_a_classifier_method_on_token_data_is_a_config_error(tmp_path):
+  from kd import experiment  # pylint: disable=g-import-not-at-top
+  from kd.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  config = experiment.load_config("experiments/lm_stdlib.py", "smoke")
+  config.stages.student.method = methods.method_config("hinton_kd")
+  with pytest.raises(ConfigError, match="stages.student.method.name='hinton_kd' is a classifier method"):
+    experiment.check(config, str(tmp_path), list(config.stage_order))
+  config = experiment.load_config("experiments/quickstart.py", "smoke")
+  config.stages.student.method = methods.method_config("lm_kd")
+  with pytest.raises(ConfigError, match="is for language models"):
+    experiment.check(config, str(tmp_path), list(config.stage_order))

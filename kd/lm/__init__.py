@@ -11,3 +11,4 @@ ordinary train step; this package holds what only language models need:
 """
 
 from kd.lm.tokens import is_language_model
+from kd.lm.tokens import check_stages

@@ -25,3 +25,29 @@ def next_token_targets(batch) -> tuple[jax.Array, jax.Array]:
 def masked_mean(values_BxT: jax.Array, weights_BxT: jax.Array) -> jax.Array:
   """Mean over real tokens: sum(values * weights) / number of real tokens (not batch x length)."""
   return jnp.sum(values_BxT * weights_BxT) / jnp.maximum(jnp.sum(weights_BxT), 1.0)
+
+
+def check_stages(config, spec, stages) -> None:
+  """Raises ConfigError when a stage's model or method does not fit the dataset's kind.
+
+  Language-model methods (`LANGUAGE_MODEL = True`) and models (`integer_inputs`) need a token dataset,
+  and a token dataset needs both.
+  """
+  from kd import methods, models  # pylint: disable=g-import-not-at-top  # kd.methods imports this module.
+  from kd.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  token_data = is_language_model(spec)
+  for name in stages:
+    stage = config.stages[name]
+    lm_method = getattr(methods.METHODS[stage.method.name], "LANGUAGE_MODEL", False)
+    lm_model = getattr(models.MODELS[stage.model.name], "integer_inputs", False)
+    if token_data and not lm_method:
+      language_methods = sorted(k for k, v in methods.METHODS.items() if getattr(v, "LANGUAGE_MODEL", False))
+      raise ConfigError(f"stages.{name}.method.name={stage.method.name!r} is a classifier method but "
+                        f"data.name={spec.name!r} is a token dataset: use one of {language_methods}")
+    if token_data and not lm_model:
+      raise ConfigError(f"stages.{name}.model.name={stage.model.name!r} cannot read tokens of "
+                        f"data.name={spec.name!r}: use 'transformer_lm'")
+    if not token_data and (lm_method or lm_model):
+      what = f"method.name={stage.method.name!r}" if lm_method else f"model.name={stage.model.name!r}"
+      raise ConfigError(f"stages.{name}.{what} is for language models but data.name={spec.name!r} is not a "
+                        "token dataset: use data.name='stdlib_text' or a classifier method and model")

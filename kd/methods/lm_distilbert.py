@@ -25,6 +25,7 @@ from kd.errors import ConfigError
 from kd.lm import tokens as lm_tokens
 from kd.methods import lm_common
 
+LANGUAGE_MODEL = True  # Reads next-token targets of a token dataset (kd.lm.check_stages).
 NEEDS_TEACHER = True
 DEFAULTS: dict[str, Any] = {**lm_common.DIVERGENCE_DEFAULTS, "temperature": 2.0, "kd_weight": 5.0,
                             "ce_weight": 2.0, "cosine_weight": 1.0, "init_from_teacher": True,

@@ -29,6 +29,7 @@ from kd.errors import ConfigError
 from kd.methods import lm_common
 from kd.methods import lm_seqkd
 
+LANGUAGE_MODEL = True  # Reads next-token targets of a token dataset (kd.lm.check_stages).
 NEEDS_TEACHER = True
 DEFAULTS: dict[str, Any] = {**lm_common.DIVERGENCE_DEFAULTS, "divergence": "jsd",
                             "student_data_fraction": 0.5, "prompt_length": 16, "sample_temperature": 1.0,

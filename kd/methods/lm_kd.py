@@ -13,6 +13,7 @@ from typing import Any
 
 from kd.methods import lm_common
 
+LANGUAGE_MODEL = True  # Reads next-token targets of a token dataset (kd.lm.check_stages).
 NEEDS_TEACHER = True
 DEFAULTS: dict[str, Any] = dict(lm_common.DIVERGENCE_DEFAULTS)
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from kd.lm import sampling
 from kd.methods import lm_common
 
+LANGUAGE_MODEL = True  # Reads next-token targets of a token dataset (kd.lm.check_stages).
 NEEDS_TEACHER = True
 DEFAULTS: dict[str, Any] = {**lm_common.DIVERGENCE_DEFAULTS, "kd_weight": 0.0, "ce_weight": 1.0,
                             "prompt_length": 16, "sample_temperature": 0.0, "top_k": 0, "top_p": 1.0}

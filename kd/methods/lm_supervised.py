@@ -7,6 +7,7 @@ from typing import Any
 
 from kd.methods import lm_common
 
+LANGUAGE_MODEL = True  # Reads next-token targets of a token dataset (kd.lm.check_stages).
 NEEDS_TEACHER = False
 DEFAULTS: dict[str, Any] = {}
 
