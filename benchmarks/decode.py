@@ -35,6 +35,7 @@ from kd.lm import evaluation as lm_evaluation
 _LENGTH = flags.DEFINE_integer("length", 256, "Total decoded length (prompt of 16 included).")
 _BATCH = flags.DEFINE_integer("gkd_batch_size", 16, "Batch of the GKD step.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per measurement (median).")
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "32"], "Decoding batch sizes.")
 _SMALL = flags.DEFINE_bool("small", False, "Tiny models (to check that the script runs).")
 _JSON = flags.DEFINE_string("json", "", "Also write the results to this file.")
 
@@ -55,11 +56,11 @@ def _module(model, max_len):
   return models.build_model(models.model_config(**{**model, "max_len": max_len}), 256)
 
 
-def decode_figures(teacher_model, length: int, repeats: int) -> dict:
+def decode_figures(teacher_model, length: int, repeats: int, batch_sizes) -> dict:
   module = _module(teacher_model, length)
   variables = models.init_variables(module, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))
   figures = {}
-  for batch_size in (1, 32):
+  for batch_size in batch_sizes:
     cached, recomputed = (lm_evaluation.decode_tokens_per_second(
         module, variables, batch_size=batch_size, prompt_length=PROMPT, num_new_tokens=length - PROMPT,
         recompute=recompute, repeats=repeats) for recompute in (False, True))
@@ -97,13 +98,14 @@ def main(argv):
   teacher, student = ((configs.SMOKE_TEACHER, configs.SMOKE_STUDENT) if _SMALL.value
                       else (configs.TEACHER, configs.STUDENT))
   figures = {"device": jax.devices()[0].device_kind, "length": _LENGTH.value,
-             "decode": decode_figures(teacher, _LENGTH.value, _REPEATS.value),
+             "decode": decode_figures(teacher, _LENGTH.value, _REPEATS.value,
+                                           [int(b) for b in _BATCH_SIZES.value]),
              "gkd_step": gkd_step_figures(teacher, student, _BATCH.value, _REPEATS.value)}
   print(f"Greedy decoding of {_LENGTH.value} tokens ({PROMPT}-token prompt), teacher architecture, "
         f"{figures['device']}:")
   print("| batch | KV cache (tokens/s) | full-prefix recompute (tokens/s) | speedup |")
   print("|---:|---:|---:|---:|")
-  for batch_size in (1, 32):
+  for batch_size in [int(b) for b in _BATCH_SIZES.value]:
     row = figures["decode"][f"b{batch_size}"]
     print(f"| {batch_size} | {row['kv_cache_tokens_per_s']:,.0f} | {row['recompute_tokens_per_s']:,.0f} | "
           f"{row['speedup']:.1f}x |")
