@@ -13,6 +13,7 @@ from kd import checkpoint
 from kd import config as config_lib
 from kd import data
 from kd import distributed
+from kd import lm
 from kd import report as report_lib
 from kd import train
 from kd.errors import ConfigError
@@ -28,6 +29,7 @@ def check(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str]
   spec = data.load_spec(config.data.name, config.data.data_dir, config.data.image_size)
   for split in (config.data.train_split, config.data.eval_split, config.data.test_split):
     data.check_split(config.data.name, split, config.data.data_dir, spec)
+  lm.check_stages(config, spec, stages)
   for name in stages:
     train.resolve_stage_features(config, name, spec)
     teacher = config.stages[name].teacher

@@ -417,3 +417,238 @@ def cosine_similarities(x_BxD: ArrayLike) -> jax.Array:
   """
   unit_BxD = l2_normalize(x_BxD, axis=-1)
   return unit_BxD @ unit_BxD.T
+
+
+# Token-level divergences for language models.
+#
+# Each compares, at every position, the student's next-token distribution q = softmax(s / T) with
+# the teacher's p = softmax(t / T) over the vocabulary axis, and returns one value per position
+# ([B, L] for [B, L, V] logits). `where` is a mask over the *positions* (the output's shape):
+# masked positions (padding, a prompt) return exactly 0, and nothing of theirs reaches a gradient.
+# Callers normalise by the number of real tokens (`kd.lm.tokens.masked_mean`), not by B x L.
+
+
+def _positions_only(logits, where, axis):
+  # Masked positions' logits are replaced before any arithmetic, so garbage there (NaN, inf) cannot
+  # reach the gradient through the zero branch of the final `where`.
+  logits = jnp.asarray(logits)
+  return logits if where is None else jnp.where(jnp.expand_dims(where, axis), logits, 0.0)
+
+
+def _token_log_probs(student_logits, teacher_logits, temperature, axis, where):
+  return (jax.nn.log_softmax(_positions_only(student_logits, where, axis) / temperature, axis=axis),
+          jax.nn.log_softmax(_positions_only(teacher_logits, where, axis) / temperature, axis=axis))
+
+
+def _kl_of_log_probs(log_p: jax.Array, log_q: jax.Array, axis: int) -> jax.Array:
+  """sum_v p_v (log p_v - log q_v); a term with p_v = 0 is 0 (the limit of p log p)."""
+  p = jnp.exp(log_p)
+  return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=axis)
+
+
+def _log_mixture(log_p: jax.Array, log_q: jax.Array, weight_p: float) -> jax.Array:
+  """log(w p + (1 - w) q), mixing *probabilities* (not log-probabilities), stable for w in [0, 1]."""
+  # log(0) = -inf at the ends of w, which logaddexp absorbs exactly: the mixture is then p or q.
+  return jnp.logaddexp(jnp.log(weight_p) + log_p, jnp.log1p(-weight_p) + log_q)
+
+
+def _at_positions(values: jax.Array, where: ArrayLike | None) -> jax.Array:
+  return values if where is None else jnp.where(where, values, 0.0)
+
+
+def token_forward_kl(student_logits: ArrayLike, teacher_logits: ArrayLike, *, temperature: float = 1.0,
+                     axis: int = -1, where: ArrayLike | None = None) -> jax.Array:
+  """Forward KL(p || q) = sum_v p_v (log p_v - log q_v) per position, p the teacher, q the student.
+
+  Mean-seeking: the student is pushed to cover every token the teacher gives mass to.
+
+  Args:
+    student_logits: [..., V] the student's next-token logits.
+    teacher_logits: [..., V] the teacher's.
+    temperature: T > 0, dividing both.
+    axis: the vocabulary axis.
+    where: optional boolean [...] mask of positions; masked positions are 0.
+
+  Returns:
+    [...] >= 0, zero where the distributions match.
+
+  References:
+    Hinton, Vinyals & Dean, arXiv:1503.02531, Section 2 (applied per token: Kim & Rush, "Sequence-Level
+    Knowledge Distillation", EMNLP 2016, arXiv:1606.07947, eq. 3, word-level KD).
+  """
+  log_q, log_p = _token_log_probs(student_logits, teacher_logits, temperature, axis, where)
+  return _at_positions(_kl_of_log_probs(log_p, log_q, axis), where)
+
+
+def token_reverse_kl(student_logits: ArrayLike, teacher_logits: ArrayLike, *, temperature: float = 1.0,
+                     axis: int = -1, where: ArrayLike | None = None) -> jax.Array:
+  """Reverse KL(q || p) = sum_v q_v (log q_v - log p_v) per position, q the student, p the teacher.
+
+  Mode-seeking: the student may drop tokens the teacher finds unlikely.
+
+  Args:
+    student_logits: [..., V].
+    teacher_logits: [..., V].
+    temperature: T > 0.
+    axis: the vocabulary axis.
+    where: optional boolean [...] mask of positions.
+
+  Returns:
+    [...] >= 0, zero where the distributions match.
+
+  References:
+    Gu, Dong, Wei & Huang, "MiniLLM: Knowledge Distillation of Large Language Models", ICLR 2024,
+    arXiv:2306.08543, eq. 1.
+  """
+  log_q, log_p = _token_log_probs(student_logits, teacher_logits, temperature, axis, where)
+  return _at_positions(_kl_of_log_probs(log_q, log_p, axis), where)
+
+
+def token_generalized_jsd(student_logits: ArrayLike, teacher_logits: ArrayLike, *, beta: float = 0.5,
+                          temperature: float = 1.0, axis: int = -1,
+                          where: ArrayLike | None = None) -> jax.Array:
+  """Generalized Jensen-Shannon divergence JSD(beta) of GKD, per position.
+
+  With P the teacher's and Q the student's distribution and M the mixture of the *probabilities*
+  (never of log-probabilities):
+
+      M = beta P + (1 - beta) Q
+      JSD(beta)(P || Q) = beta KL(P || M) + (1 - beta) KL(Q || M)
+
+  Convention: beta is the teacher's weight in the mixture. beta = 0.5 is the symmetric JSD. At both
+  ends JSD(beta) vanishes, and scaled it tends to a KL, continuously:
+
+      JSD(beta) / beta         -> KL(P || Q)  (forward KL) as beta -> 0
+      JSD(beta) / (1 - beta)   -> KL(Q || P)  (reverse KL) as beta -> 1
+
+  So the loss is continuous in beta (no special case at 0 or 1); train with `token_forward_kl` or
+  `token_reverse_kl` to get the ends themselves.
+
+  Args:
+    student_logits: [..., V].
+    teacher_logits: [..., V].
+    beta: in [0, 1], the teacher's weight in M.
+    temperature: T > 0.
+    axis: the vocabulary axis.
+    where: optional boolean [...] mask of positions.
+
+  Returns:
+    [...] in [0, H(beta)] with H the binary entropy (<= log 2), zero where P = Q.
+
+  References:
+    Agarwal, Vieillard, Zhou, Stanczyk, Ramos, Geist & Bachem, "On-Policy Distillation of Language
+    Models: Learning from Self-Generated Mistakes" (GKD), ICLR 2024, arXiv:2306.13649, eq. 1 and
+    the remark after it; Huszar, arXiv:1511.05101 (the skewed JSD family).
+  """
+  log_q, log_p = _token_log_probs(student_logits, teacher_logits, temperature, axis, where)
+  log_m = _log_mixture(log_p, log_q, beta)
+  jsd = beta * _kl_of_log_probs(log_p, log_m, axis) + (1.0 - beta) * _kl_of_log_probs(log_q, log_m, axis)
+  return _at_positions(jsd, where)
+
+
+def token_total_variation(student_logits: ArrayLike, teacher_logits: ArrayLike, *,
+                          temperature: float = 1.0, axis: int = -1,
+                          where: ArrayLike | None = None) -> jax.Array:
+  """Total variation distance TV(p, q) = 1/2 sum_v |p_v - q_v| per position, in [0, 1].
+
+  Args:
+    student_logits: [..., V].
+    teacher_logits: [..., V].
+    temperature: T > 0.
+    axis: the vocabulary axis.
+    where: optional boolean [...] mask of positions.
+
+  Returns:
+    [...] in [0, 1], zero where the distributions match.
+
+  References:
+    Wen, Li, Du & Mou, "f-Divergence Minimization for Sequence-Level Knowledge Distillation",
+    ACL 2023, arXiv:2307.15190, Table 1 (TVD).
+  """
+  log_q, log_p = _token_log_probs(student_logits, teacher_logits, temperature, axis, where)
+  return _at_positions(0.5 * jnp.sum(jnp.abs(jnp.exp(log_p) - jnp.exp(log_q)), axis=axis), where)
+
+
+def token_skew_forward_kl(student_logits: ArrayLike, teacher_logits: ArrayLike, *, alpha: float = 0.1,
+                          temperature: float = 1.0, axis: int = -1,
+                          where: ArrayLike | None = None) -> jax.Array:
+  """alpha-skew KL of DistiLLM: KL(p || alpha p + (1 - alpha) q) per position, p the teacher.
+
+  alpha = 0 is the forward KL; mixing in alpha p bounds the divergence (by -log alpha) and its
+  gradient where the student gives a token almost no mass.
+
+  Args:
+    student_logits: [..., V].
+    teacher_logits: [..., V].
+    alpha: in [0, 1), the teacher's weight in the mixture (DistiLLM uses 0.1).
+    temperature: T > 0.
+    axis: the vocabulary axis.
+    where: optional boolean [...] mask of positions.
+
+  Returns:
+    [...] >= 0, zero where the distributions match.
+
+  References:
+    Ko, Kim, Chen & Yun, "DistiLLM: Towards Streamlined Distillation for Large Language Models",
+    ICML 2024, arXiv:2402.03898, eq. 3 (SKL).
+  """
+  log_q, log_p = _token_log_probs(student_logits, teacher_logits, temperature, axis, where)
+  return _at_positions(_kl_of_log_probs(log_p, _log_mixture(log_p, log_q, alpha), axis), where)
+
+
+def token_skew_reverse_kl(student_logits: ArrayLike, teacher_logits: ArrayLike, *, alpha: float = 0.1,
+                          temperature: float = 1.0, axis: int = -1,
+                          where: ArrayLike | None = None) -> jax.Array:
+  """alpha-skew reverse KL of DistiLLM: KL(q || (1 - alpha) p + alpha q) per position, q the student.
+
+  alpha = 0 is the reverse KL.
+
+  Args:
+    student_logits: [..., V].
+    teacher_logits: [..., V].
+    alpha: in [0, 1), the student's weight in the mixture (DistiLLM uses 0.1).
+    temperature: T > 0.
+    axis: the vocabulary axis.
+    where: optional boolean [...] mask of positions.
+
+  Returns:
+    [...] >= 0, zero where the distributions match.
+
+  References:
+    Ko, Kim, Chen & Yun, "DistiLLM: Towards Streamlined Distillation for Large Language Models",
+    ICML 2024, arXiv:2402.03898, eq. 4 (SRKL).
+  """
+  log_q, log_p = _token_log_probs(student_logits, teacher_logits, temperature, axis, where)
+  return _at_positions(_kl_of_log_probs(log_q, _log_mixture(log_p, log_q, 1.0 - alpha), axis), where)
+
+
+def token_cross_entropy(logits: ArrayLike, targets: ArrayLike, *, axis: int = -1,
+                        where: ArrayLike | None = None) -> jax.Array:
+  """Cross-entropy on the data, -log softmax(logits)[target], per position.
+
+  Args:
+    logits: [..., V] next-token logits.
+    targets: [...] integer next tokens.
+    axis: the vocabulary axis.
+    where: optional boolean [...] mask of positions.
+
+  Returns:
+    [...] the negative log-likelihood of each target.
+
+  References:
+    Bengio, Ducharme, Vincent & Jauvin, "A Neural Probabilistic Language Model", JMLR 2003, eq. 1
+    (the log-likelihood objective).
+  """
+  return _at_positions(cross_entropy_with_integer_labels(_positions_only(logits, where, axis), targets,
+                                                           axis=axis), where)
+
+
+# The divergences a language-model method can name (`divergence=...`), with their extra parameter.
+TOKEN_DIVERGENCES = {
+    "forward_kl": (token_forward_kl, None),
+    "reverse_kl": (token_reverse_kl, None),
+    "jsd": (token_generalized_jsd, "beta"),
+    "tv": (token_total_variation, None),
+    "skew_forward_kl": (token_skew_forward_kl, "alpha"),
+    "skew_reverse_kl": (token_skew_reverse_kl, "alpha"),
+}

@@ -17,8 +17,10 @@ import numpy as np
 from kd import checkpoint
 from kd import data
 from kd import evaluation
+from kd import lm
 from kd import models
 from kd import train
+from kd.lm import report as lm_report
 
 ROLES = ("teacher", "baseline", "student")
 
@@ -81,6 +83,8 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   The top-level numbers are means over `config.seeds`; `std` holds their standard deviations
   (0 for one seed) and `per_seed` each seed's report.
   """
+  if lm.is_language_model(data.load_spec(config.data.name, config.data.data_dir)):
+    return lm_report.build(config, workdir)  # Perplexity and decode speed instead of accuracy.
   arrays = data.load_arrays(config.data.name, config.data.test_split, config.data.data_dir,
                             config.data.image_size)
   mesh = train.make_mesh(config.mesh)
@@ -156,6 +160,8 @@ def _pm(report, path: tuple[str, ...], fmt: str) -> str:
 
 def to_markdown(report: dict[str, Any]) -> str:
   """The report card as a Markdown table and summary lines."""
+  if report.get("kind") == "language_model":
+    return lm_report.to_markdown(report)
   seeds = report["seeds"]
   averaged = f"mean ± std over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds[0]}"
   lines = [

@@ -26,11 +26,13 @@ from kd import data
 from kd import distributed
 from kd import evaluation
 from kd import features
+from kd import lm
 from kd import logs
 from kd import methods
 from kd import models
 from kd import provenance
 from kd import teacher_cache
+from kd.lm import evaluation as lm_evaluation
 from kd.errors import Interrupted
 from kd.errors import TrainingError
 from kd.errors import UserError
@@ -91,15 +93,19 @@ def make_optimizer(optimizer_config: ml_collections.ConfigDict, num_steps: int,
 
 def init_train_state(rng: jax.Array, example_batch, teacher_variables=None, *, module, optimizer,
                      input_key: str = "image", connector=None, student_apply=None,
-                     teacher_apply=None) -> TrainState:
+                     teacher_apply=None, init_from_teacher=None) -> TrainState:
   """A fresh TrainState; pure, so `jax.eval_shape` and `jax.jit(out_shardings=...)` apply.
 
   A connector (see `kd.methods`) is initialised on the student's and teacher's outputs for
   `example_batch`, which needs `student_apply`, `teacher_apply` and `teacher_variables`.
+  `init_from_teacher(student_params, teacher_params) -> student_params`, if given, initialises the
+  student from the teacher (`kd.methods.build_init_from_teacher`).
   """
   init_rng, connector_rng, step_rng = jax.random.split(rng, 3)
   variables = models.init_variables(module, init_rng, example_batch[input_key])
   params = {"student": variables.pop("params"), "connector": {}}
+  if init_from_teacher is not None:
+    params["student"] = init_from_teacher(params["student"], teacher_variables["params"])
   model_state = {"student": variables, "connector": {}}
   if connector is not None:
     student_out = student_apply({"params": params["student"], **variables}, example_batch, train=False)
@@ -120,7 +126,7 @@ def student_variables(state: TrainState) -> dict[str, Any]:
 
 def train_step(state: TrainState, teacher_variables, batch, *, student_apply, teacher_apply,
                loss_fn, optimizer, learning_rate, connector=None, make_views=None,
-               nonfinite_policy: str = "stop",
+               prepare_batch=None, nonfinite_policy: str = "stop",
                inject_nonfinite_at_step: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update: teacher forward (no gradient), student forward and backward, optimizer update.
 
@@ -139,6 +145,9 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
     connector: the method's trainable connector module, or None.
     make_views: `(batch, rng) -> (student batch, teacher batch)` augmenting on the device
       (`kd.augment.views`), or None to train on the batch as it comes.
+    prepare_batch: `(student_variables, teacher_variables, batch, rng) -> batch`, run first, e.g. to
+      generate a language model's batch with the teacher or the current student (no gradient flows
+      through it); None to train on the batch as it comes.
     nonfinite_policy: a step whose loss or gradient is NaN or Inf never updates the state; under
       "stop", no later step does either (the host stops the run at its next log step and names the
       bad step), under "skip" training goes on.
@@ -150,6 +159,9 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
     learning_rate, nonfinite (1 if this step was NaN/Inf), skipped_updates (so far).
   """
   rng = jax.random.fold_in(state.rng, state.step)
+  if prepare_batch is not None:
+    batch = prepare_batch(jax.lax.stop_gradient(student_variables(state)), teacher_variables, batch,
+                          jax.random.fold_in(rng, 3))
   teacher_batch = batch
   if make_views is not None:
     batch, teacher_batch = make_views(batch, jax.random.fold_in(rng, 2))
@@ -190,8 +202,9 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
   new_state = jax.tree.map(lambda new, old: jnp.where(apply_update, new, old), updated, state)
   new_state = new_state.replace(step=state.step + 1,
                                 nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32))
-  accuracy = augment.accuracy(student_out["logits"], batch)
-  metrics = {"loss": loss, **terms, "accuracy": accuracy, "grad_norm": grad_norm,
+  # Token datasets have no labels: their methods report token_accuracy among their terms.
+  accuracy = {"accuracy": augment.accuracy(student_out["logits"], batch)} if "label" in batch else {}
+  metrics = {"loss": loss, **terms, **accuracy, "grad_norm": grad_norm,
              "learning_rate": learning_rate(state.step), "nonfinite": (~finite).astype(jnp.float32),
              "skipped_updates": new_state.nonfinite_count.astype(jnp.float32)}
   return new_state, metrics
@@ -219,7 +232,8 @@ def resolve_stage_features(config: ml_collections.ConfigDict, stage_name: str,
   if not student_patterns and not teacher_patterns:
     return StageFeatures()
   where = f"stages.{stage_name}.method"
-  example = jax.ShapeDtypeStruct((2,) + spec.input_shape, jnp.float32)
+  example = jax.ShapeDtypeStruct((2,) + spec.input_shape,
+                                  jnp.int32 if lm.is_language_model(spec) else jnp.float32)
 
   def resolve(model_config, patterns, key):
     if not patterns:
@@ -333,7 +347,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
     teacher_apply = teacher_cache.make_cached_apply(spec.num_classes, config.teacher_cache.top_k)
     teacher_variables = jax.device_put(cached, replicated)
   connector = methods.build_connector(stage.method, stage_features.student_shapes,
-                                      stage_features.teacher_shapes, len(train_arrays["label"]))
+                                      stage_features.teacher_shapes, data.num_examples(train_arrays))
   optimizer, learning_rate = make_optimizer(stage.optimizer, stage.num_steps, data_config.batch_size)
   peak_learning_rate = distributed.scaled_learning_rate(
       stage.optimizer.learning_rate, stage.optimizer.get("lr_scaling", "none"), data_config.batch_size,
@@ -347,16 +361,23 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   make_views = augment.views_from_config(augment_config, spec.input_key, spec.input_shape)
   example_batch = {spec.input_key: jnp.zeros((2,) + spec.input_shape, spec.input_dtype),
                    "label": jnp.zeros((2,), jnp.int32), "index": jnp.zeros((2,), jnp.int32)}
+  if lm.is_language_model(spec):  # Tokens and their mask, no label.
+    example_batch = {"tokens": jnp.zeros((2,) + spec.input_shape, spec.input_dtype),
+                     "mask": jnp.ones((2,) + spec.input_shape, bool), "index": jnp.zeros((2,), jnp.int32)}
+  prepare_batch = methods.build_prepare_batch(stage.method, module, teacher.module if teacher else None)
+  init_from_teacher = (methods.build_init_from_teacher(stage.method, f"stages.{stage_name}.method")
+                       if teacher else None)
   init = functools.partial(init_train_state, module=module, optimizer=optimizer,
                            input_key=spec.input_key, connector=connector,
-                           student_apply=student_train_apply, teacher_apply=teacher_apply)
+                           student_apply=student_train_apply, teacher_apply=teacher_apply,
+                           init_from_teacher=init_from_teacher)
   rng = jax.random.PRNGKey(seed)
   abstract_state = jax.eval_shape(init, rng, example_batch, teacher_variables)
   state_sharding = distributed.state_shardings(abstract_state, mesh)
   step_fn = jax.jit(
       functools.partial(train_step, student_apply=student_train_apply, teacher_apply=teacher_apply,
                         loss_fn=loss_fn, optimizer=optimizer, learning_rate=learning_rate,
-                        connector=connector, make_views=make_views,
+                        connector=connector, make_views=make_views, prepare_batch=prepare_batch,
                         nonfinite_policy=config.nonfinite.policy,
                         inject_nonfinite_at_step=config.nonfinite.inject_at_step),
       in_shardings=(state_sharding, teacher_sharding, batch_sharding),
@@ -385,6 +406,8 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   progress = logs.Progress(stage_name, step, stage.num_steps, data_config.batch_size)
   window, start_step, start_time = [], step, time.perf_counter()
   predict = evaluation.make_predict(student_apply, mesh)
+  if lm.is_language_model(spec):  # Perplexity and next-token accuracy, summed on the device.
+    predict = _LanguageModelEval(lm_evaluation.make_evaluate(student_apply, mesh))
   stop_on_nonfinite = config.nonfinite.policy == "stop"
   state_bytes = models.count_bytes(abstract_state)
   # On an accelerator, batches are gathered and copied ahead, in a thread, while the previous step runs.
@@ -548,7 +571,16 @@ def _disk_errors(manager, stage_dir: str):
         "again to resume") from e
 
 
+class _LanguageModelEval:
+  """Stands in for `predict` in `_eval_scalars` when the stage trains a language model."""
+
+  def __init__(self, evaluate):
+    self.evaluate = evaluate
+
+
 def _eval_scalars(predict, variables, arrays, batch_size) -> dict[str, float]:
+  if isinstance(predict, _LanguageModelEval):
+    return predict.evaluate(variables, arrays, batch_size)
   logits = predict(variables, arrays, batch_size)
   return {"eval/accuracy": evaluation.accuracy(logits, arrays["label"]),
           "eval/loss": evaluation.cross_entropy(logits, arrays["label"])}

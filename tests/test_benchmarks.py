@@ -31,6 +31,19 @@ def test_train_step_benchmark_prints_its_table_and_json(tmp_path):
   assert figures["kd_over_student_plus_teacher"] > 0
 
 
+def test_decode_benchmark_prints_kv_cache_speedup_and_gkd_split(tmp_path):
+  out = tmp_path / "decode.json"
+  result = subprocess.run(
+      [sys.executable, "benchmarks/decode.py", "--small", "--length=32", "--gkd_batch_size=2", "--repeats=1",
+       f"--json={out}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "full-prefix recompute" in result.stdout and "teacher scoring" in result.stdout
+  with open(out) as f:
+    figures = json.load(f)
+  assert set(figures["decode"]) == {"b1", "b32"}
+  assert figures["gkd_step"]["generation_ms"] > 0 and figures["gkd_step"]["teacher_scoring_ms"] > 0
+
+
 def test_performance_benchmark_emits_every_figure_and_checks_its_targets(tmp_path):
   out = tmp_path / "performance.json"
   result = subprocess.run(

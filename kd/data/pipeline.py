@@ -21,13 +21,16 @@ import tensorflow_datasets as tfds
 
 from kd.data.digits import Digits
 from kd.data.mnist1d import Mnist1d
+from kd.data.stdlib_text import StdlibText
 from kd.data.synthetic import Synthetic
 from kd.data.synthetic import SyntheticConfig
 from kd.errors import DataError
 
 # Datasets that `kd` builds on this machine from packages it installs: no download. A name may
 # carry a config after a slash: `synthetic/32x32x3_100_2048`.
-OFFLINE_BUILDERS = {"digits": Digits, "mnist1d": Mnist1d, "synthetic": Synthetic}
+OFFLINE_BUILDERS = {"digits": Digits, "mnist1d": Mnist1d, "synthetic": Synthetic, "stdlib_text": StdlibText}
+# Token datasets (input "tokens", no "label"): the model predicts the next token over this vocabulary.
+BYTE_VOCAB_SIZE = 256
 
 Batch = dict[str, np.ndarray]
 
@@ -97,7 +100,9 @@ def load_spec(name: str, data_dir: str = "", image_size: int = 0) -> DatasetSpec
   builder = _builder(name, data_dir)
   features = builder.info.features
   key = _input_key(features)
-  if "label" not in features:
+  if key == "tokens" and "label" not in features:  # A language-modelling dataset.
+    num_classes = BYTE_VOCAB_SIZE
+  elif "label" not in features:
     raise DataError(f"dataset {name!r} has no 'label' feature; it has {list(features)}")
   input_shape = tuple(features[key].shape)
   if image_size:
@@ -113,7 +118,7 @@ def load_spec(name: str, data_dir: str = "", image_size: int = 0) -> DatasetSpec
       input_key=key,
       input_shape=input_shape,
       input_dtype=np.dtype(features[key].np_dtype).name,
-      num_classes=int(features["label"].num_classes),
+      num_classes=int(features["label"].num_classes) if "label" in features else num_classes,
       split_sizes={split: info.num_examples for split, info in builder.info.splits.items()},
   )
 
@@ -144,11 +149,18 @@ def load_arrays(name: str, split: str, data_dir: str = "", image_size: int = 0) 
   check_split(name, split, data_dir, spec)
   source = _builder(name, data_dir).as_data_source(split=split)
   examples = [source[i] for i in range(len(source))]
+  if spec.input_key == "tokens" and "label" not in examples[0]:  # Language modelling: tokens, mask.
+    return {key: np.stack([np.asarray(e[key]) for e in examples]) for key in ("tokens", "mask")}
   resize = (lambda image: resize_image(np.asarray(image), image_size)) if image_size else np.asarray
   return {
       spec.input_key: np.stack([resize(e[spec.input_key]) for e in examples]),
       "label": np.asarray([e["label"] for e in examples], dtype=np.int32),
   }
+
+
+def num_examples(arrays: Batch) -> int:
+  """The number of examples in a split held in memory."""
+  return len(next(iter(arrays.values())))
 
 
 class _Gather:
@@ -196,7 +208,7 @@ def train_iterator(arrays: Batch, *, batch_size: int, seed: int, shard_index: in
   Returns:
     A Grain iterator with `get_state()` / `set_state()` of batches {input_key, "label", "index"}.
   """
-  num_examples = len(arrays["label"])
+  num_examples = len(next(iter(arrays.values())))
   if batch_size > num_examples:
     raise DataError(f"batch size {batch_size} is larger than the split ({num_examples} examples): "
                     "lower --config.data.batch_size")
@@ -218,9 +230,10 @@ def train_iterator(arrays: Batch, *, batch_size: int, seed: int, shard_index: in
 def eval_batches(arrays: Batch, batch_size: int) -> Iterator[Batch]:
   """Every example once, in order, in batches of one fixed shape (so one compile).
 
-  The last batch is padded; `mask` is 1 for real examples and 0 for padding.
+  The last batch is padded; `mask` is 1 for real examples and 0 for padding (a token dataset's own
+  `mask` [N, L] comes back as `token_mask`, zero in padded examples).
   """
-  num_examples = len(arrays["label"])
+  num_examples = len(next(iter(arrays.values())))
   for start in range(0, num_examples, batch_size):
     stop = min(start + batch_size, num_examples)
     pad = batch_size - (stop - start)
@@ -228,6 +241,8 @@ def eval_batches(arrays: Batch, batch_size: int) -> Iterator[Batch]:
         key: np.concatenate([value[start:stop], np.zeros((pad,) + value.shape[1:], value.dtype)])
         for key, value in arrays.items()
     }
+    if "mask" in batch:
+      batch["token_mask"] = batch["mask"]
     batch["mask"] = np.concatenate([np.ones(stop - start, bool), np.zeros(pad, bool)])
     yield batch
 

@@ -19,7 +19,13 @@ define
     `connector(student_out, teacher_out, batch, train)` and returns a dict that the loss finds in
     `student_out["connector"]`. Its parameters and state live in the TrainState and the checkpoint,
     and are left out of the exported student.
-The shapes are {path: shape} of the selected features for a batch of 2.
+The shapes are {path: shape} of the selected features for a batch of 2. Two more optional hooks:
+  - `make_prepare_batch(params, student_module, teacher_module) -> prepare` with
+    `prepare(student_variables, teacher_variables, batch, rng) -> batch`, run inside the compiled step
+    before the forward passes, e.g. to generate the batch with the teacher or the current student
+    (sequence-level and on-policy distillation of language models);
+  - `init_from_teacher(params, student_params, teacher_params, where) -> student_params`, applied to a
+    fresh student's parameters (e.g. DistilBERT's every-other-layer initialisation).
 
 To add a method, write the module and add it to `METHODS`.
 """
@@ -36,6 +42,11 @@ from kd.methods import dist
 from kd.methods import dkd
 from kd.methods import fitnets
 from kd.methods import fsp
+from kd.methods import lm_distilbert
+from kd.methods import lm_gkd
+from kd.methods import lm_kd
+from kd.methods import lm_seqkd
+from kd.methods import lm_supervised
 from kd.methods import hinton_kd
 from kd.methods import logit_mse
 from kd.methods import logit_std
@@ -69,6 +80,12 @@ METHODS = {
     "rkd": rkd,
     "pkt": pkt,
     "crd": crd,
+    # Language models: next-token targets over real tokens (see kd.methods.lm_common).
+    "lm_supervised": lm_supervised,
+    "lm_kd": lm_kd,
+    "lm_seqkd": lm_seqkd,
+    "lm_gkd": lm_gkd,
+    "lm_distilbert": lm_distilbert,
 }
 
 LossFn = Callable[..., tuple[Any, dict[str, Any]]]
@@ -132,3 +149,21 @@ def build_connector(method_config: Mapping[str, Any], student_shapes: dict, teac
     return None
   return module.make_connector({**module.DEFAULTS, **method_params(method_config)}, student_shapes,
                                teacher_shapes, num_examples)
+
+
+def build_prepare_batch(method_config: Mapping[str, Any], student_module, teacher_module):
+  """The method's in-step batch preparation (see the module docstring), or None."""
+  module = METHODS[method_config["name"]]
+  if not hasattr(module, "make_prepare_batch"):
+    return None
+  return module.make_prepare_batch({**module.DEFAULTS, **method_params(method_config)}, student_module,
+                                   teacher_module)
+
+
+def build_init_from_teacher(method_config: Mapping[str, Any], where: str):
+  """`init(student_params, teacher_params) -> student_params` of the method, or None."""
+  module = METHODS[method_config["name"]]
+  if not hasattr(module, "init_from_teacher"):
+    return None
+  return functools.partial(module.init_from_teacher, {**module.DEFAULTS, **method_params(method_config)},
+                           where=where)

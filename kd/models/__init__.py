@@ -28,6 +28,7 @@ from kd.models import nnx_bridge
 from kd.models import nnx_cnn
 from kd.models import shufflenetv1
 from kd.models import shufflenetv2
+from kd.models import transformer_lm
 from kd.models import vgg
 from kd.models import wrn
 from kd.models.cnn import ConvNet
@@ -46,6 +47,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "shufflenetv2": shufflenetv2.ShuffleNetV2,
     "imagenet_resnet": imagenet_resnet.ImageNetResNet,  # stage_sizes, widths
     "nnx_cnn": nnx_cnn.NNXConvNet,  # A Flax NNX model, through kd.models.nnx_bridge.
+    "transformer_lm": transformer_lm.TransformerLM,  # Decoder-only LM: logits [B, L, vocabulary].
 }
 
 # The CIFAR-100 zoo of the CRD benchmark (Tian et al. 2020) and ImageNet ResNets, by their usual
@@ -124,6 +126,11 @@ def _as_float(inputs: jax.Array) -> jax.Array:
   return inputs
 
 
+def _model_inputs(module, inputs: jax.Array) -> jax.Array:
+  # Token ids (a language model's `integer_inputs`) must stay integers.
+  return inputs if getattr(module, "integer_inputs", False) else _as_float(inputs)
+
+
 def make_apply(module: nn.Module, input_key: str = "image",
                feature_paths: Sequence[str] = ()) -> ApplyFn:
   """The pure apply function of a classifier module (see the module docstring).
@@ -142,7 +149,7 @@ def make_apply(module: nn.Module, input_key: str = "image",
     return method_name == "__call__" and features.module_path(submodule) in wanted
 
   def apply(variables, batch, *, train: bool, rngs=None) -> dict[str, Any]:
-    inputs = _as_float(batch[input_key])
+    inputs = _model_inputs(module, batch[input_key])
     mutable = [name for name in variables if name != "params"] if train else []
     if not mutable and not wanted:
       return {"logits": module.apply(variables, inputs, train=train, rngs=rngs), "features": {}}
@@ -178,7 +185,8 @@ def init_variables(module, rng: jax.Array, example_inputs: jax.Array) -> dict[st
   """The module's variables for inputs shaped like `example_inputs` (a batch)."""
   if isinstance(module, nnx_bridge.NNXModel):
     return module.init(rng)
-  return dict(module.init({"params": rng, "dropout": rng}, _as_float(example_inputs), train=False))
+  return dict(module.init({"params": rng, "dropout": rng}, _model_inputs(module, example_inputs),
+                          train=False))
 
 
 def count_params(params) -> int:

@@ -1,0 +1,119 @@
+"""The report card of a language-model experiment (`kd.report` hands token datasets over to it).
+
+For teacher, baseline and the distilled student, on `data.test_split`: perplexity (per byte), bits
+per byte, next-token accuracy, parameter count, size in bytes, and decode tokens/s with the KV cache
+at batch 1 and 32 (greedy, 16-token prompt, 112 new tokens, one device). For the student against the
+teacher: retention (teacher perplexity / student perplexity, 1 = as good as the teacher), compression,
+decode speedup, next-token agreement (same argmax) and KL(teacher || student) per token. Each stage in
+`report.compare` gets a row of perplexity, next-byte accuracy, retention and agreement with the teacher.
+"""
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from kd import checkpoint
+from kd import data
+from kd import models
+from kd import train
+from kd.lm import evaluation as lm_evaluation
+
+ROLES = ("teacher", "baseline", "student")
+DECODE_BATCH_SIZES = (1, 32)
+
+
+def _measure(loaded: checkpoint.LoadedModel, arrays, mesh, batch_size: int, reference) -> dict[str, Any]:
+  metrics = lm_evaluation.make_evaluate(loaded.apply, mesh)(loaded.variables, arrays, batch_size, reference)
+  return {"perplexity": metrics["eval/perplexity"], "bits_per_byte": metrics["eval/bits_per_byte"],
+          "token_accuracy": metrics["eval/accuracy"], "agreement": metrics["agreement"],
+          "params": models.count_params(loaded.variables["params"]),
+          "bytes": models.count_bytes(loaded.variables)}
+
+
+def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Measures the report's stages of the first seed's run (one seed: LM runs are long).
+
+  The teacher's next-token predictions are computed once and each stage's agreement with them in
+  the same pass as its perplexity; KL(teacher || student) needs both models' logits, and is computed
+  for the report's student only.
+  """
+  arrays = data.load_arrays(config.data.name, config.data.test_split, config.data.data_dir)
+  mesh = train.make_mesh(config.mesh)
+  seed = config.seeds[0]
+  run_dir = train.seed_dir(workdir, seed)
+  batch_size = config.data.eval_batch_size
+  teacher_model = checkpoint.load_model(os.path.join(run_dir, config.report.teacher))
+  reference = lm_evaluation.predictions(teacher_model.apply, teacher_model.variables, arrays, batch_size, mesh)
+  measured = {}
+  for stage_name in dict.fromkeys([config.report[role] for role in ROLES] + list(config.report.compare)):
+    loaded = checkpoint.load_model(os.path.join(run_dir, stage_name))
+    measured[stage_name] = _measure(loaded, arrays, mesh, batch_size, reference)
+    if stage_name in [config.report[role] for role in ROLES]:
+      for decode_batch in DECODE_BATCH_SIZES:
+        measured[stage_name][f"decode_tokens_per_s_b{decode_batch}"] = lm_evaluation.decode_tokens_per_second(
+            loaded.module, loaded.variables, batch_size=decode_batch)
+    if stage_name == config.report.student:
+      kl = lm_evaluation.mean_kl(loaded.apply, loaded.variables, teacher_model.apply, teacher_model.variables,
+                                 arrays, batch_size, mesh)
+
+  report: dict[str, Any] = {"kind": "language_model"}
+  for role in ROLES:
+    report[role] = {"stage": config.report[role], **measured[config.report[role]]}
+  teacher, student, baseline = report["teacher"], report["student"], report["baseline"]
+  report.update({
+      "retention": teacher["perplexity"] / student["perplexity"],
+      "compression": teacher["params"] / student["params"],
+      "decode_speedup_b1": student["decode_tokens_per_s_b1"] / teacher["decode_tokens_per_s_b1"],
+      "decode_speedup_b32": student["decode_tokens_per_s_b32"] / teacher["decode_tokens_per_s_b32"],
+      "agreement": student["agreement"],
+      "kl": kl,
+      "perplexity_gain_over_baseline": baseline["perplexity"] - student["perplexity"],
+  })
+  rows = []
+  for stage_name in config.report.compare:
+    m = measured[stage_name]
+    rows.append({"stage": stage_name, "method": config.stages[stage_name].method.name,
+                 "divergence": config.stages[stage_name].method.get("divergence", "")
+                               if config.stages[stage_name].method.name != "lm_supervised" else "",
+                 "perplexity": m["perplexity"], "bits_per_byte": m["bits_per_byte"],
+                 "token_accuracy": m["token_accuracy"], "retention": teacher["perplexity"] / m["perplexity"],
+                 "agreement": m["agreement"], "params": m["params"]})
+  report.update({"comparison": rows, "seeds": [seed], "dataset": config.data.name,
+                 "split": config.data.test_split,
+                 "tokens": int(np.sum(arrays["mask"][:, 1:])), "examples": int(len(arrays["tokens"])),
+                 "device": jax.devices()[0].device_kind})
+  return report
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+  lines = [
+      f"Report card: {report['dataset']} {report['split']} ({report['examples']} windows, "
+      f"{report['tokens']:,} predicted bytes), seed {report['seeds'][0]}; decoding on {report['device']}",
+      "",
+      "| model | stage | perplexity | bits/byte | next-byte acc. | params | decode tok/s b1 | decode tok/s b32 |",
+      "|---|---|---:|---:|---:|---:|---:|---:|",
+  ]
+  for role in ROLES:
+    m = report[role]
+    lines.append(f"| {role} | {m['stage']} | {m['perplexity']:.3f} | {m['bits_per_byte']:.3f} | "
+                 f"{m['token_accuracy']:.2%} | {m['params']:,} | {m['decode_tokens_per_s_b1']:,.0f} | "
+                 f"{m['decode_tokens_per_s_b32']:,.0f} |")
+  lines += [
+      "",
+      f"student vs teacher: retention {report['retention']:.2%} (teacher perplexity / student perplexity), "
+      f"compression {report['compression']:.1f}x, decode speedup {report['decode_speedup_b1']:.2f}x (b1) / "
+      f"{report['decode_speedup_b32']:.2f}x (b32), next-token agreement {report['agreement']:.2%}, "
+      f"KL(teacher||student) {report['kl']:.4f} nats/token",
+      f"student vs baseline: perplexity {report['perplexity_gain_over_baseline']:+.3f} lower",
+  ]
+  if report["comparison"]:
+    lines += ["", "| stage | method | divergence | perplexity | bits/byte | next-byte acc. | retention | agreement |",
+              "|---|---|---|---:|---:|---:|---:|---:|"]
+    for row in report["comparison"]:
+      lines.append(f"| {row['stage']} | {row['method']} | {row['divergence']} | {row['perplexity']:.3f} | "
+                   f"{row['bits_per_byte']:.3f} | {row['token_accuracy']:.2%} | {row['retention']:.2%} | "
+                   f"{row['agreement']:.2%} |")
+  return "\n".join(lines) + "\n"

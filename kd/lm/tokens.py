@@ -1,0 +1,53 @@
+"""Next-token prediction on batches of fixed-length windows: targets and the weights of real tokens."""
+
+import jax
+import jax.numpy as jnp
+
+
+def is_language_model(spec) -> bool:
+  """Whether a dataset (a `kd.data.DatasetSpec`) is a token dataset for language modelling."""
+  return spec.input_key == "tokens"
+
+
+def next_token_targets(batch) -> tuple[jax.Array, jax.Array]:
+  """The targets [B, L-1] of logits[:, :-1] and their weights (1 for a real next token, 0 for padding).
+
+  Position i predicts token i+1; `batch["mask"]` marks real tokens, and `batch["loss_mask"]` (when a
+  batch-preparation step sets it, e.g. to leave out a prompt) further restricts which targets count.
+  """
+  tokens_BxL = batch["tokens"]
+  weights_BxL = batch["mask"] if "mask" in batch else jnp.ones(tokens_BxL.shape, bool)
+  if "loss_mask" in batch:
+    weights_BxL = weights_BxL & batch["loss_mask"]
+  return tokens_BxL[:, 1:].astype(jnp.int32), weights_BxL[:, 1:].astype(jnp.float32)
+
+
+def masked_mean(values_BxT: jax.Array, weights_BxT: jax.Array) -> jax.Array:
+  """Mean over real tokens: sum(values * weights) / number of real tokens (not batch x length)."""
+  return jnp.sum(values_BxT * weights_BxT) / jnp.maximum(jnp.sum(weights_BxT), 1.0)
+
+
+def check_stages(config, spec, stages) -> None:
+  """Raises ConfigError when a stage's model or method does not fit the dataset's kind.
+
+  Language-model methods (`LANGUAGE_MODEL = True`) and models (`integer_inputs`) need a token dataset,
+  and a token dataset needs both.
+  """
+  from kd import methods, models  # pylint: disable=g-import-not-at-top  # kd.methods imports this module.
+  from kd.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  token_data = is_language_model(spec)
+  for name in stages:
+    stage = config.stages[name]
+    lm_method = getattr(methods.METHODS[stage.method.name], "LANGUAGE_MODEL", False)
+    lm_model = getattr(models.MODELS[stage.model.name], "integer_inputs", False)
+    if token_data and not lm_method:
+      language_methods = sorted(k for k, v in methods.METHODS.items() if getattr(v, "LANGUAGE_MODEL", False))
+      raise ConfigError(f"stages.{name}.method.name={stage.method.name!r} is a classifier method but "
+                        f"data.name={spec.name!r} is a token dataset: use one of {language_methods}")
+    if token_data and not lm_model:
+      raise ConfigError(f"stages.{name}.model.name={stage.model.name!r} cannot read tokens of "
+                        f"data.name={spec.name!r}: use 'transformer_lm'")
+    if not token_data and (lm_method or lm_model):
+      what = f"method.name={stage.method.name!r}" if lm_method else f"model.name={stage.model.name!r}"
+      raise ConfigError(f"stages.{name}.{what} is for language models but data.name={spec.name!r} is not a "
+                        "token dataset: use data.name='stdlib_text' or a classifier method and model")

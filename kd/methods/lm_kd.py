@@ -1,0 +1,26 @@
+"""Supervised token-level distillation of a language model on the fixed dataset.
+
+At every real position the student's next-token distribution is pulled toward the teacher's with
+the chosen divergence (forward KL = word-level KD of Kim & Rush 2016, reverse KL, generalized JSD(beta)
+of GKD, total variation, skew forward / reverse KL of DistiLLM), plus optionally cross-entropy on the
+data (see `kd.methods.lm_common` for the formula and the normalisation by real tokens).
+
+References: Hinton, Vinyals & Dean, arXiv:1503.02531; Kim & Rush, EMNLP 2016, arXiv:1606.07947, eq. 3;
+Agarwal et al., ICLR 2024, arXiv:2306.13649; Ko et al., ICML 2024, arXiv:2402.03898.
+"""
+
+from typing import Any
+
+from kd.methods import lm_common
+
+LANGUAGE_MODEL = True  # Reads next-token targets of a token dataset (kd.lm.check_stages).
+NEEDS_TEACHER = True
+DEFAULTS: dict[str, Any] = dict(lm_common.DIVERGENCE_DEFAULTS)
+
+
+def check(params: dict[str, Any], where: str) -> None:
+  lm_common.check_divergence(params, where)
+
+
+def loss(student_out, teacher_out, batch, **params) -> tuple[Any, dict[str, Any]]:
+  return lm_common.distillation_loss(student_out, teacher_out, batch, **params)
