@@ -166,13 +166,13 @@ def load_or_build(root: str, teacher_name: str, teacher_dir: str, *, dataset: st
                   feature_paths=feature_paths, top_k=top_k)
   folder = cache_folder(root, teacher_name, split)
   meta = _read_meta(folder)
-  if meta is not None and meta.get("key") == key and meta.get("num_examples") == len(arrays["label"]):
+  if meta is not None and meta.get("key") == key and meta.get("num_examples") == data_lib.num_examples(arrays):
     logging.info("teacher cache %s: key matches, reading it", folder)
   else:
     if meta is not None:
       logging.warning("teacher cache %s is stale (another teacher or other data): rebuilding it", folder)
     else:
-      logging.info("teacher cache %s: building it (%d examples)", folder, len(arrays["label"]))
+      logging.info("teacher cache %s: building it (%d examples)", folder, data_lib.num_examples(arrays))
     build(folder, key, teacher_apply, teacher_variables, data_arrays, top_k=top_k, batch_size=batch_size)
   return read(folder)
 

@@ -345,7 +345,8 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
         teacher_variables=teacher_variables, feature_paths=stage_features.teacher_paths,
         top_k=config.teacher_cache.top_k, batch_size=data_config.eval_batch_size)
     teacher_apply = teacher_cache.make_cached_apply(spec.num_classes, config.teacher_cache.top_k)
-    teacher_variables = jax.device_put(cached, replicated)
+    teacher_sharding = jax.tree.map(lambda _: replicated, cached)
+    teacher_variables = jax.device_put(cached, teacher_sharding)
   connector = methods.build_connector(stage.method, stage_features.student_shapes,
                                       stage_features.teacher_shapes, data.num_examples(train_arrays))
   optimizer, learning_rate = make_optimizer(stage.optimizer, stage.num_steps, data_config.batch_size)

@@ -47,6 +47,11 @@ def check_stages(config, spec, stages) -> None:
     if token_data and not lm_model:
       raise ConfigError(f"stages.{name}.model.name={stage.model.name!r} cannot read tokens of "
                         f"data.name={spec.name!r}: use 'transformer_lm'")
+    if token_data and config.teacher_cache.enabled and stage.teacher and not getattr(
+        methods.METHODS[stage.method.name], "CACHEABLE", False):
+      raise ConfigError(f"stages.{name}.method.name={stage.method.name!r} runs the teacher model itself "
+                        "(generation or layers), so its outputs cannot come from the teacher cache: use "
+                        "'lm_kd' or set teacher_cache.enabled=False")
     if not token_data and (lm_method or lm_model):
       what = f"method.name={stage.method.name!r}" if lm_method else f"model.name={stage.model.name!r}"
       raise ConfigError(f"stages.{name}.{what} is for language models but data.name={spec.name!r} is not a "

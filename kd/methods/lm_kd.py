@@ -15,6 +15,8 @@ from kd.methods import lm_common
 
 LANGUAGE_MODEL = True  # Reads next-token targets of a token dataset (kd.lm.check_stages).
 NEEDS_TEACHER = True
+# Needs only the teacher's logits on the dataset's windows, so they can be read from kd.teacher_cache.
+CACHEABLE = True
 DEFAULTS: dict[str, Any] = dict(lm_common.DIVERGENCE_DEFAULTS)
 
 
