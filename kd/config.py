@@ -30,7 +30,7 @@ from kd import models
 from kd.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "multistep")
 NONFINITE_POLICIES = ("stop", "skip")
 TEACHER_VIEWS = ("same", "independent")
 
@@ -78,6 +78,11 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
       "schedule": "cosine",
       "warmup_steps": 0,
       "grad_clip_norm": 0.0,  # 0: no clipping.
+      "nesterov": True,  # sgd only: Nesterov momentum (PyTorch's SGD default is False).
+      # schedule="multistep": the rate is multiplied by decay_factor at each of these steps
+      # (counted from the start of training, warmup included), as PyTorch's MultiStepLR does.
+      "decay_boundaries": (),
+      "decay_factor": 0.1,
       **overrides,
   })
 
@@ -161,6 +166,15 @@ def _check_stage(stage, where: str) -> None:
   for key in ("weight_decay", "grad_clip_norm", "momentum"):
     if optimizer[key] < 0:
       raise ConfigError(f"{where}.optimizer.{key}={optimizer[key]} must be >= 0")
+  if optimizer.schedule == "multistep":
+    boundaries = list(optimizer.decay_boundaries)
+    if (not boundaries or not all(isinstance(b, int) and not isinstance(b, bool) for b in boundaries)
+        or boundaries != sorted(set(boundaries)) or boundaries[0] <= optimizer.warmup_steps):
+      raise ConfigError(f"{where}.optimizer.decay_boundaries={optimizer.decay_boundaries!r} must be increasing "
+                        f"steps after warmup_steps={optimizer.warmup_steps} for schedule='multistep', "
+                        "e.g. (117188, 140625, 164063)")
+    if not 0 < optimizer.decay_factor <= 1:
+      raise ConfigError(f"{where}.optimizer.decay_factor={optimizer.decay_factor} must be in (0, 1]")
   if not 0 <= optimizer.warmup_steps < stage.num_steps:
     raise ConfigError(f"{where}.optimizer.warmup_steps={optimizer.warmup_steps} must be in "
                       f"[0, num_steps={stage.num_steps})")

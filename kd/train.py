@@ -66,6 +66,11 @@ def make_optimizer(optimizer_config: ml_collections.ConfigDict,
   peak, warmup = optimizer_config.learning_rate, optimizer_config.warmup_steps
   if optimizer_config.schedule == "cosine":
     learning_rate = optax.cosine_decay_schedule(peak, num_steps - warmup)
+  elif optimizer_config.schedule == "multistep":
+    # Boundaries count from the start of training; after warmup the schedule sees step - warmup.
+    learning_rate = optax.piecewise_constant_schedule(
+        peak, {boundary - warmup: optimizer_config.decay_factor
+               for boundary in optimizer_config.decay_boundaries})
   else:
     learning_rate = optax.constant_schedule(peak)
   if warmup:
@@ -75,7 +80,8 @@ def make_optimizer(optimizer_config: ml_collections.ConfigDict,
     transform = optax.adamw(learning_rate, weight_decay=optimizer_config.weight_decay)
   else:
     transform = optax.chain(optax.add_decayed_weights(optimizer_config.weight_decay),
-                            optax.sgd(learning_rate, momentum=optimizer_config.momentum, nesterov=True))
+                            optax.sgd(learning_rate, momentum=optimizer_config.momentum,
+                                      nesterov=optimizer_config.get("nesterov", True)))
   if optimizer_config.grad_clip_norm:
     transform = optax.chain(optax.clip_by_global_norm(optimizer_config.grad_clip_norm), transform)
   return transform, learning_rate
