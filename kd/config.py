@@ -225,6 +225,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       if stage.teacher not in seen:
         raise ConfigError(f"stages.{name}.teacher={stage.teacher!r} must be a stage that runs before "
                           f"{name!r} in stage_order; earlier stages: {seen}")
+    source = methods.connector_source(stage.method)
+    if source and source not in seen:
+      raise ConfigError(f"stages.{name}.method {stage.method.name!r} loads the connector trained in stage "
+                        f"{source!r}, which must run before {name!r} in stage_order; earlier stages: {seen}")
+    if source and not methods.exports_connector(config.stages[source].method):
+      raise ConfigError(f"stages.{name}.method {stage.method.name!r} loads the connector of stage {source!r}, "
+                        f"whose method {config.stages[source].method.name!r} exports none: point it at "
+                        "the stage that trains it (e.g. method 'ft_paraphraser')")
     seen.append(name)
   for role in ("teacher", "baseline", "student"):
     if config.report[role] not in config.stages:

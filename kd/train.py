@@ -357,6 +357,9 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
     logging.info("[%s] resuming from step %d", stage_name, int(state.step))
   else:
     state = jax.jit(init, out_shardings=state_sharding)(rng, example_batch, teacher_variables)
+    source = methods.connector_source(stage.method)
+    if source:  # The connector holds what an earlier stage trained (FT's paraphraser): load it once.
+      state = _load_pretrained_connector(state, os.path.join(run_dir, source), state_sharding)
   provenance.record(stage_dir, config.to_dict(), seed)
 
   # The loop.
@@ -416,12 +419,26 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
     writer.write(step, eval_scalars)
     writer.close()
     checkpoint.export_model(stage_dir, stage.model.to_dict(), spec, jax.device_get(variables))
+    if methods.exports_connector(stage.method):
+      checkpoint.export_connector(stage_dir, jax.device_get(
+          {"params": state.params["connector"], **state.model_state["connector"]}))
     with open(os.path.join(stage_dir, RESULT_JSON + ".tmp"), "w") as f:
       json.dump(result, f, indent=2)
     os.replace(os.path.join(stage_dir, RESULT_JSON + ".tmp"), os.path.join(stage_dir, RESULT_JSON))
   logging.info("[%s] finished: %s accuracy %.4f", stage_name, data_config.eval_split,
                eval_scalars["eval/accuracy"])
   return result
+
+
+def _load_pretrained_connector(state: TrainState, source_dir: str, state_sharding) -> TrainState:
+  """`state` with the connector's "pretrained" collection replaced by `source_dir`'s exported connector."""
+  connector_state = dict(state.model_state["connector"])
+  pretrained = dict(connector_state[methods.PRETRAINED])
+  abstract = jax.eval_shape(lambda x: x, pretrained["connector"])
+  pretrained["connector"] = checkpoint.load_connector(source_dir, abstract)
+  connector_state[methods.PRETRAINED] = pretrained
+  state = state.replace(model_state={**state.model_state, "connector": connector_state})
+  return jax.device_put(state, state_sharding)
 
 
 # Metrics that count since the start of the run: the window's last value, not its mean.

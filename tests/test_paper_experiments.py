@@ -15,6 +15,7 @@ import os
 
 from absl import flags
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 import jax.numpy as jnp
 import pytest
 import tensorflow_datasets as tfds
@@ -151,7 +152,7 @@ SMOKES = [path for path in EXPERIMENTS if os.path.basename(path) not in SMOKE_RU
 
 
 @pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
+def shared_compilation_cache(tmp_path_factory):
   """A persistent XLA cache for these runs: the files share teachers and evaluation programs, which
   then compile once (the smoke runs take a third of the time)."""
   keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
@@ -160,14 +161,17 @@ def compilation_cache(tmp_path_factory):
   jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla-cache")))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+  # JAX decides once per process whether to use the cache: earlier tests have compiled without it.
+  compilation_cache.reset_cache()
   yield
   for key, value in previous.items():
     jax.config.update(key, value)
+  compilation_cache.reset_cache()
 
 
 @pytest.mark.parametrize("path", SMOKES, ids=os.path.basename)
-def test_smoke_variant_trains_every_stage_through_kd_main(path, tmp_path, compilation_cache):
-  del compilation_cache
+def test_smoke_variant_trains_every_stage_through_kd_main(path, tmp_path, shared_compilation_cache):
+  del shared_compilation_cache
   module = _module(path)
   config = module.get_config("smoke")
   assert all(stage.num_steps <= 5 for stage in config.stages.values()), "smoke must run in seconds"

@@ -19,7 +19,12 @@ define
     `connector(student_out, teacher_out, batch, train)` and returns a dict that the loss finds in
     `student_out["connector"]`. Its parameters and state live in the TrainState and the checkpoint,
     and are left out of the exported student.
-The shapes are {path: shape} of the selected features for a batch of 2.
+The shapes are {path: shape} of the selected features for a batch of 2. A method whose connector
+is trained in a stage of its own (FT's paraphraser) has, in that stage, `EXPORTS_CONNECTOR = True`
+(the connector's variables are exported with the stage, `<stage>/connector/`) and, in the stage
+that uses it, `connector_source(params) -> stage name`: the trainer puts that stage's exported
+connector variables into the connector's "pretrained" collection (variable "connector") before the
+first step; they are not trained.
 
 To add a method, write the module and add it to `METHODS`.
 """
@@ -36,6 +41,7 @@ from kd.methods import dist
 from kd.methods import dkd
 from kd.methods import fitnets
 from kd.methods import fsp
+from kd.methods import ft
 from kd.methods import hinton_kd
 from kd.methods import logit_mse
 from kd.methods import logit_std
@@ -63,6 +69,8 @@ METHODS = {
     "vid": vid,
     "ab": ab,
     "reviewkd": reviewkd,
+    "ft_paraphraser": ft.PARAPHRASER,  # FT's first stage: trains the paraphraser on the teacher.
+    "ft": ft,
     # Relation-based: similarities between the examples of a batch.
     "sp": sp,
     "cc": cc,
@@ -70,6 +78,8 @@ METHODS = {
     "pkt": pkt,
     "crd": crd,
 }
+
+PRETRAINED = ft.PRETRAINED  # The connector collection filled from connector_source.
 
 LossFn = Callable[..., tuple[Any, dict[str, Any]]]
 
@@ -132,3 +142,16 @@ def build_connector(method_config: Mapping[str, Any], student_shapes: dict, teac
     return None
   return module.make_connector({**module.DEFAULTS, **method_params(method_config)}, student_shapes,
                                teacher_shapes, num_examples)
+
+
+def exports_connector(method_config: Mapping[str, Any]) -> bool:
+  """Whether a stage with this method exports its connector's variables (for a later stage)."""
+  return getattr(METHODS[method_config["name"]], "EXPORTS_CONNECTOR", False)
+
+
+def connector_source(method_config: Mapping[str, Any]) -> str:
+  """The earlier stage whose exported connector this method loads, or "" for none."""
+  module = METHODS[method_config["name"]]
+  if not hasattr(module, "connector_source"):
+    return ""
+  return module.connector_source({**module.DEFAULTS, **method_params(method_config)})
