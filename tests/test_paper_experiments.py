@@ -129,7 +129,9 @@ def test_arguments_are_parsed_and_bad_ones_named():
   light = module.get_config("pair=resnet32x4_ShuffleV1,method=kd")
   assert light.stages.kd.optimizer.learning_rate == 0.01  # MobileNet/ShuffleNet students.
   every = module.get_config("pair=vgg13_vgg8,method=all")
-  assert set(every.report.compare) - {"baseline"} == set(module.REPORTED["vgg13_vgg8"]) - {"teacher", "baseline", "ft"}
+  assert set(every.report.compare) - {"baseline"} == set(module.REPORTED["vgg13_vgg8"]) - {"teacher", "baseline"}
+  assert every.stage_order.index("paraphraser") == every.stage_order.index("ft") - 1
+  assert every.stages.paraphraser.method.name == "ft_paraphraser"
   with pytest.raises(ValueError, match="unknown pair"):
     module.get_config("pair=resnet9_resnet1")
   with pytest.raises(ValueError, match="cannot run here"):

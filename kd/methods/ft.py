@@ -16,7 +16,9 @@ Two stages, two methods:
 
       ce_weight * CE(s, y) + beta * mean_b || F_T/||F_T||_2 - F_S/||F_S||_2 ||_p
 
-  with each factor flattened per example, p = 1, beta = 1000 and k = 0.5 (the paper's CIFAR values).
+  with each factor flattened per example and p = 1, as in the paper, and k = 0.5 (the paper's and
+  RepDistiller's paraphrase rate). beta defaults to 1: the L1 distance of two unit vectors grows
+  with the factor's size (up to sqrt(2 H W k m)), so the weight is a per-setting choice.
   Where the two maps differ in resolution the larger factor is average-pooled to the smaller, as the
   CRD benchmark's FT does.
 
@@ -47,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "teacher_features": ("conv1",),
     "paraphraser_stage": "paraphraser",  # The earlier stage whose exported paraphraser is loaded.
     "rate": 0.5,  # k: the factor has k * (teacher channels) channels.
-    "beta": 1000.0,
+    "beta": 1.0,
     "p": 1.0,
     "ce_weight": 1.0,
 }
