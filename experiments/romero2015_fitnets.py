@@ -17,7 +17,7 @@ crop and flip; the teacher trained first as stage `teacher` of the same workdir)
 
 (the same workdir as tian2020_crd.py's runs of the pair reuses their teacher and baseline).
 Arguments: `pair=<teacher>_<student>` (tian2020_crd.PAIRS), `smoke=1` or the bare word `smoke`.
-Runtime: hours per run on a GPU (187,500 steps); the smoke variant takes seconds per stage.
+Runtime (an estimate, not measured here): hours per run on one GPU (187,500 steps).
 """
 
 import importlib.util

@@ -35,9 +35,9 @@ resolution (in the cross-family pairs, a student stage with the teacher's map of
 The two ResNet50 pairs of Table 2 are listed in REPORTED but
 not run: kd.models has no CIFAR ResNet50.
 
-Runtime: a GPU run of RepDistiller takes a few hours per method and pair (187,500 steps); on this
-CPU one step of resnet32x4 -> resnet8x4 at batch 64 takes about a second, so the full table is a
-GPU job. The smoke variant takes a few seconds per stage on a CPU (mostly compilation).
+Runtime (an estimate, not measured here): hours per method and pair on one GPU (187,500 steps each),
+so the full table is a GPU job. The smoke variant compiles each stage: about half a minute of CPU
+per stage here, or seconds op by op (`jax.disable_jit`, as the tests run it).
 """
 
 import ml_collections

@@ -20,7 +20,8 @@ learning rate 0.1 multiplied by 0.2 at epochs 60, 120, 160, weight decay 5e-4, r
 and horizontal flip; epochs become steps as epochs * 50000 / 128. AT: CE + beta/2 * sum over the
 three groups of mean((Q_s/|Q_s| - Q_t/|Q_t|)^2) with beta = 1000, so at_weight = 500. KD: T = 4,
 alpha = 0.9 (0.1 CE + 0.9 KD). Departure: inputs are scaled to [0, 1] without mean/std normalisation.
-Runtime: about an hour per run on a GPU (78,125 steps); the smoke variant takes seconds per stage.
+Runtime (an estimate, not measured here): about an hour per run on one GPU (78,125 steps); the
+smoke variant takes about half a minute of CPU per stage here (compilation).
 """
 
 import ml_collections

@@ -23,7 +23,8 @@ weight decay 5e-4, random crop (padding 4) and horizontal flip; epochs become st
 epochs * 50000 / 64. DKD: CE weight 1, alpha 1, T 4, beta per pair (BETA below: 2 for the
 resnet56/110 pairs, 6 for the WRN and VGG pairs, 8 for the rest). KD: 0.1 CE + 0.9 KD at T 4.
 Departure: mdistiller ramps the DKD term up linearly over the first 20 epochs; kd's `dkd` has no
-warmup. Runtime: hours per run on a GPU (187,500 steps); the smoke variant takes seconds per stage.
+warmup. Runtime (an estimate, not measured here): hours per run on one GPU (187,500 steps); the smoke
+variant takes about half a minute of CPU per stage here (compilation).
 """
 
 import ml_collections
