@@ -21,9 +21,10 @@ Recipe (the paper follows the CRD benchmark on CIFAR-100): 240 epochs of SGD, mo
 Nesterov), batch 64, learning rate 0.05 (0.01 for ShuffleNet and MobileNetV2 students) decayed by
 0.1 at epochs 150, 180, 210, weight decay 5e-4, random crop (padding 4) and horizontal flip; epochs
 become steps as epochs * 50000 / 64. DIST: CE weight 1, beta = gamma = 2, tau = 4. KD: 0.1 CE +
-0.9 KD at T 4. Runtime (an estimate, not measured here): hours per run on one GPU (187,500 steps); the smoke
-variant takes about half a minute of CPU per stage here (compilation). REPORTED holds the DIST numbers of the paper's CIFAR-100 tables for the pairs below (the
-teacher, baseline and KD numbers are the CRD benchmark's, which the paper reuses).
+0.9 KD at T 4. Runtime (an estimate, not measured here): hours per run on one GPU (187,500 steps);
+the smoke variant takes about half a minute of CPU per stage here (compilation). REPORTED holds the
+DIST numbers of the paper's CIFAR-100 tables for the pairs below (the teacher, baseline and KD
+numbers are the CRD benchmark's, which the paper reuses).
 """
 
 import ml_collections

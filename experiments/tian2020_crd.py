@@ -29,8 +29,8 @@ SP 3000, CC 0.02 (ours: the method's default), VID 1, RKD 25/50, PKT 30000, AB, 
 NST 50, CRD 0.8, CRD+KD 0.8 + 1.0 KD); the feature taps mirror RepDistiller's `feat` lists (see
 `_features`). FT first trains its paraphraser for 30 epochs at a constant rate (stage
 `paraphraser`, RepDistiller's init_epochs), then the FT stage with kd's `ft` (the paper's loss, not
-RepDistiller's variant, so its beta differs from the benchmark's 200). Departures: inputs are scaled to [0, 1] without CIFAR mean/std normalisation; AB and
-FSP run in their one-stage form (no initialisation stage); AT and AB pair maps of equal
+RepDistiller's variant, so its beta differs from the benchmark's 200). Departures: inputs are
+scaled to [0, 1] without CIFAR mean/std normalisation; AB and FSP run in their one-stage form (no initialisation stage); AT and AB pair maps of equal
 resolution (in the cross-family pairs, a student stage with the teacher's map of its resolution).
 The two ResNet50 pairs of Table 2 are listed in REPORTED but
 not run: kd.models has no CIFAR ResNet50.
@@ -269,10 +269,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   order = ["teacher", "baseline"]
   for name in chosen:
     if name == "ft":  # FT's paraphraser is trained first, in a stage of its own.
+      paraphraser = method_config("ft_paraphraser", teacher_features=methods["ft"]["teacher_features"],
+                                  rate=methods["ft"]["rate"])
       config.stages.paraphraser = stage_config(
-          zoo_model_config(student), method_config("ft_paraphraser", teacher_features=methods["ft"]["teacher_features"],
-                                                   rate=methods["ft"]["rate"]),
-          teacher="teacher", num_steps=steps(FT_PARAPHRASER_EPOCHS), **{**optimizer(student), "schedule": "constant"})
+          zoo_model_config(student), paraphraser, teacher="teacher", num_steps=steps(FT_PARAPHRASER_EPOCHS),
+          **{**optimizer(student), "schedule": "constant"})
       order.append("paraphraser")
     config.stages[name] = stage_config(zoo_model_config(student), methods[name], teacher="teacher",
                                        num_steps=num_steps, **optimizer(student))
