@@ -30,10 +30,10 @@ NST 50, CRD 0.8, CRD+KD 0.8 + 1.0 KD); the feature taps mirror RepDistiller's `f
 `_features`). FT first trains its paraphraser for 30 epochs at a constant rate (stage
 `paraphraser`, RepDistiller's init_epochs), then the FT stage with kd's `ft` (the paper's loss, not
 RepDistiller's variant, so its beta differs from the benchmark's 200). Departures: inputs are
-scaled to [0, 1] without CIFAR mean/std normalisation; AB and FSP run in their one-stage form (no initialisation stage); AT and AB pair maps of equal
-resolution (in the cross-family pairs, a student stage with the teacher's map of its resolution).
-The two ResNet50 pairs of Table 2 are listed in REPORTED but
-not run: kd.models has no CIFAR ResNet50.
+scaled to [0, 1] without CIFAR mean/std normalisation; AB and FSP run in their one-stage form (no
+initialisation stage); AT and AB pair maps of equal resolution (in the cross-family pairs, a student
+stage with the teacher's map of its resolution). The two ResNet50 pairs of Table 2 are listed in
+REPORTED but not run: kd.models has no CIFAR ResNet50.
 
 Runtime (an estimate, not measured here): hours per method and pair on one GPU (187,500 steps each),
 so the full table is a GPU job. The smoke variant compiles each stage: about half a minute of CPU
