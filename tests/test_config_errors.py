@@ -30,6 +30,7 @@ CASES = [
     (["--stages=pupil"], ["'pupil'", "not a stage"]),
     (["--config.data.augment.crop_padding=-1"], ["crop_padding=-1 must be >= 0"]),
     (["--config.data.augment.teacher_view=other"], ["teacher_view='other'", "independent"]),
+    (["--config.stages.student.model.dtype=bf16"], ["stages.student.model.dtype='bf16'", "bfloat16"]),
 ]
 
 

@@ -132,6 +132,26 @@ def test_crd_nce_loss_matches_repdistiller_formula():
   np.testing.assert_allclose(crd_loss(*arrays, idx, -1.0, -1.0)[0], expected, rtol=1e-5)
 
 
+def test_crd_scores_are_the_same_dense_or_gathered(monkeypatch):
+  """The dense [B, N] matmul path and the row-gather path give the same scores and anchor gradients."""
+  keys = jax.random.split(jax.random.key(0), 3)
+  anchor_BxD = jax.random.normal(keys[0], (4, 8))
+  memory_NxD = jax.random.normal(keys[1], (50, 8))
+  indices_BxK1 = jax.random.randint(keys[2], (4, 11), 0, 50)
+
+  def total(anchor):
+    return jnp.sum(jnp.log(crd.contrast_scores(anchor, memory_NxD, indices_BxK1, 0.5)))
+
+  dense = crd.contrast_scores(anchor_BxD, memory_NxD, indices_BxK1, 0.5), jax.grad(total)(anchor_BxD)
+  monkeypatch.setattr(crd, "_DENSE_SCORES_MAX_ELEMENTS", 0)
+  gathered = crd.contrast_scores(anchor_BxD, memory_NxD, indices_BxK1, 0.5), jax.grad(total)(anchor_BxD)
+  expected = np.exp(np.einsum("bkd,bd->bk", np.asarray(memory_NxD)[np.asarray(indices_BxK1)],
+                              np.asarray(anchor_BxD)) / 0.5)
+  for got in (dense[0], gathered[0]):
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+  np.testing.assert_allclose(dense[1], gathered[1], rtol=1e-4, atol=1e-5)
+
+
 def test_crd_negatives_are_uniform_over_the_other_examples():
   index = jnp.arange(5, dtype=jnp.int32)
   negatives = np.asarray(crd.sample_negatives(_key(0), index, 4000, 5))

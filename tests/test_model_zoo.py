@@ -1,12 +1,14 @@
 """The CRD benchmark's model zoo: reference parameter counts, forward passes and feature tap points."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kd import models
 from kd.models import cifar_resnet
 from kd.models import imagenet_resnet
 from kd.models import mobilenetv2
@@ -190,3 +192,28 @@ def test_preact_tap_is_the_block_output_before_relu():
   preact, output = block["preact"]["__call__"][0], block["__call__"][0]
   np.testing.assert_allclose(output, jax.nn.relu(preact))
   assert np.any(preact < 0)
+
+
+@pytest.mark.parametrize("config", [{"name": "cifar_resnet", "depth": 8}, {"name": "cnn", "channels": (8,)}],
+                         ids=["cifar_resnet", "cnn"])
+def test_bfloat16_compute_keeps_float32_parameters_and_logits(config):
+  images = jax.random.uniform(jax.random.key(0), (4, 8, 8, 3))
+  f32 = models.build_model(models.model_config(**config), 10)
+  bf16 = models.build_model(models.model_config(**config, dtype="bfloat16"), 10)
+  variables = models.init_variables(f32, jax.random.key(1), images)
+  # The same parameters, in float32, whatever the compute dtype.
+  bf16_variables = models.init_variables(bf16, jax.random.key(1), images)
+  jax.tree.map(np.testing.assert_array_equal, bf16_variables, variables)
+  assert {leaf.dtype for leaf in jax.tree.leaves(bf16_variables)} == {jnp.dtype(jnp.float32)}
+  logits = jax.jit(functools.partial(f32.apply, train=False))(variables, images)
+  bf16_logits, state = jax.jit(functools.partial(bf16.apply, train=True, mutable=["batch_stats"]))(
+      variables, images)
+  assert bf16_logits.dtype == jnp.float32
+  assert {leaf.dtype for leaf in jax.tree.leaves(state)} == {jnp.dtype(jnp.float32)}
+  bf16_eval = jax.jit(functools.partial(bf16.apply, train=False))(variables, images)
+  # bfloat16 keeps 8 bits of mantissa: close to the float32 logits, but not equal.
+  np.testing.assert_allclose(bf16_eval, logits, rtol=0.1, atol=0.05)
+  assert not np.array_equal(bf16_eval, logits)
+  grads = jax.jit(jax.grad(lambda p: bf16.apply({**variables, "params": p}, images, train=False).sum()))(
+      variables["params"])
+  assert {leaf.dtype for leaf in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}

@@ -56,6 +56,9 @@ _NAME_OF_CLASS = {module_class: name for name, module_class in MODELS.items()}
 
 ApplyFn = Callable[..., dict[str, Any]]
 
+# Values of a model's `dtype` attribute (its computation's dtype; parameters stay float32).
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
 
 def model_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
   """The module's attributes from a model config (everything but `name`)."""
@@ -98,6 +101,9 @@ def check_model_config(model_config: Mapping[str, Any], where: str) -> None:
     if key not in fields:
       raise ConfigError(f"{where}.{key} is not an attribute of model {name!r}; "
                         f"its attributes are {sorted(fields)}")
+  if "dtype" in fields and model_config.get("dtype", "float32") not in COMPUTE_DTYPES:
+    raise ConfigError(f"{where}.dtype={model_config['dtype']!r} is not a compute dtype: choose one of "
+                      f"{COMPUTE_DTYPES} (parameters stay float32)")
 
 
 def build_model(model_config: Mapping[str, Any], num_classes: int) -> nn.Module:

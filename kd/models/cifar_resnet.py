@@ -39,9 +39,13 @@ he_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 torch_default_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
-def batch_norm(train: bool) -> Callable[..., nn.BatchNorm]:
-  """BatchNorm with PyTorch's defaults (its momentum 0.1 is Flax's 0.9); call it with a name."""
-  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5)
+def batch_norm(train: bool, dtype: str = "float32") -> Callable[..., nn.BatchNorm]:
+  """BatchNorm with PyTorch's defaults (its momentum 0.1 is Flax's 0.9); call it with a name.
+
+  `dtype` is the computation's (Flax keeps the statistics' reductions in float32).
+  """
+  return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                           dtype=dtype)
 
 
 class GlobalAvgPool(nn.Module):
@@ -75,19 +79,21 @@ class ConvBNReLU(nn.Module):
     kernel_size: the convolution's (square) kernel size; padding keeps the resolution at stride 1.
     strides: the convolution's stride.
     kernel_init: the convolution's initialiser.
+    dtype: the computation's dtype; parameters stay float32.
   """
 
   features: int
   kernel_size: int = 3
   strides: int = 1
   kernel_init: Callable[..., jax.Array] = he_normal_fan_out
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = nn.Conv(self.features, (self.kernel_size, self.kernel_size), strides=self.strides,
                 padding=self.kernel_size // 2, use_bias=False, kernel_init=self.kernel_init,
-                name="conv")(x)
-    x = batch_norm(train)(name="bn")(x)
+                dtype=self.dtype, name="conv")(x)
+    x = batch_norm(train, self.dtype)(name="bn")(x)
     return nn.relu(x)
 
 
@@ -97,16 +103,18 @@ class BasicBlock(nn.Module):
   Attributes:
     features: output channels.
     strides: stride of the first convolution and of the shortcut.
+    dtype: the computation's dtype; parameters stay float32.
   """
 
   features: int
   strides: int = 1
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    norm = batch_norm(train)
+    norm = batch_norm(train, self.dtype)
     # Explicit padding of 1 as in PyTorch: Flax's "SAME" pads a stride-2 convolution asymmetrically.
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=he_normal_fan_out)
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=he_normal_fan_out, dtype=self.dtype)
     out = conv(self.features, (3, 3), strides=self.strides, padding=1, name="conv1")(x)
     out = nn.relu(norm(name="bn1")(out))
     out = conv(self.features, (3, 3), padding=1, name="conv2")(out)
@@ -128,11 +136,14 @@ class CifarResNet(nn.Module):
     depth: number of weighted layers, 6n + 2 for n blocks per stage (8, 14, 20, 32, 44, 56, 110).
     widths: channels of the stem and of the three stages; (16, 16, 32, 64) is He et al.'s
       network, (32, 64, 128, 256) the CRD benchmark's "x4" variants.
+    dtype: the computation's dtype ("float32", or "bfloat16" for mixed precision); parameters
+      stay float32 and the logits are returned in float32, so losses are computed in float32.
   """
 
   num_classes: int
   depth: int = 32
   widths: Sequence[int] = (16, 16, 32, 64)
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, images_BxHxWxC: jax.Array, train: bool) -> jax.Array:
@@ -141,13 +152,14 @@ class CifarResNet(nn.Module):
     if len(self.widths) != 4:
       raise ValueError(f"CifarResNet widths must be 4 numbers (stem and three stages), got {self.widths}")
     blocks_per_stage = (self.depth - 2) // 6
-    x = ConvBNReLU(self.widths[0], name="stem")(images_BxHxWxC, train)
+    x = ConvBNReLU(self.widths[0], dtype=self.dtype, name="stem")(images_BxHxWxC, train)
     for stage, features in enumerate(self.widths[1:], start=1):
       for index in range(blocks_per_stage):
         strides = 2 if stage > 1 and index == 0 else 1
-        x = BasicBlock(features, strides, name=f"layer{stage}_{index}")(x, train)
+        x = BasicBlock(features, strides, self.dtype, name=f"layer{stage}_{index}")(x, train)
     x = GlobalAvgPool(name="pool")(x)
-    return nn.Dense(self.num_classes, kernel_init=torch_default_kernel, name="head")(x)
+    logits = nn.Dense(self.num_classes, kernel_init=torch_default_kernel, dtype=self.dtype, name="head")(x)
+    return logits.astype(jnp.float32)
 
 
 _NARROW = (16, 16, 32, 64)

@@ -4,6 +4,7 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 
 class ConvNet(nn.Module):
@@ -15,6 +16,8 @@ class ConvNet(nn.Module):
     hidden: width of the dense layer before the head.
     dropout: dropout rate before the head (needs a "dropout" rng when training).
     batch_norm: whether each conv is followed by BatchNorm (running statistics in `batch_stats`).
+    dtype: the computation's dtype ("float32", or "bfloat16" for mixed precision); parameters
+      stay float32 and the logits are returned in float32, so losses are computed in float32.
   """
 
   num_classes: int
@@ -22,20 +25,22 @@ class ConvNet(nn.Module):
   hidden: int = 128
   dropout: float = 0.0
   batch_norm: bool = True
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, images_BxHxWxC: jax.Array, train: bool) -> jax.Array:
     x = images_BxHxWxC
     for index, channels in enumerate(self.channels):
-      x = nn.Conv(channels, (3, 3), use_bias=not self.batch_norm, name=f"conv{index}")(x)
+      x = nn.Conv(channels, (3, 3), use_bias=not self.batch_norm, dtype=self.dtype, name=f"conv{index}")(x)
       if self.batch_norm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"norm{index}")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
+                         name=f"norm{index}")(x)
       x = nn.relu(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
-    x = nn.relu(nn.Dense(self.hidden, name="hidden")(x))
+    x = nn.relu(nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(x))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return nn.Dense(self.num_classes, name="head")(x)
+    return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x).astype(jnp.float32)
 
 
 class ConvNet1D(nn.Module):
