@@ -12,8 +12,8 @@ student's view. The report card compares teacher, baseline and Hinton KD; `repor
 
     python -m kd.main --config=experiments/methods_mnist1d.py --workdir=runs/methods_mnist1d
 
-About 20 minutes on 2 shared CPU cores (each stage trains 1500 steps, 24 epochs, in 5-15 s). `:smoke`
-runs every stage for a few steps. Method hyperparameters are each paper's (or the CRD benchmark's)
+Measured: about an hour of wall time on 2 CPU cores shared with other jobs (45 stages of 1500 steps,
+24 epochs; CRD's stage is the slowest). `:smoke` runs every stage for a few steps. Method hyperparameters are each paper's (or the CRD benchmark's)
 defaults, not tuned here. Feature methods read these tap points of the `cnn1d` models:
   student norm1 [20x16], hidden [32];  teacher norm1 [20x32], norm2 [10x32], hidden [64].
 AT, NST, FSP and ReviewKD need 2-D feature maps [B,H,W,C] and are left out; FitNets and VID
