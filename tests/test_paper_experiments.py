@@ -29,7 +29,8 @@ from kd import models
 EXPERIMENTS = sorted(glob.glob(os.path.join(REPO, "experiments", "*.py")))
 # Smoke variants already run end to end by other tests.
 SMOKE_RUN_ELSEWHERE = {"quickstart.py": "tests/test_end_to_end.py and conftest.smoke_workdir",
-                       "methods_digits.py": "tests/test_end_to_end.py (with the methods notebook)"}
+                       "methods_digits.py": "tests/test_end_to_end.py (with the methods notebook)",
+                       "methods_mnist1d.py": "tests/test_end_to_end.py (the methods notebook runs it)"}
 MOCK_EXAMPLES = 24  # Per split: enough for batches of 8 and CRD's negatives.
 
 
