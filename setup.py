@@ -24,6 +24,8 @@ setuptools.setup(
         "scikit-learn>=1.9",  # The offline `digits` dataset.
         "mnist1d>=0.0.2",  # The offline `mnist1d` dataset (generated, no download).
         "importlib_resources",  # Needed by TFDS's builders when TensorFlow is absent.
+        "pillow>=10",  # Resizing images of varying size (data.image_size).
+        "submitit>=1.5",  # The Slurm backend of kd.sweep.
     ],
     extras_require={
         "test": ["pytest>=8", "nbclient>=0.11", "ipykernel>=6", "matplotlib>=3.8"],

@@ -74,3 +74,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   elif arg:
     raise ValueError(f"unknown variant {arg!r} of experiments/methods_digits.py; use :smoke or nothing")
   return config
+
+
+def sweep(add):
+  """The comparison as a sweep (`python -m kd.sweep`): one variant per method, each with its own
+  teacher and only its stage, plus Hinton KD at two more temperatures."""
+  for name in METHODS:
+    add(name=name, **{"stage_order": ("teacher", name), "report.compare": ()})
+  for temperature in (2.0, 8.0):
+    add(name=f"kd_t{temperature:g}", **{"stage_order": ("teacher", "kd"), "report.compare": (),
+                                         "stages.kd.method.temperature": temperature})

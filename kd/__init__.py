@@ -6,8 +6,14 @@ The pieces a notebook needs:
     kd.load_config(path, arg)      an experiment file's config, validated
 """
 
+import warnings
+
 from kd.checkpoint import load_model
 from kd.experiment import load_config
 from kd.experiment import run
 
 __version__ = "0.1.0"
+
+# `python -m kd.report` runs a module this package has already imported (through kd.experiment);
+# runpy warns about that, harmlessly: the module defines only functions.
+warnings.filterwarnings("ignore", message="'kd.report' found in sys.modules", category=RuntimeWarning)

@@ -7,6 +7,7 @@ method (a loss), optionally against the exported model of an earlier stage as it
                                  initialisation, dropout and data order; the report averages them
     config.data                  dataset name, TFDS data_dir, splits, batch sizes
     config.mesh.data             devices on the data-parallel axis (-1: all)
+    config.mesh.fsdp, .teacher   FSDP axis size for the student, the teacher's sharding
     config.checkpoint            every_steps, keep
     config.nonfinite             policy ("stop" or "skip") for NaN/Inf losses and gradients
     config.log_every_steps       progress line, metrics.jsonl and TensorBoard
@@ -25,6 +26,7 @@ from typing import Any
 
 import ml_collections
 
+from kd import distributed
 from kd import methods
 from kd import models
 from kd.errors import ConfigError
@@ -47,11 +49,32 @@ def base_config() -> ml_collections.ConfigDict:
       "test_split": "test",  # The report card's split.
       "batch_size": 64,  # Global, over all devices and processes.
       "eval_batch_size": 256,
+      # > 0: images are resized (shorter side) and centre-cropped to image_size x image_size when
+      # read, for datasets whose images vary in size (flowers, pets, imagenet2012); 0: as stored.
+      "image_size": 0,
+      # Processes that gather training batches (0: in the training process; the example order is
+      # the same for any number), and batches prepared ahead of the step.
+      "workers": 0,
+      "prefetch": 2,
       # Training views, made on the device (kd.augment): random crop after zero padding, random
       # horizontal flip; the teacher sees the "same" view as the student or an "independent" one.
-      "augment": ml_collections.ConfigDict({"crop_padding": 0, "flip": False, "teacher_view": "same"}),
+      # random_resized_crop: ImageNet-style inception crop (area fraction in rrc_scale, aspect ratio
+      # in rrc_ratio) resized back to the dataset's size; mixup_alpha / cutmix_alpha > 0 mix each
+      # example with its neighbour (one of the two per batch when both are set), labels weighted.
+      "augment": ml_collections.ConfigDict({"crop_padding": 0, "flip": False, "teacher_view": "same",
+                                            "random_resized_crop": False, "rrc_scale": (0.08, 1.0),
+                                            "rrc_ratio": (3 / 4, 4 / 3), "mixup_alpha": 0.0,
+                                            "cutmix_alpha": 0.0}),
   })
-  config.mesh = ml_collections.ConfigDict({"data": -1})
+  # Devices: mesh.data x mesh.fsdp; the student is FSDP-sharded over "fsdp" when it is > 1, the
+  # teacher's variables are "replicated", sharded over "fsdp", or over "all" devices (kd.distributed).
+  config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "teacher": "replicated"})
+  # Teacher-output cache (kd.teacher_cache): the teacher's outputs over data.train_split are computed
+  # once, stored in `dir` (empty: <workdir>/seed_<n>/teacher_cache) and read by example index instead
+  # of running the teacher. top_k > 0 stores the k largest log-probabilities and the remaining mass.
+  # The cache holds un-augmented views: with data.augment on, training refuses unless allow_augment.
+  config.teacher_cache = ml_collections.ConfigDict({"enabled": False, "dir": "", "top_k": 0,
+                                                    "allow_augment": False})
   config.checkpoint = ml_collections.ConfigDict({"every_steps": 500, "keep": 2})
   # What to do when the loss or the gradient is NaN or Inf: "stop" (the run fails naming the step
   # and the loss terms; the checkpoints are intact) or "skip" (the update is not applied and
@@ -83,6 +106,10 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
       # (counted from the start of training, warmup included), as PyTorch's MultiStepLR does.
       "decay_boundaries": (),
       "decay_factor": 0.1,
+      # learning_rate was tuned at base_batch_size; scale it to data.batch_size by this rule:
+      # "none", "linear" or "sqrt" (kd.distributed.scaled_learning_rate). Logged with the result.
+      "lr_scaling": "none",
+      "base_batch_size": 256,
       **overrides,
   })
 
@@ -161,6 +188,11 @@ def _check_stage(stage, where: str) -> None:
     raise ConfigError(f"{where}.optimizer.name={optimizer.name!r}: choose one of {OPTIMIZERS}")
   if optimizer.schedule not in SCHEDULES:
     raise ConfigError(f"{where}.optimizer.schedule={optimizer.schedule!r}: choose one of {SCHEDULES}")
+  if optimizer.lr_scaling not in distributed.LR_SCALING_RULES:
+    raise ConfigError(f"{where}.optimizer.lr_scaling={optimizer.lr_scaling!r}: choose one of "
+                      f"{distributed.LR_SCALING_RULES}")
+  if optimizer.base_batch_size <= 0:
+    raise ConfigError(f"{where}.optimizer.base_batch_size={optimizer.base_batch_size} must be > 0")
   if not optimizer.learning_rate > 0:
     raise ConfigError(f"{where}.optimizer.learning_rate={optimizer.learning_rate} must be > 0")
   for key in ("weight_decay", "grad_clip_norm", "momentum"):
@@ -180,6 +212,21 @@ def _check_stage(stage, where: str) -> None:
                       f"[0, num_steps={stage.num_steps})")
 
 
+def _check_augment_ranges(augment) -> None:
+  """The inception crop's ranges and the mixing alphas (see kd.augment)."""
+  for key, upper in (("rrc_scale", 1.0), ("rrc_ratio", None)):
+    value = tuple(augment[key])
+    if (len(value) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or not 0 < value[0] <= value[1] or (upper is not None and value[1] > upper)):
+      bound = " <= 1" if upper is not None else ""
+      raise ConfigError(f"data.augment.{key}={value!r} must be a pair (low, high) with 0 < low <= high{bound}, "
+                        f"e.g. {base_config().data.augment[key]!r}")
+  for key in ("mixup_alpha", "cutmix_alpha"):
+    if not augment[key] >= 0:
+      raise ConfigError(f"data.augment.{key}={augment[key]} must be >= 0 (0: off; e.g. 0.2 for mixup, 1.0 "
+                        "for cutmix)")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
   """Raises ConfigError (one line: the key, the problem, the fix) if the config cannot run.
 
@@ -197,6 +244,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     raise ConfigError(f"data.augment.crop_padding={augment.crop_padding} must be >= 0")
   if augment.teacher_view not in TEACHER_VIEWS:
     raise ConfigError(f"data.augment.teacher_view={augment.teacher_view!r}: choose one of {TEACHER_VIEWS}")
+  _check_augment_ranges(augment)
+  cache = config.teacher_cache
+  if cache.top_k < 0:
+    raise ConfigError(f"teacher_cache.top_k={cache.top_k} must be >= 0 (0: store all logits)")
+  augmenting = (augment.crop_padding or augment.flip or augment.random_resized_crop or augment.mixup_alpha > 0
+                or augment.cutmix_alpha > 0)
+  if cache.enabled and augmenting and not cache.allow_augment:
+    raise ConfigError("teacher_cache.enabled=True but data.augment changes the inputs, so cached teacher "
+                      "outputs (of un-augmented examples) would not match the student's view: turn "
+                      "data.augment off, or set teacher_cache.allow_augment=True to train on them anyway")
+  for key in ("workers", "prefetch"):
+    if data[key] < 0:
+      raise ConfigError(f"data.{key}={data[key]} must be >= 0")
+  if data.image_size < 0:
+    raise ConfigError(f"data.image_size={data.image_size} must be >= 0 (0: images as stored)")
   if config.checkpoint.every_steps <= 0:
     raise ConfigError(f"checkpoint.every_steps={config.checkpoint.every_steps} must be > 0")
   if config.checkpoint.keep < 1:
@@ -250,3 +312,4 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       if data[key] % mesh_devices:
         raise ConfigError(f"data.{key}={data[key]} does not divide over {mesh_devices} devices: "
                           f"use a multiple of {mesh_devices}")
+    distributed.check_mesh(config, num_devices)

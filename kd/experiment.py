@@ -12,6 +12,7 @@ import ml_collections
 from kd import checkpoint
 from kd import config as config_lib
 from kd import data
+from kd import distributed
 from kd import methods
 from kd import report as report_lib
 from kd import train
@@ -25,7 +26,7 @@ def check(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str]
   for name in stages:
     if name not in config.stages:
       raise ConfigError(f"--stages names {name!r}, which is not a stage; stages: {list(config.stage_order)}")
-  spec = data.load_spec(config.data.name, config.data.data_dir)
+  spec = data.load_spec(config.data.name, config.data.data_dir, config.data.image_size)
   for split in (config.data.train_split, config.data.eval_split, config.data.test_split):
     data.check_split(config.data.name, split, config.data.data_dir, spec)
   for name in stages:
@@ -55,11 +56,12 @@ def _check_exported_model(config: ml_collections.ConfigDict, stage_name: str, st
     raise ConfigError(
         f"the model exported in {stage_dir} is {exported['model']}, but stages.{stage_name}.model is "
         f"{expected}: point --workdir at the run of this teacher, or use a fresh --workdir to train it")
-  if exported["dataset"]["num_classes"] != data.load_spec(config.data.name, config.data.data_dir).num_classes:
+  num_classes = data.load_spec(config.data.name, config.data.data_dir, config.data.image_size).num_classes
+  if exported["dataset"]["num_classes"] != num_classes:
     raise ConfigError(
         f"the model exported in {stage_dir} predicts {exported['dataset']['num_classes']} classes of "
         f"{exported['dataset']['name']}, but data.name={config.data.name!r} has "
-        f"{data.load_spec(config.data.name, config.data.data_dir).num_classes}: use matching datasets")
+        f"{num_classes}: use matching datasets")
 
 
 def _check_writable(workdir: str) -> None:
@@ -97,7 +99,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
     logging.info("Not every stage of the report card is finished; no report.")
     return None
   report = report_lib.build(config, workdir)
-  print(report_lib.write(report, workdir), flush=True)
+  if distributed.is_primary():  # With several processes, one writes the shared files.
+    print(report_lib.write(report, workdir), flush=True)
   return report
 
 

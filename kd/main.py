@@ -20,6 +20,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from kd import distributed
 from kd import experiment
 from kd.errors import Interrupted
 from kd.errors import TrainingError
@@ -116,7 +117,10 @@ def main(argv: list[str]) -> None:
   del argv
   _quiet_library_logs()
   try:
+    distributed.initialize()  # Several processes (Slurm tasks, or KD_COORDINATOR_ADDRESS): one runtime.
+    distributed.prepare_dataset(_CONFIG.value)
     experiment.run(_CONFIG.value, _WORKDIR.value, _STAGES.value)
+    distributed.shutdown()
   except UserError as e:
     _fail(str(e))
   except TrainingError as e:

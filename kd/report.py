@@ -48,7 +48,8 @@ def build_run(config: ml_collections.ConfigDict, run_dir: str, arrays, mesh) -> 
     report[role], logits[role] = _measure_model(loaded, arrays, mesh, config.data.eval_batch_size)
   teacher, student = report["teacher"], report["student"]
   report.update({
-      "retention": student["accuracy"] / teacher["accuracy"],
+      # A teacher at 0% (a smoke run on random data) has no retention to report.
+      "retention": student["accuracy"] / teacher["accuracy"] if teacher["accuracy"] else float("nan"),
       "compression": teacher["params"] / student["params"],
       "speedup": teacher["latency_ms_b256"] / student["latency_ms_b256"],
       "speedup_b1": teacher["latency_ms_b1"] / student["latency_ms_b1"],
@@ -80,7 +81,8 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   The top-level numbers are means over `config.seeds`; `std` holds their standard deviations
   (0 for one seed) and `per_seed` each seed's report.
   """
-  arrays = data.load_arrays(config.data.name, config.data.test_split, config.data.data_dir)
+  arrays = data.load_arrays(config.data.name, config.data.test_split, config.data.data_dir,
+                            config.data.image_size)
   mesh = train.make_mesh(config.mesh)
   runs = [build_run(config, train.seed_dir(workdir, seed), arrays, mesh) for seed in config.seeds]
   mean, std = _mean_and_std(runs)
@@ -188,3 +190,30 @@ def write(report: dict[str, Any], workdir: str) -> str:
   with open(os.path.join(workdir, "report.md"), "w") as f:
     f.write(markdown)
   return markdown
+
+
+def main(argv: list[str] | None = None) -> int:
+  """`python -m kd.report <workdir>`: the table of a sweep (see kd.sweep_report), or a run's report card."""
+  import sys  # pylint: disable=g-import-not-at-top
+  from kd import sweep_report  # pylint: disable=g-import-not-at-top  # Imports kd.sweep only when asked.
+
+  argv = sys.argv[1:] if argv is None else argv
+  if len(argv) != 1:
+    print("usage: python -m kd.report <sweep workdir>", file=sys.stderr)
+    return 2
+  workdir = argv[0]
+  if os.path.exists(os.path.join(workdir, "sweep.json")):
+    print(sweep_report.write(workdir), end="")
+    print(f"(also in {os.path.join(workdir, sweep_report.MARKDOWN)} and {sweep_report.CSV})")
+    return 0
+  if os.path.exists(os.path.join(workdir, "report.md")):
+    with open(os.path.join(workdir, "report.md")) as f:
+      print(f.read(), end="")
+    return 0
+  print(f"error: {workdir} holds neither a sweep (sweep.json) nor a report card (report.md): give the "
+        "--workdir of python -m kd.sweep or kd.main", file=sys.stderr)
+  return 2
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -23,12 +23,14 @@ import optax
 from kd import augment
 from kd import checkpoint
 from kd import data
+from kd import distributed
 from kd import evaluation
 from kd import features
 from kd import logs
 from kd import methods
 from kd import models
 from kd import provenance
+from kd import teacher_cache
 from kd.errors import Interrupted
 from kd.errors import TrainingError
 from kd.errors import UserError
@@ -60,10 +62,16 @@ class TrainState:
   nonfinite_count: jax.Array
 
 
-def make_optimizer(optimizer_config: ml_collections.ConfigDict,
-                   num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optax transform a stage's `optimizer` block describes, and its learning-rate schedule."""
+def make_optimizer(optimizer_config: ml_collections.ConfigDict, num_steps: int,
+                   batch_size: int | None = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optax transform a stage's `optimizer` block describes, and its learning-rate schedule.
+
+  With `batch_size` (global), the peak rate is scaled by the block's `lr_scaling` rule.
+  """
   peak, warmup = optimizer_config.learning_rate, optimizer_config.warmup_steps
+  if batch_size is not None and "lr_scaling" in optimizer_config:
+    peak = distributed.scaled_learning_rate(peak, optimizer_config.lr_scaling, batch_size,
+                                            optimizer_config.base_batch_size)
   if optimizer_config.schedule == "cosine":
     learning_rate = optax.cosine_decay_schedule(peak, num_steps - warmup)
   elif optimizer_config.schedule == "multistep":
@@ -151,6 +159,7 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
   teacher_batch = batch
   if make_views is not None:
     batch, teacher_batch = make_views(batch, jax.random.fold_in(rng, 2))
+    loss_fn = augment.mixed_loss(loss_fn)  # Label terms weighted by mixup/cutmix's lambda, if mixed.
   teacher_out = None
   if teacher_apply is not None:
     teacher_out = jax.lax.stop_gradient(teacher_apply(teacher_variables, teacher_batch, train=False))
@@ -187,7 +196,7 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
   new_state = jax.tree.map(lambda new, old: jnp.where(apply_update, new, old), updated, state)
   new_state = new_state.replace(step=state.step + 1,
                                 nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32))
-  accuracy = jnp.mean(jnp.argmax(student_out["logits"], -1) == batch["label"])
+  accuracy = augment.accuracy(student_out["logits"], batch)
   metrics = {"loss": loss, **terms, "accuracy": accuracy, "grad_norm": grad_norm,
              "learning_rate": learning_rate(state.step), "nonfinite": (~finite).astype(jnp.float32),
              "skipped_updates": new_state.nonfinite_count.astype(jnp.float32)}
@@ -233,10 +242,8 @@ def resolve_stage_features(config: ml_collections.ConfigDict, stage_name: str,
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
-  """A 1-D mesh over `mesh.data` devices (-1: all), axis "data"."""
-  num_devices = jax.device_count() if mesh_config.data == -1 else mesh_config.data
-  return jax.make_mesh((num_devices,), ("data",), axis_types=(jax.sharding.AxisType.Auto,),
-                       devices=jax.devices()[:num_devices])
+  """The ("data", "fsdp") mesh of `mesh.data` x `mesh.fsdp` devices (see kd.distributed)."""
+  return distributed.make_mesh(mesh_config)
 
 
 def shard_batch(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
@@ -299,14 +306,17 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
 
   # Data.
   data_config = config.data
-  spec = data.load_spec(data_config.name, data_config.data_dir)
-  train_arrays = data.load_arrays(data_config.name, data_config.train_split, data_config.data_dir)
-  eval_arrays = data.load_arrays(data_config.name, data_config.eval_split, data_config.data_dir)
+  spec = data.load_spec(data_config.name, data_config.data_dir, data_config.image_size)
+  train_arrays = data.load_arrays(data_config.name, data_config.train_split, data_config.data_dir,
+                                 data_config.image_size)
+  eval_arrays = data.load_arrays(data_config.name, data_config.eval_split, data_config.data_dir,
+                                data_config.image_size)
   mesh = make_mesh(config.mesh)
   replicated = jax.NamedSharding(mesh, jax.P())
-  batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
+  batch_sharding = distributed.batch_sharding(mesh)
   iterator = data.train_iterator(train_arrays, batch_size=data_config.batch_size, seed=seed,
-                                 shard_index=jax.process_index(), shard_count=jax.process_count())
+                                 shard_index=jax.process_index(), shard_count=jax.process_count(),
+                                 prefetch=data_config.prefetch, workers=data_config.workers)
 
   # Models and the step.
   stage_features = resolve_stage_features(config, stage_name, spec)
@@ -316,17 +326,31 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   teacher = load_teacher(config, stage_name, run_dir, spec)
   teacher_apply = (models.make_apply(teacher.module, spec.input_key, stage_features.teacher_paths)
                    if teacher else None)
-  teacher_variables = jax.device_put(teacher.variables, replicated) if teacher else {}
+  teacher_sharding = distributed.teacher_shardings(teacher.variables if teacher else {}, mesh,
+                                                   config.mesh.get("teacher", "replicated"))
+  teacher_variables = jax.device_put(teacher.variables, teacher_sharding) if teacher else {}
+  if teacher and config.teacher_cache.enabled:  # Read the teacher's outputs by example index instead.
+    cached = teacher_cache.load_or_build(
+        config.teacher_cache.dir or os.path.join(run_dir, "teacher_cache"), stage.teacher,
+        os.path.join(run_dir, stage.teacher), dataset=data_config.name, split=data_config.train_split,
+        image_size=data_config.image_size, arrays=train_arrays, teacher_apply=teacher_apply,
+        teacher_variables=teacher_variables, feature_paths=stage_features.teacher_paths,
+        top_k=config.teacher_cache.top_k, batch_size=data_config.eval_batch_size)
+    teacher_apply = teacher_cache.make_cached_apply(spec.num_classes, config.teacher_cache.top_k)
+    teacher_variables = jax.device_put(cached, replicated)
   connector = methods.build_connector(stage.method, stage_features.student_shapes,
                                       stage_features.teacher_shapes, len(train_arrays["label"]))
-  optimizer, learning_rate = make_optimizer(stage.optimizer, stage.num_steps)
+  optimizer, learning_rate = make_optimizer(stage.optimizer, stage.num_steps, data_config.batch_size)
+  peak_learning_rate = distributed.scaled_learning_rate(
+      stage.optimizer.learning_rate, stage.optimizer.get("lr_scaling", "none"), data_config.batch_size,
+      stage.optimizer.get("base_batch_size", data_config.batch_size))
+  logging.info("[%s] peak learning rate %g (optimizer.lr_scaling=%s: %g tuned at batch %d, batch %d)",
+               stage_name, peak_learning_rate, stage.optimizer.get("lr_scaling", "none"),
+               stage.optimizer.learning_rate, stage.optimizer.get("base_batch_size", data_config.batch_size),
+               data_config.batch_size)
   loss_fn = methods.build_loss(stage.method)
   augment_config = data_config.augment
-  make_views = None
-  if augment_config.crop_padding or augment_config.flip:
-    make_views = functools.partial(augment.views, input_key=spec.input_key,
-                                   crop_padding=augment_config.crop_padding, flip=augment_config.flip,
-                                   teacher_view=augment_config.teacher_view)
+  make_views = augment.views_from_config(augment_config, spec.input_key, spec.input_shape)
   example_batch = {spec.input_key: jnp.zeros((2,) + spec.input_shape, spec.input_dtype),
                    "label": jnp.zeros((2,), jnp.int32), "index": jnp.zeros((2,), jnp.int32)}
   init = functools.partial(init_train_state, module=module, optimizer=optimizer,
@@ -334,14 +358,14 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
                            student_apply=student_train_apply, teacher_apply=teacher_apply)
   rng = jax.random.PRNGKey(seed)
   abstract_state = jax.eval_shape(init, rng, example_batch, teacher_variables)
-  state_sharding = jax.tree.map(lambda _: replicated, abstract_state)
+  state_sharding = distributed.state_shardings(abstract_state, mesh)
   step_fn = jax.jit(
       functools.partial(train_step, student_apply=student_train_apply, teacher_apply=teacher_apply,
                         loss_fn=loss_fn, optimizer=optimizer, learning_rate=learning_rate,
                         connector=connector, make_views=make_views,
                         nonfinite_policy=config.nonfinite.policy,
                         inject_nonfinite_at_step=config.nonfinite.inject_at_step),
-      in_shardings=(state_sharding, jax.tree.map(lambda _: replicated, teacher_variables), batch_sharding),
+      in_shardings=(state_sharding, teacher_sharding, batch_sharding),
       out_shardings=(state_sharding, replicated),
       donate_argnums=0,
   )
@@ -360,19 +384,26 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
     source = methods.connector_source(stage.method)
     if source:  # The connector holds what an earlier stage trained (FT's paraphraser): load it once.
       state = _load_pretrained_connector(state, os.path.join(run_dir, source), state_sharding)
-  provenance.record(stage_dir, config.to_dict(), seed)
+  if distributed.is_primary():  # With several processes, one writes the shared files.
+    provenance.record(stage_dir, config.to_dict(), seed)
 
   # The loop.
   step = int(state.step)
-  writer = logs.MetricsWriter(stage_dir, resume_step=step)
+  writer = (logs.MetricsWriter(stage_dir, resume_step=step) if distributed.is_primary()
+            else distributed.NullWriter())
   progress = logs.Progress(stage_name, step, stage.num_steps, data_config.batch_size)
   window, start_step, start_time = [], step, time.perf_counter()
   predict = evaluation.make_predict(student_apply, mesh)
   stop_on_nonfinite = config.nonfinite.policy == "stop"
   state_bytes = models.count_bytes(abstract_state)
-  with _StopSignals() as signals, _disk_errors(manager, stage_dir):
+  # On an accelerator, batches are gathered and copied ahead, in a thread, while the previous step runs.
+  # On the CPU backend the "device" is the host's own cores, where such a thread only competes with the
+  # step (benchmarks/pipeline.py measures both).
+  batches = data.DevicePrefetch(iterator, functools.partial(shard_batch, sharding=batch_sharding),
+                                enabled=jax.default_backend() != "cpu")
+  with _StopSignals() as signals, _disk_errors(manager, stage_dir), contextlib.closing(batches):
     while step < stage.num_steps:
-      batch = shard_batch(next(iterator), batch_sharding)
+      batch = next(batches)
       state, metrics = step_fn(state, teacher_variables, batch)
       step += 1
       window.append(metrics)
@@ -396,7 +427,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
                                          data_config.eval_batch_size))
       if save_now:
         _check_free_space(stage_dir, state_bytes, manager)
-        checkpoint.save_train_state(manager, step, state, iterator.get_state())
+        checkpoint.save_train_state(manager, step, state, batches.get_state())
       if stop_now and step < stage.num_steps:
         manager.wait_until_finished()
         writer.close()
@@ -413,7 +444,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   variables = student_variables(state)
   eval_scalars = _eval_scalars(predict, variables, eval_arrays, data_config.eval_batch_size)
   result = {"stage": stage_name, "seed": seed, "step": step, **eval_scalars,
-            "train_seconds": seconds,
+            "train_seconds": seconds, "peak_learning_rate": peak_learning_rate,
             "train_examples_per_second": (step - start_step) * data_config.batch_size / max(seconds, 1e-9)}
   with _disk_errors(manager, stage_dir):
     writer.write(step, eval_scalars)
@@ -422,9 +453,10 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
     if methods.exports_connector(stage.method):
       checkpoint.export_connector(stage_dir, jax.device_get(
           {"params": state.params["connector"], **state.model_state["connector"]}))
-    with open(os.path.join(stage_dir, RESULT_JSON + ".tmp"), "w") as f:
-      json.dump(result, f, indent=2)
-    os.replace(os.path.join(stage_dir, RESULT_JSON + ".tmp"), os.path.join(stage_dir, RESULT_JSON))
+    if distributed.is_primary():
+      with open(os.path.join(stage_dir, RESULT_JSON + ".tmp"), "w") as f:
+        json.dump(result, f, indent=2)
+      os.replace(os.path.join(stage_dir, RESULT_JSON + ".tmp"), os.path.join(stage_dir, RESULT_JSON))
   logging.info("[%s] finished: %s accuracy %.4f", stage_name, data_config.eval_split,
                eval_scalars["eval/accuracy"])
   return result

@@ -7,6 +7,7 @@ import tensorflow_datasets as tfds
 
 from kd import data
 from kd.data import digits
+from kd.data import pipeline
 from kd.errors import DataError
 
 
@@ -125,3 +126,37 @@ def test_mnist1d_is_generated_offline_with_its_published_sizes():
   test = data.load_arrays("mnist1d", "test")
   assert test["signal"].shape == (1000, 40, 1) and np.isfinite(test["signal"]).all()
   assert sorted(np.unique(test["label"])) == list(range(10))
+
+
+def test_image_size_resizes_the_shorter_side_then_crops_the_centre():
+  image = np.zeros((4, 16, 3), np.uint8)
+  image[:, 4:12] = 200  # A bright band in the middle half of the width.
+  resized = pipeline.resize_image(image, 2)  # 4x16 -> 2x8, then the central 2x2: inside the band.
+  assert resized.shape == (2, 2, 3)
+  np.testing.assert_array_equal(resized, 200)
+  grey = pipeline.resize_image(np.full((5, 3, 1), 7, np.uint8), 6)  # Upsampled; one channel kept.
+  assert grey.shape == (6, 6, 1) and (grey == 7).all()
+
+
+def test_datasets_of_varying_image_sizes_need_an_image_size():
+  with tfds.testing.mock_data(num_examples=6):
+    with pytest.raises(DataError, match="set data.image_size"):
+      data.load_spec("oxford_flowers102")
+    arrays = data.load_arrays("oxford_flowers102", "train", image_size=24)
+  assert arrays["image"].shape == (6, 24, 24, 3) and arrays["image"].dtype == np.uint8
+
+
+def test_device_prefetch_resumes_after_the_last_returned_batch():
+  arrays = {"image": np.arange(24, dtype=np.uint8)[:, None], "label": np.arange(24, dtype=np.int32)}
+  prefetched = data.DevicePrefetch(data.train_iterator(arrays, batch_size=4, seed=2), lambda batch: batch, size=3)
+  for _ in range(4):
+    next(prefetched)
+  state = prefetched.get_state()  # The thread has prepared more batches by now; they are not counted.
+  expected = [next(prefetched)["index"] for _ in range(2)]
+  prefetched.close()
+  resumed = data.DevicePrefetch(data.train_iterator(arrays, batch_size=4, seed=2), lambda batch: batch)
+  resumed.set_state(state)
+  np.testing.assert_array_equal([next(resumed)["index"] for _ in range(2)], expected)
+  resumed.close()
+  plain = data.train_iterator(arrays, batch_size=4, seed=2)
+  np.testing.assert_array_equal([next(plain)["index"] for _ in range(6)][4:], expected)

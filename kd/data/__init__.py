@@ -2,6 +2,7 @@
 
 from kd.data.pipeline import check_split
 from kd.data.pipeline import DatasetSpec
+from kd.data.pipeline import DevicePrefetch
 from kd.data.pipeline import eval_batches
 from kd.data.pipeline import load_arrays
 from kd.data.pipeline import load_spec

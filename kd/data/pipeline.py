@@ -11,6 +11,8 @@ an uninterrupted run would have seen), and a split that fits in memory is read f
 """
 
 import dataclasses
+import queue
+import threading
 from typing import Any, Iterator
 
 import grain
@@ -54,8 +56,10 @@ def _builder(name: str, data_dir: str):
     builder_class = OFFLINE_BUILDERS[family]
     kwargs = {}
     if builder_class is Synthetic:
-      try:
-        kwargs["config"] = SyntheticConfig(config_name or "8x8x1_10_512")
+      config_name = config_name or "8x8x1_10_512"
+      try:  # TFDS refuses a new config named like a predefined one: pass those by name.
+        kwargs["config"] = (config_name if config_name in Synthetic.builder_configs
+                            else SyntheticConfig(config_name))
       except ValueError as e:
         raise DataError(str(e)) from e
     builder = builder_class(data_dir=data_dir, file_format="array_record", **kwargs)
@@ -85,34 +89,64 @@ def _input_key(features) -> str:
   raise DataError(f"no model input among the dataset's features {list(features)}")
 
 
-def load_spec(name: str, data_dir: str = "") -> DatasetSpec:
-  """Prepares the dataset if needed and describes it."""
+def load_spec(name: str, data_dir: str = "", image_size: int = 0) -> DatasetSpec:
+  """Prepares the dataset if needed and describes it.
+
+  `image_size` > 0: images are read as `resize_image` makes them, [image_size, image_size, C].
+  """
   builder = _builder(name, data_dir)
   features = builder.info.features
   key = _input_key(features)
   if "label" not in features:
     raise DataError(f"dataset {name!r} has no 'label' feature; it has {list(features)}")
+  input_shape = tuple(features[key].shape)
+  if image_size:
+    if len(input_shape) != 3:
+      raise DataError(f"data.image_size={image_size} resizes images, but {name!r} has {key!r} of shape "
+                      f"{input_shape}: set data.image_size=0")
+    input_shape = (image_size, image_size, input_shape[2])
+  elif None in input_shape:
+    raise DataError(f"the images of {name!r} vary in size ({input_shape}): set data.image_size (e.g. 128) "
+                    "to resize them to one square size")
   return DatasetSpec(
       name=name,
       input_key=key,
-      input_shape=tuple(features[key].shape),
+      input_shape=input_shape,
       input_dtype=np.dtype(features[key].np_dtype).name,
       num_classes=int(features["label"].num_classes),
       split_sizes={split: info.num_examples for split, info in builder.info.splits.items()},
   )
 
 
-def load_arrays(name: str, split: str, data_dir: str = "") -> Batch:
+def resize_image(image_HxWxC: np.ndarray, size: int) -> np.ndarray:
+  """Shorter side resized to `size` (bilinear), then the central size x size crop: the usual
+  evaluation view (`resize_small|central_crop` in big_vision), here also the stored training image."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  height, width, channels = image_HxWxC.shape
+  scale = size / min(height, width)
+  new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+  planes = image_HxWxC if channels != 1 else image_HxWxC[:, :, 0]
+  resized = np.asarray(Image.fromarray(planes).resize((new_w, new_h), Image.BILINEAR))
+  resized = resized.reshape(new_h, new_w, channels)
+  top, left = (new_h - size) // 2, (new_w - size) // 2
+  return resized[top:top + size, left:left + size]
+
+
+def load_arrays(name: str, split: str, data_dir: str = "", image_size: int = 0) -> Batch:
   """Reads a whole split (`train`, `test`, `train[:90%]`, ...) into memory as stacked arrays.
+
+  `image_size` > 0 resizes each image with `resize_image` (datasets whose images vary in size).
 
   Returns: {input_key: [N, ...], "label": int32 [N]}.
   """
-  spec = load_spec(name, data_dir)
+  spec = load_spec(name, data_dir, image_size)
   check_split(name, split, data_dir, spec)
   source = _builder(name, data_dir).as_data_source(split=split)
   examples = [source[i] for i in range(len(source))]
+  resize = (lambda image: resize_image(np.asarray(image), image_size)) if image_size else np.asarray
   return {
-      spec.input_key: np.stack([np.asarray(e[spec.input_key]) for e in examples]),
+      spec.input_key: np.stack([resize(e[spec.input_key]) for e in examples]),
       "label": np.asarray([e["label"] for e in examples], dtype=np.int32),
   }
 
@@ -130,8 +164,18 @@ class _Gather:
             "index": indices.astype(np.int32)}
 
 
+class _ProcessShard:
+  """This process's slice of a global batch of indices (a picklable Grain transform)."""
+
+  def __init__(self, shard_index: int, per_process: int):
+    self.start, self.stop = shard_index * per_process, (shard_index + 1) * per_process
+
+  def __call__(self, indices: np.ndarray) -> np.ndarray:
+    return indices[self.start:self.stop]
+
+
 def train_iterator(arrays: Batch, *, batch_size: int, seed: int, shard_index: int = 0,
-                   shard_count: int = 1, prefetch: int = 2) -> grain.DatasetIterator:
+                   shard_count: int = 1, prefetch: int = 2, workers: int = 0) -> grain.DatasetIterator:
   """An endless iterator of shuffled batches, reshuffled each epoch; checkpointable.
 
   Each process reads its own `batch_size // shard_count` examples of every global batch, so the
@@ -143,7 +187,11 @@ def train_iterator(arrays: Batch, *, batch_size: int, seed: int, shard_index: in
     seed: the only source of the example order.
     shard_index: this process's index among `shard_count` data-loading processes.
     shard_count: number of processes that load data.
-    prefetch: batches prepared ahead by a background thread.
+    prefetch: batches prepared ahead by a background thread (per worker process with workers > 0).
+    workers: processes that gather batches (0: in this process). Every transformation before the
+      workers is one-to-one on whole batches, and Grain hands batch i to worker i mod N and reads
+      them back in that order, so the batches and their order are the same for any N. The
+      iterator's state records the worker count: resume with the same `workers`.
 
   Returns:
     A Grain iterator with `get_state()` / `set_state()` of batches {input_key, "label", "index"}.
@@ -155,10 +203,16 @@ def train_iterator(arrays: Batch, *, batch_size: int, seed: int, shard_index: in
   per_process = batch_size // shard_count
   indices = (grain.MapDataset.range(num_examples).seed(seed).shuffle().repeat(None)
              .batch(batch_size, drop_remainder=True)
-             .map(lambda batch: batch[shard_index * per_process:(shard_index + 1) * per_process])
+             .map(_ProcessShard(shard_index, per_process))
              .map(_Gather(arrays)))
   options = grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch) if prefetch else None
-  return iter(indices.to_iter_dataset(options))
+  batches = indices.to_iter_dataset(options)
+  if workers:
+    if workers < 0:
+      raise DataError(f"data.workers={workers} must be >= 0 (0: batches are gathered in this process)")
+    batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                              per_worker_buffer_size=max(prefetch, 1)))
+  return iter(batches)
 
 
 def eval_batches(arrays: Batch, batch_size: int) -> Iterator[Batch]:
@@ -191,3 +245,68 @@ def check_split(name: str, split: str, data_dir: str, spec: DatasetSpec) -> None
                     f"{sorted(spec.split_sizes)} (slices such as 'train[:90%]' work too)") from e
   if size == 0:
     raise DataError(f"split {split!r} of dataset {name!r} is empty: choose a non-empty split or slice")
+
+
+class DevicePrefetch:
+  """Puts the next `size` batches on the device from a background thread, so the train loop never waits
+  for the host's gather or the copy while the device is busy.
+
+  Checkpointable like the iterator it wraps: `get_state()` is the wrapped iterator's state just after
+  the last batch *returned* (batches prepared ahead are not counted), so a resumed run continues at
+  exactly the next batch. Call `set_state` before the first `next`.
+
+  Args:
+    iterator: a Grain iterator (`train_iterator`).
+    put: moves a host batch to the device, e.g. `kd.train.shard_batch` with the batch sharding.
+    size: batches kept ready ahead.
+    enabled: False puts each batch in the caller's thread when it is asked for (same interface).
+  """
+
+  def __init__(self, iterator, put, size: int = 2, enabled: bool = True):
+    self._iterator, self._put, self._size, self._enabled = iterator, put, size, enabled
+    self._queue = None
+    self._state = iterator.get_state()
+    self._stop = threading.Event()
+
+  def _produce(self):
+    try:
+      while not self._stop.is_set():
+        batch = self._put(next(self._iterator))
+        item = (batch, self._iterator.get_state(), None)
+        while not self._stop.is_set():
+          try:
+            self._queue.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+    except Exception as e:  # pylint: disable=broad-except
+      self._queue.put((None, None, e))  # Raised in the consumer's thread.
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if not self._enabled:
+      batch = self._put(next(self._iterator))
+      self._state = self._iterator.get_state()
+      return batch
+    if self._queue is None:
+      self._queue = queue.Queue(maxsize=self._size)
+      threading.Thread(target=self._produce, daemon=True).start()
+    batch, state, error = self._queue.get()
+    if error is not None:
+      raise error
+    self._state = state
+    return batch
+
+  def get_state(self):
+    return self._state
+
+  def set_state(self, state) -> None:
+    if self._queue is not None:
+      raise RuntimeError("set_state after the first batch: restore the state before iterating")
+    self._iterator.set_state(state)
+    self._state = self._iterator.get_state()
+
+  def close(self) -> None:
+    self._stop.set()
