@@ -80,7 +80,8 @@ def sweep(add):
   """The comparison as a sweep (`python -m kd.sweep`): one variant per method, each with its own
   teacher and only its stage, plus Hinton KD at two more temperatures."""
   for name in METHODS:
-    add(name=name, **{"stage_order": ("teacher", name), "report.compare": ()})
+    stages = ("teacher", "paraphraser", name) if name == "ft" else ("teacher", name)  # FT's own first stage.
+    add(name=name, **{"stage_order": stages, "report.compare": ()})
   for temperature in (2.0, 8.0):
     add(name=f"kd_t{temperature:g}", **{"stage_order": ("teacher", "kd"), "report.compare": (),
                                          "stages.kd.method.temperature": temperature})
