@@ -42,7 +42,10 @@ METHODS = {
     "pkt": method_config("pkt", student_features=("hidden",), teacher_features=("hidden",)),
     "crd": method_config("crd", student_features=("hidden",), teacher_features=("hidden",)),
     "reviewkd": method_config("reviewkd", student_features=("conv0",), teacher_features=("conv0",)),
+    # FT: its paraphraser is trained first, in stage "paraphraser" (PARAPHRASER below).
+    "ft": method_config("ft", student_features=("conv0",), teacher_features=("conv1",)),
 }
+PARAPHRASER = method_config("ft_paraphraser", teacher_features=("conv1",))
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -53,9 +56,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   optimizer = {"learning_rate": 3e-3, "weight_decay": 1e-4}
   config.stages.teacher = stage_config(TEACHER, method_config("supervised"), num_steps=1500, **optimizer)
   config.stages.baseline = stage_config(STUDENT, method_config("supervised"), num_steps=1500, **optimizer)
+  config.stages.paraphraser = stage_config(STUDENT, PARAPHRASER, teacher="teacher", num_steps=500, **optimizer)
   for name, method in METHODS.items():
     config.stages[name] = stage_config(STUDENT, method, teacher="teacher", num_steps=1500, **optimizer)
-  config.stage_order = ("teacher", "baseline") + tuple(METHODS)
+  config.stage_order = ("teacher", "baseline", "paraphraser") + tuple(METHODS)
   config.report.student = "kd"
   config.report.compare = ("baseline",) + tuple(METHODS)
   config.log_every_steps = 500
@@ -76,7 +80,8 @@ def sweep(add):
   """The comparison as a sweep (`python -m kd.sweep`): one variant per method, each with its own
   teacher and only its stage, plus Hinton KD at two more temperatures."""
   for name in METHODS:
-    add(name=name, **{"stage_order": ("teacher", name), "report.compare": ()})
+    stages = ("teacher", "paraphraser", name) if name == "ft" else ("teacher", name)  # FT's own first stage.
+    add(name=name, **{"stage_order": stages, "report.compare": ()})
   for temperature in (2.0, 8.0):
     add(name=f"kd_t{temperature:g}", **{"stage_order": ("teacher", "kd"), "report.compare": (),
                                          "stages.kd.method.temperature": temperature})

@@ -6,6 +6,8 @@ Layout of a stage's folder:
     <stage>/checkpoints/<step>/data       the data iterator's state (JSON)
     <stage>/model/                        the exported variables (params and BatchNorm stats only)
     <stage>/model.json                    what rebuilds the model: its config and the dataset spec
+    <stage>/connector/                    the method's connector variables, for methods that export
+                                          them for a later stage (FT's paraphraser)
 
 Nothing is pickled: Orbax writes arrays with TensorStore and JSON beside them.
 """
@@ -26,6 +28,7 @@ from kd.errors import UserError
 
 MODEL_DIR = "model"
 MODEL_JSON = "model.json"
+CONNECTOR_DIR = "connector"
 
 
 def train_manager(stage_dir: str, *, keep: int) -> ocp.CheckpointManager:
@@ -119,3 +122,22 @@ def load_model(stage_dir: str) -> LoadedModel:
                       "retrain that stage in a fresh workdir") from e
   return LoadedModel(model_config, spec, module, models.make_apply(module, spec.input_key),
                      dict(variables))
+
+
+def export_connector(stage_dir: str, variables) -> None:
+  """Writes a method's connector variables ({"params": ..., other collections}) for a later stage."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.abspath(os.path.join(stage_dir, CONNECTOR_DIR)), variables, force=True)
+
+
+def load_connector(stage_dir: str, abstract_variables):
+  """The connector variables a stage exported, restored into the structure of `abstract_variables`."""
+  path = os.path.abspath(os.path.join(stage_dir, CONNECTOR_DIR))
+  if not os.path.isdir(path):
+    raise UserError(f"no exported connector in {stage_dir}: run that stage to the end first")
+  with ocp.StandardCheckpointer() as checkpointer:
+    try:
+      return checkpointer.restore(path, abstract_variables)
+    except (ValueError, KeyError) as e:
+      raise UserError(f"the connector exported in {stage_dir} does not fit this stage's ({e}): the two "
+                      "stages must read the same teacher feature with the same method parameters") from e

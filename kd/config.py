@@ -32,7 +32,7 @@ from kd import models
 from kd.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "constant", "multistep")
 NONFINITE_POLICIES = ("stop", "skip")
 TEACHER_VIEWS = ("same", "independent")
 
@@ -101,6 +101,11 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
       "schedule": "cosine",
       "warmup_steps": 0,
       "grad_clip_norm": 0.0,  # 0: no clipping.
+      "nesterov": True,  # sgd only: Nesterov momentum (PyTorch's SGD default is False).
+      # schedule="multistep": the rate is multiplied by decay_factor at each of these steps
+      # (counted from the start of training, warmup included), as PyTorch's MultiStepLR does.
+      "decay_boundaries": (),
+      "decay_factor": 0.1,
       # learning_rate was tuned at base_batch_size; scale it to data.batch_size by this rule:
       # "none", "linear" or "sqrt" (kd.distributed.scaled_learning_rate). Logged with the result.
       "lr_scaling": "none",
@@ -193,6 +198,15 @@ def _check_stage(stage, where: str) -> None:
   for key in ("weight_decay", "grad_clip_norm", "momentum"):
     if optimizer[key] < 0:
       raise ConfigError(f"{where}.optimizer.{key}={optimizer[key]} must be >= 0")
+  if optimizer.schedule == "multistep":
+    boundaries = list(optimizer.decay_boundaries)
+    if (not boundaries or not all(isinstance(b, int) and not isinstance(b, bool) for b in boundaries)
+        or boundaries != sorted(set(boundaries)) or boundaries[0] <= optimizer.warmup_steps):
+      raise ConfigError(f"{where}.optimizer.decay_boundaries={optimizer.decay_boundaries!r} must be increasing "
+                        f"steps after warmup_steps={optimizer.warmup_steps} for schedule='multistep', "
+                        "e.g. (117188, 140625, 164063)")
+    if not 0 < optimizer.decay_factor <= 1:
+      raise ConfigError(f"{where}.optimizer.decay_factor={optimizer.decay_factor} must be in (0, 1]")
   if not 0 <= optimizer.warmup_steps < stage.num_steps:
     raise ConfigError(f"{where}.optimizer.warmup_steps={optimizer.warmup_steps} must be in "
                       f"[0, num_steps={stage.num_steps})")
@@ -273,6 +287,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
       if stage.teacher not in seen:
         raise ConfigError(f"stages.{name}.teacher={stage.teacher!r} must be a stage that runs before "
                           f"{name!r} in stage_order; earlier stages: {seen}")
+    source = methods.connector_source(stage.method)
+    if source and source not in seen:
+      raise ConfigError(f"stages.{name}.method {stage.method.name!r} loads the connector trained in stage "
+                        f"{source!r}, which must run before {name!r} in stage_order; earlier stages: {seen}")
+    if source and not methods.exports_connector(config.stages[source].method):
+      raise ConfigError(f"stages.{name}.method {stage.method.name!r} loads the connector of stage {source!r}, "
+                        f"whose method {config.stages[source].method.name!r} exports none: point it at "
+                        "the stage that trains it (e.g. method 'ft_paraphraser')")
     seen.append(name)
   for role in ("teacher", "baseline", "student"):
     if config.report[role] not in config.stages:

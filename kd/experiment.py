@@ -14,6 +14,7 @@ from kd import config as config_lib
 from kd import data
 from kd import distributed
 from kd import lm
+from kd import methods
 from kd import report as report_lib
 from kd import train
 from kd.errors import ConfigError
@@ -40,6 +41,10 @@ def check(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str]
                           f"{run_dir}: run it too (leave out --stages) or point --workdir at its run")
       if teacher:
         _check_exported_model(config, teacher, os.path.join(run_dir, teacher))
+      source = methods.connector_source(config.stages[name].method)
+      if source and source not in stages and not train.is_finished(os.path.join(run_dir, source)):
+        raise ConfigError(f"stage {name!r} loads the connector trained in stage {source!r}, which has no "
+                          f"finished run in {run_dir}: run it too (leave out --stages)")
   _check_writable(workdir)
 
 

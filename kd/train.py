@@ -76,6 +76,11 @@ def make_optimizer(optimizer_config: ml_collections.ConfigDict, num_steps: int,
                                             optimizer_config.base_batch_size)
   if optimizer_config.schedule == "cosine":
     learning_rate = optax.cosine_decay_schedule(peak, num_steps - warmup)
+  elif optimizer_config.schedule == "multistep":
+    # Boundaries count from the start of training; after warmup the schedule sees step - warmup.
+    learning_rate = optax.piecewise_constant_schedule(
+        peak, {boundary - warmup: optimizer_config.decay_factor
+               for boundary in optimizer_config.decay_boundaries})
   else:
     learning_rate = optax.constant_schedule(peak)
   if warmup:
@@ -85,7 +90,8 @@ def make_optimizer(optimizer_config: ml_collections.ConfigDict, num_steps: int,
     transform = optax.adamw(learning_rate, weight_decay=optimizer_config.weight_decay)
   else:
     transform = optax.chain(optax.add_decayed_weights(optimizer_config.weight_decay),
-                            optax.sgd(learning_rate, momentum=optimizer_config.momentum, nesterov=True))
+                            optax.sgd(learning_rate, momentum=optimizer_config.momentum,
+                                      nesterov=optimizer_config.get("nesterov", True)))
   if optimizer_config.grad_clip_norm:
     transform = optax.chain(optax.clip_by_global_norm(optimizer_config.grad_clip_norm), transform)
   return transform, learning_rate
@@ -397,6 +403,9 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
     logging.info("[%s] resuming from step %d", stage_name, int(state.step))
   else:
     state = jax.jit(init, out_shardings=state_sharding)(rng, example_batch, teacher_variables)
+    source = methods.connector_source(stage.method)
+    if source:  # The connector holds what an earlier stage trained (FT's paraphraser): load it once.
+      state = _load_pretrained_connector(state, os.path.join(run_dir, source), state_sharding)
   if distributed.is_primary():  # With several processes, one writes the shared files.
     provenance.record(stage_dir, config.to_dict(), seed)
 
@@ -465,6 +474,9 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
     writer.write(step, eval_scalars)
     writer.close()
     checkpoint.export_model(stage_dir, stage.model.to_dict(), spec, jax.device_get(variables))
+    if methods.exports_connector(stage.method):
+      checkpoint.export_connector(stage_dir, jax.device_get(
+          {"params": state.params["connector"], **state.model_state["connector"]}))
     if distributed.is_primary():
       with open(os.path.join(stage_dir, RESULT_JSON + ".tmp"), "w") as f:
         json.dump(result, f, indent=2)
@@ -472,6 +484,17 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   logging.info("[%s] finished: %s accuracy %.4f", stage_name, data_config.eval_split,
                eval_scalars["eval/accuracy"])
   return result
+
+
+def _load_pretrained_connector(state: TrainState, source_dir: str, state_sharding) -> TrainState:
+  """`state` with the connector's "pretrained" collection replaced by `source_dir`'s exported connector."""
+  connector_state = dict(state.model_state["connector"])
+  pretrained = dict(connector_state[methods.PRETRAINED])
+  abstract = jax.eval_shape(lambda x: x, pretrained["connector"])
+  pretrained["connector"] = checkpoint.load_connector(source_dir, abstract)
+  connector_state[methods.PRETRAINED] = pretrained
+  state = state.replace(model_state={**state.model_state, "connector": connector_state})
+  return jax.device_put(state, state_sharding)
 
 
 # Metrics that count since the start of the run: the window's last value, not its mean.

@@ -26,6 +26,11 @@ The shapes are {path: shape} of the selected features for a batch of 2. Two more
     (sequence-level and on-policy distillation of language models);
   - `init_from_teacher(params, student_params, teacher_params, where) -> student_params`, applied to a
     fresh student's parameters (e.g. DistilBERT's every-other-layer initialisation).
+A method whose connector is trained in a stage of its own (FT's paraphraser) has, in that stage,
+`EXPORTS_CONNECTOR = True` (the connector's variables are exported with the stage,
+`<stage>/connector/`) and, in the stage that uses it, `connector_source(params) -> stage name`: the trainer puts that stage's exported
+connector variables into the connector's "pretrained" collection (variable "connector") before the
+first step; they are not trained.
 
 To add a method, write the module and add it to `METHODS`.
 """
@@ -42,6 +47,7 @@ from kd.methods import dist
 from kd.methods import dkd
 from kd.methods import fitnets
 from kd.methods import fsp
+from kd.methods import ft
 from kd.methods import lm_distilbert
 from kd.methods import lm_gkd
 from kd.methods import lm_kd
@@ -74,6 +80,8 @@ METHODS = {
     "vid": vid,
     "ab": ab,
     "reviewkd": reviewkd,
+    "ft_paraphraser": ft.PARAPHRASER,  # FT's first stage: trains the paraphraser on the teacher.
+    "ft": ft,
     # Relation-based: similarities between the examples of a batch.
     "sp": sp,
     "cc": cc,
@@ -87,6 +95,8 @@ METHODS = {
     "lm_gkd": lm_gkd,
     "lm_distilbert": lm_distilbert,
 }
+
+PRETRAINED = ft.PRETRAINED  # The connector collection filled from connector_source.
 
 LossFn = Callable[..., tuple[Any, dict[str, Any]]]
 
@@ -167,3 +177,16 @@ def build_init_from_teacher(method_config: Mapping[str, Any], where: str):
     return None
   return functools.partial(module.init_from_teacher, {**module.DEFAULTS, **method_params(method_config)},
                            where=where)
+
+
+def exports_connector(method_config: Mapping[str, Any]) -> bool:
+  """Whether a stage with this method exports its connector's variables (for a later stage)."""
+  return getattr(METHODS[method_config["name"]], "EXPORTS_CONNECTOR", False)
+
+
+def connector_source(method_config: Mapping[str, Any]) -> str:
+  """The earlier stage whose exported connector this method loads, or "" for none."""
+  module = METHODS[method_config["name"]]
+  if not hasattr(module, "connector_source"):
+    return ""
+  return module.connector_source({**module.DEFAULTS, **method_params(method_config)})
