@@ -7,6 +7,10 @@ import tempfile
 
 # Before anything imports TFDS: it reads TFDS_DATA_DIR once.
 os.environ.setdefault("TFDS_DATA_DIR", tempfile.mkdtemp(prefix="kd-tests-tfds-"))
+# One XLA compilation cache for the session, shared with the subprocesses the tests start: many tests
+# compile the same small programs (e.g. the quickstart's steps), which later tests load from disk.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="kd-tests-xla-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 import pytest  # pylint: disable=g-import-not-at-top
 

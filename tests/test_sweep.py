@@ -44,8 +44,9 @@ TINY = textwrap.dedent("""
 
 def test_expand_methods_digits_with_a_grid():
   runs = sweep.expand("experiments/methods_digits.py:smoke", sweep.parse_grid(["data.batch_size=32,64"]))
-  # 17 methods + Hinton KD at 2 more temperatures, x 2 batch sizes, x 1 seed (smoke).
-  assert len(runs) == 19 * 2
+  # 18 methods (FT with its paraphraser stage) + Hinton KD at 2 more temperatures, x 2 batch sizes,
+  # x 1 seed (smoke).
+  assert len(runs) == 20 * 2
   by_name = {run.name: run for run in runs}
   run = by_name["kd_t2,batch_size=32/seed_0"]
   assert run.base == "kd_t2" and run.arg == "smoke" and run.stages == ("teacher", "kd")

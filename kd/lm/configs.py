@@ -51,7 +51,7 @@ def lm_config(students: dict[str, dict[str, Any]], *, smoke: bool, teacher: dict
   config.data.eval_batch_size = 256
   if smoke:  # A slice of validation keeps evaluation and the report to seconds.
     config.data.eval_split = config.data.test_split = "validation[:256]"
-  teacher_steps, student_steps = (6, 6) if smoke else (teacher_steps, student_steps)
+  teacher_steps, student_steps = (4, 4) if smoke else (teacher_steps, student_steps)
   warmup = 1 if smoke else 30
   config.stages.teacher = stage_config(teacher, method_config("lm_supervised"), num_steps=teacher_steps,
                                        learning_rate=3e-3, warmup_steps=1 if smoke else teacher_warmup, grad_clip_norm=1.0)
@@ -65,7 +65,7 @@ def lm_config(students: dict[str, dict[str, Any]], *, smoke: bool, teacher: dict
   config.stage_order = ("teacher", "baseline", *students)
   config.report.student = report_student or next(iter(students))
   config.report.compare = ("baseline", *students)
-  config.log_every_steps = 3 if smoke else 50
+  config.log_every_steps = 2 if smoke else 50
   config.eval_every_steps = 0
-  config.checkpoint.every_steps = 6 if smoke else 300
+  config.checkpoint.every_steps = 4 if smoke else 300
   return config
