@@ -172,3 +172,14 @@ def test_a_classifier_method_on_token_data_is_a_config_error(tmp_path):
   config.stages.student.method = methods.method_config("lm_kd")
   with pytest.raises(ConfigError, match="is for language models"):
     experiment.check(config, str(tmp_path), list(config.stage_order))
+
+
+def test_only_methods_that_read_teacher_logits_take_the_teacher_cache(tmp_path):
+  from kd import experiment  # pylint: disable=g-import-not-at-top
+  from kd.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  config = experiment.load_config("experiments/lm_stdlib.py", "smoke")
+  config.teacher_cache.enabled = True
+  experiment.check(config, str(tmp_path), list(config.stage_order))  # lm_kd reads cached logits.
+  config.stages.student.method = methods.method_config("lm_gkd")
+  with pytest.raises(ConfigError, match="stages.student.method.name='lm_gkd' runs the teacher model itself"):
+    experiment.check(config, str(tmp_path), list(config.stage_order))
