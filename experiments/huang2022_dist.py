@@ -29,16 +29,9 @@ numbers are the CRD benchmark's, which the paper reuses).
 
 import ml_collections
 
-from kd.config import base_config
-from kd.config import stage_config
+from kd import cifar100_benchmark
 from kd.methods import method_config
-from kd.models import zoo_model_config
 
-TRAIN_EXAMPLES = 50_000
-BATCH_SIZE = 64
-EPOCHS = 240
-DECAY_EPOCHS = (150, 180, 210)
-LIGHT_STUDENTS = ("mobile_half", "ShuffleV1", "ShuffleV2")
 
 # Test accuracy (%).
 REPORTED = {
@@ -69,73 +62,10 @@ def methods_for(pair: str) -> dict[str, dict]:
           "kd": method_config("hinton_kd", temperature=4.0, kd_weight=0.9, ce_weight=0.1)}
 
 
-def steps(epochs: float) -> int:
-  return int(round(epochs * TRAIN_EXAMPLES / BATCH_SIZE))
-
-
-def optimizer(model: str) -> dict:
-  return {"name": "sgd", "learning_rate": 0.01 if model in LIGHT_STUDENTS else 0.05, "momentum": 0.9,
-          "nesterov": False, "weight_decay": 5e-4, "schedule": "multistep",
-          "decay_boundaries": tuple(steps(e) for e in DECAY_EPOCHS), "decay_factor": 0.1}
-
-
-def parse_arg(arg: str | None) -> dict[str, str]:
-  parsed = {}
-  for item in (arg or "").split(","):
-    if item.strip():
-      key, equals, value = item.partition("=")
-      parsed[key.strip()] = value.strip() if equals else "1"
-  return parsed
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_arg(arg)
-  unknown = set(args) - {"pair", "method", "smoke"}
-  if unknown:
-    raise ValueError(f"unknown keys {sorted(unknown)} in {arg!r}: use pair=, method=, smoke=1")
-  smoke = args.get("smoke", "0") not in ("0", "false", "False", "")
-  pair = args.get("pair", SMOKE_PAIR if smoke else DEFAULT_PAIR)
-  if pair in NOT_RUNNABLE:
-    raise ValueError(f"pair {pair!r} of the paper cannot run here: {NOT_RUNNABLE[pair]}")
-  if pair not in PAIRS:
-    raise ValueError(f"unknown pair {pair!r}; pairs: {sorted(PAIRS)}")
-  teacher, student = PAIRS[pair]
-  methods = methods_for(pair)
-  method = args.get("method", "dist")
-  chosen = list(methods) if method == "all" else [method]
-  for name in chosen:
-    if name not in methods:
-      raise ValueError(f"unknown method {name!r}; methods: {sorted(methods)} or all")
-
-  config = base_config()
-  config.seeds = (0,)
-  config.data.name = "cifar100"
-  config.data.batch_size = BATCH_SIZE
-  config.data.augment.crop_padding = 4
-  config.data.augment.flip = True
-  num_steps = steps(EPOCHS)
-  config.stages.teacher = stage_config(zoo_model_config(teacher), method_config("supervised"),
-                                       num_steps=num_steps, **optimizer(teacher))
-  config.stages.baseline = stage_config(zoo_model_config(student), method_config("supervised"),
-                                        num_steps=num_steps, **optimizer(student))
-  for name in chosen:
-    config.stages[name] = stage_config(zoo_model_config(student), methods[name], teacher="teacher",
-                                       num_steps=num_steps, **optimizer(student))
-  config.stage_order = ("teacher", "baseline") + tuple(chosen)
-  config.report.student = chosen[0]
-  config.report.compare = ("baseline",) + tuple(chosen)
-  config.log_every_steps = 500
-  config.eval_every_steps = steps(10)
-  config.checkpoint.every_steps = steps(10)
-  if smoke:
-    config.data.batch_size = 8
-    config.data.eval_batch_size = 8
-    for stage in config.stages.values():
-      stage.num_steps = 2
-    config.log_every_steps = 1
-    config.eval_every_steps = 0
-    config.checkpoint.every_steps = 2
-  return config
+  return cifar100_benchmark.get_config(arg, pairs=PAIRS, not_runnable=NOT_RUNNABLE, methods_for=methods_for,
+                                       default_method="dist", default_pair=DEFAULT_PAIR,
+                                       smoke_pair=SMOKE_PAIR)
 
 
 def sweep(add) -> None:

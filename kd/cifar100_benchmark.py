@@ -1,0 +1,98 @@
+"""The CIFAR-100 teacher/student protocol of the CRD benchmark, shared by the paper files that use it.
+
+Tian, Krishnan & Isola, "Contrastive Representation Distillation", ICLR 2020, arXiv:1910.10699, and the
+papers that report on its pairs with its recipe (DKD, DIST, logit standardization): 240 epochs of batch
+64 on CIFAR-100's 50,000 training images, SGD with momentum 0.9 and weight decay 5e-4, learning rate 0.05
+(0.01 for the MobileNet/ShuffleNet students) decayed by 10x at epochs 150, 180 and 210, random crop with
+4-pixel padding and horizontal flip. An experiment file supplies its pairs, methods and numbers and
+calls `get_config`.
+"""
+
+from typing import Callable
+
+import ml_collections
+
+from kd.config import base_config
+from kd.config import stage_config
+from kd.methods import method_config
+from kd.models import zoo_model_config
+
+TRAIN_EXAMPLES = 50_000
+BATCH_SIZE = 64
+EPOCHS = 240
+DECAY_EPOCHS = (150, 180, 210)
+LIGHT_STUDENTS = ("mobile_half", "ShuffleV1", "ShuffleV2")
+
+
+def steps(epochs: float) -> int:
+  return int(round(epochs * TRAIN_EXAMPLES / BATCH_SIZE))
+
+
+def optimizer(model: str) -> dict:
+  return {"name": "sgd", "learning_rate": 0.01 if model in LIGHT_STUDENTS else 0.05, "momentum": 0.9,
+          "nesterov": False, "weight_decay": 5e-4, "schedule": "multistep",
+          "decay_boundaries": tuple(steps(e) for e in DECAY_EPOCHS), "decay_factor": 0.1}
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+  """`"pair=a_b,method=kd,smoke"` -> {"pair": "a_b", "method": "kd", "smoke": "1"}."""
+  parsed = {}
+  for item in (arg or "").split(","):
+    if item.strip():
+      key, equals, value = item.partition("=")
+      parsed[key.strip()] = value.strip() if equals else "1"
+  return parsed
+
+
+def get_config(arg: str | None, *, pairs: dict[str, tuple[str, str]], not_runnable: dict[str, str],
+               methods_for: Callable[[str], dict[str, dict]], default_method: str,
+               default_pair: str = "resnet32x4_resnet8x4",
+               smoke_pair: str = "vgg13_vgg8") -> ml_collections.ConfigDict:
+  """Teacher, baseline and one stage per chosen method on `pair=` (`method=all`: every method)."""
+  args = parse_arg(arg)
+  unknown = set(args) - {"pair", "method", "smoke"}
+  if unknown:
+    raise ValueError(f"unknown keys {sorted(unknown)} in {arg!r}: use pair=, method=, smoke=1")
+  smoke = args.get("smoke", "0") not in ("0", "false", "False", "")
+  pair = args.get("pair", smoke_pair if smoke else default_pair)
+  if pair in not_runnable:
+    raise ValueError(f"pair {pair!r} of the paper cannot run here: {not_runnable[pair]}")
+  if pair not in pairs:
+    raise ValueError(f"unknown pair {pair!r}; pairs: {sorted(pairs)}")
+  teacher, student = pairs[pair]
+  methods = methods_for(pair)
+  method = args.get("method", default_method)
+  chosen = list(methods) if method == "all" else [method]
+  for name in chosen:
+    if name not in methods:
+      raise ValueError(f"unknown method {name!r}; methods: {sorted(methods)} or all")
+
+  config = base_config()
+  config.seeds = (0,)
+  config.data.name = "cifar100"
+  config.data.batch_size = BATCH_SIZE
+  config.data.augment.crop_padding = 4
+  config.data.augment.flip = True
+  num_steps = steps(EPOCHS)
+  config.stages.teacher = stage_config(zoo_model_config(teacher), method_config("supervised"),
+                                       num_steps=num_steps, **optimizer(teacher))
+  config.stages.baseline = stage_config(zoo_model_config(student), method_config("supervised"),
+                                        num_steps=num_steps, **optimizer(student))
+  for name in chosen:
+    config.stages[name] = stage_config(zoo_model_config(student), methods[name], teacher="teacher",
+                                       num_steps=num_steps, **optimizer(student))
+  config.stage_order = ("teacher", "baseline") + tuple(chosen)
+  config.report.student = chosen[0]
+  config.report.compare = ("baseline",) + tuple(chosen)
+  config.log_every_steps = 500
+  config.eval_every_steps = steps(10)
+  config.checkpoint.every_steps = steps(10)
+  if smoke:
+    config.data.batch_size = 8
+    config.data.eval_batch_size = 8
+    for stage in config.stages.values():
+      stage.num_steps = 2
+    config.log_every_steps = 1
+    config.eval_every_steps = 0
+    config.checkpoint.every_steps = 2
+  return config
