@@ -42,16 +42,17 @@ per stage here, or seconds op by op (`jax.disable_jit`, as the tests run it).
 
 import ml_collections
 
+# The CRD benchmark's recipe: 240 epochs of batch 64, SGD 0.05 (0.01 for the light students), decays.
+from kd.cifar100_benchmark import BATCH_SIZE
+from kd.cifar100_benchmark import EPOCHS
+from kd.cifar100_benchmark import optimizer
+from kd.cifar100_benchmark import parse_arg
+from kd.cifar100_benchmark import steps
 from kd.config import base_config
 from kd.config import stage_config
 from kd.methods import method_config
 from kd.models import zoo_model_config
 
-TRAIN_EXAMPLES = 50_000  # CIFAR-100's train split.
-BATCH_SIZE = 64
-EPOCHS = 240
-DECAY_EPOCHS = (150, 180, 210)
-LIGHT_STUDENTS = ("mobile_half", "ShuffleV1", "ShuffleV2")  # Trained at learning rate 0.01.
 FT_PARAPHRASER_EPOCHS = 30  # RepDistiller's init_epochs, at a constant learning rate.
 
 # Test accuracy (%) reported in Tables 1 and 2, by pair "<teacher>_<student>" and stage name:
@@ -213,27 +214,6 @@ def _same_family_and_width(teacher: str, student: str) -> bool:
   if teacher in _WRN_BLOCKS and student in _WRN_BLOCKS:
     return teacher[-1] == student[-1]
   return teacher.startswith("vgg") and student.startswith("vgg")
-
-
-def steps(epochs: float) -> int:
-  """Epochs of CIFAR-100 at batch 64 as optimizer steps (781.25 per epoch)."""
-  return int(round(epochs * TRAIN_EXAMPLES / BATCH_SIZE))
-
-
-def optimizer(model: str) -> dict:
-  return {"name": "sgd", "learning_rate": 0.01 if model in LIGHT_STUDENTS else 0.05, "momentum": 0.9,
-          "nesterov": False, "weight_decay": 5e-4, "schedule": "multistep",
-          "decay_boundaries": tuple(steps(e) for e in DECAY_EPOCHS), "decay_factor": 0.1}
-
-
-def parse_arg(arg: str | None) -> dict[str, str]:
-  """"pair=a_b,method=crd,smoke=1" -> {"pair": "a_b", ...}; a bare word ("smoke") means word=1."""
-  parsed = {}
-  for item in (arg or "").split(","):
-    if item.strip():
-      key, _, value = item.partition("=")
-      parsed[key.strip()] = value.strip() if _ else "1"
-  return parsed
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
