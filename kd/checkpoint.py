@@ -73,12 +73,21 @@ def restore_train_state(manager: ocp.CheckpointManager, abstract_state):
   return None
 
 
-def export_model(stage_dir: str, model_config: dict, spec: DatasetSpec, variables) -> None:
-  """Writes the model's variables and what is needed to rebuild it (see the module docstring)."""
+def export_model(stage_dir: str, model_config: dict, spec: DatasetSpec, variables,
+                 source: dict[str, Any] | None = None) -> None:
+  """Writes the model's variables and what is needed to rebuild it (see the module docstring).
+
+  `source` (optional) says where the variables came from (a converted checkpoint, an external teacher).
+  """
   path = os.path.abspath(os.path.join(stage_dir, MODEL_DIR))
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(path, variables, force=True)
   description = {"model": dict(model_config), "dataset": dataclasses.asdict(spec)}
+  root = models.import_root(model_config["name"])
+  if root:  # A model of the user's own: where its module imports from, for any later process.
+    description["import_root"] = root
+  if source:
+    description["source"] = source
   with open(os.path.join(stage_dir, MODEL_JSON), "w") as f:
     json.dump(description, f, indent=2)
 
@@ -111,6 +120,7 @@ def load_model(stage_dir: str) -> LoadedModel:
   spec = DatasetSpec(**{**spec_dict, "input_shape": tuple(spec_dict["input_shape"])})
   model_config = description["model"]
   model_config = {k: tuple(v) if isinstance(v, list) else v for k, v in model_config.items()}
+  models.ensure_importable(model_config["name"], description.get("import_root"))
   module = models.build_model(model_config, spec.num_classes)
   example = jax.ShapeDtypeStruct((1,) + spec.input_shape, spec.input_dtype)
   abstract = jax.eval_shape(lambda x: models.init_variables(module, jax.random.key(0), x), example)
@@ -120,8 +130,8 @@ def load_model(stage_dir: str) -> LoadedModel:
     except (ValueError, KeyError) as e:
       raise UserError(f"the model in {stage_dir} does not match its {MODEL_JSON} ({e}); "
                       "retrain that stage in a fresh workdir") from e
-  return LoadedModel(model_config, spec, module, models.make_apply(module, spec.input_key),
-                     dict(variables))
+  apply = models.make_apply(module, spec.input_key, preprocess=models.preprocess_of(model_config))
+  return LoadedModel(model_config, spec, module, apply, dict(variables))
 
 
 def export_connector(stage_dir: str, variables) -> None:

@@ -13,7 +13,11 @@ method (a loss), optionally against the exported model of an earlier stage as it
     config.log_every_steps       progress line, metrics.jsonl and TensorBoard
     config.eval_every_steps      accuracy on data.eval_split during training (0: only at the end)
     config.stage_order           the stages to run, in order
-    config.stages.<name>         model, method, teacher, num_steps, optimizer
+    config.stages.<name>         model, method, teacher, num_steps, optimizer; the teacher may
+                                 also come from outside the run (teacher = "export:<dir>", or
+                                 teacher_model + teacher_checkpoint, see kd.external), and the
+                                 model may start from a checkpoint (init_from; with num_steps=0
+                                 the stage only imports, evaluates and exports it)
     config.report                the stages the report card compares: teacher, baseline, student,
                                  and `compare`, more stages for a table of accuracy over seeds
 
@@ -22,6 +26,7 @@ anything is compiled and raises ConfigError with one line that names the key and
 """
 
 import difflib
+import os
 from typing import Any
 
 import ml_collections
@@ -115,25 +120,35 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def stage_config(model: dict[str, Any], method: dict[str, Any], *, teacher: str = "",
-                 num_steps: int = 1000, **optimizer) -> ml_collections.ConfigDict:
-  """One stage: train `model` with `method` for `num_steps`, distilling from stage `teacher`.
+                 teacher_model: dict[str, Any] | None = None, teacher_checkpoint: str = "",
+                 init_from: str = "", num_steps: int = 1000, **optimizer) -> ml_collections.ConfigDict:
+  """One stage: train `model` with `method` for `num_steps`, distilling from `teacher`.
 
   `model` is filled with the model's defaults (`kd.models.model_config`) so that every attribute
   can be overridden from the command line; `method` likewise (`kd.methods.method_config`).
+  The teacher is an earlier stage, "export:<dir>", a model given to kd.run(teachers=...) by name, or
+  `teacher_checkpoint` read by `teacher_model` (which states its `preprocess`); `init_from` starts
+  the model from a checkpoint (see kd.external).
   """
   model = models.model_config(**model)
   method = methods.method_config(**method)
+  teacher_model = (models.model_config(**teacher_model) if teacher_model and teacher_model.get("name")
+                   else {"name": ""})
   return ml_collections.ConfigDict({
       "model": model,
       "method": method,
-      "teacher": teacher,  # Name of an earlier stage whose exported model is the teacher.
+      "teacher": teacher,
+      "teacher_model": teacher_model,  # Reads teacher_checkpoint; name "" when unused.
+      "teacher_checkpoint": teacher_checkpoint,
+      "init_from": init_from,  # A checkpoint or "export:<dir>" the model starts from ("" for random).
       "num_steps": num_steps,
       "optimizer": optimizer_config(**optimizer),
   })
 
 
 _STAGE_SCHEMA = stage_config({"name": "cnn"}, {"name": "supervised"})
-_FREE_FORM = ("model", "method")  # Checked against the model's attributes / method's parameters.
+# Checked against the model's attributes / method's parameters.
+_FREE_FORM = ("model", "method", "teacher_model")
 
 
 def _type_name(value) -> str:
@@ -181,8 +196,14 @@ def _check_stage(stage, where: str) -> None:
   _check_keys_and_types(rigid, _STAGE_SCHEMA, f"{where}.")
   models.check_model_config(stage.model, f"{where}.model")
   methods.check_method_config(stage.method, f"{where}.method")
-  if stage.num_steps <= 0:
-    raise ConfigError(f"{where}.num_steps={stage.num_steps} must be > 0")
+  if stage.teacher_model.get("name", ""):
+    models.check_model_config(stage.teacher_model, f"{where}.teacher_model")
+  if stage.teacher_checkpoint and stage.teacher:
+    raise ConfigError(f"{where} sets both teacher={stage.teacher!r} and teacher_checkpoint="
+                      f"{stage.teacher_checkpoint!r}: the checkpoint is the teacher, so leave teacher empty")
+  if stage.num_steps < 0 or (stage.num_steps == 0 and not stage.init_from):
+    raise ConfigError(f"{where}.num_steps={stage.num_steps} must be > 0 (0 only with init_from: a stage that "
+                      "imports a checkpoint, evaluates and exports it without training)")
   optimizer = stage.optimizer
   if optimizer.name not in OPTIMIZERS:
     raise ConfigError(f"{where}.optimizer.name={optimizer.name!r}: choose one of {OPTIMIZERS}")
@@ -207,9 +228,13 @@ def _check_stage(stage, where: str) -> None:
                         "e.g. (117188, 140625, 164063)")
     if not 0 < optimizer.decay_factor <= 1:
       raise ConfigError(f"{where}.optimizer.decay_factor={optimizer.decay_factor} must be in (0, 1]")
-  if not 0 <= optimizer.warmup_steps < stage.num_steps:
+  if not 0 <= optimizer.warmup_steps < max(stage.num_steps, 1):
     raise ConfigError(f"{where}.optimizer.warmup_steps={optimizer.warmup_steps} must be in "
                       f"[0, num_steps={stage.num_steps})")
+
+
+def _is_export(path: str) -> bool:
+  return os.path.exists(os.path.join(path, "model.json"))
 
 
 def _check_augment_ranges(augment) -> None:
@@ -227,12 +252,14 @@ def _check_augment_ranges(augment) -> None:
                         "for cutmix)")
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
+             memory_teachers: tuple[str, ...] = ()) -> None:
   """Raises ConfigError (one line: the key, the problem, the fix) if the config cannot run.
 
   Args:
     config: an experiment config.
     num_devices: devices available to the mesh; None skips the checks that need them.
+    memory_teachers: names of teachers given in memory (kd.run(..., teachers=...)).
   """
   _check_keys_and_types(config, base_config(), "")
   data = config.data
@@ -280,13 +307,21 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if name not in config.stages:
       raise ConfigError(f"stage_order names {name!r}, which is not in stages {sorted(config.stages.keys())}")
     stage = config.stages[name]
+    external = stage.teacher_checkpoint or stage.teacher.startswith("export:") or (
+        stage.teacher in memory_teachers and stage.teacher not in config.stages)
+    if stage.teacher_checkpoint and not stage.teacher_model.name and not _is_export(stage.teacher_checkpoint):
+      raise ConfigError(f"stages.{name}.teacher_checkpoint={stage.teacher_checkpoint!r} needs the model that "
+                        f"reads it: set stages.{name}.teacher_model (e.g. kd.models.model_config('wrn', depth=40, "
+                        "widen_factor=2, preprocess='cifar100')), or give a kd export as teacher='export:<dir>'")
     if methods.needs_teacher(stage.method):
-      if not stage.teacher:
+      if not stage.teacher and not stage.teacher_checkpoint:
         raise ConfigError(f"stages.{name}.method {stage.method.name!r} needs a teacher: set "
-                          f"stages.{name}.teacher to an earlier stage, one of {seen}")
-      if stage.teacher not in seen:
+                          f"stages.{name}.teacher to an earlier stage (one of {seen}), to 'export:<dir>', "
+                          "or set teacher_model and teacher_checkpoint")
+      if not external and stage.teacher not in seen:
+        memory = f", or a teacher given in memory ({list(memory_teachers)})" if memory_teachers else ""
         raise ConfigError(f"stages.{name}.teacher={stage.teacher!r} must be a stage that runs before "
-                          f"{name!r} in stage_order; earlier stages: {seen}")
+                          f"{name!r} in stage_order (earlier stages: {seen}), 'export:<dir>'{memory}")
     source = methods.connector_source(stage.method)
     if source and source not in seen:
       raise ConfigError(f"stages.{name}.method {stage.method.name!r} loads the connector trained in stage "
@@ -297,6 +332,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                         "the stage that trains it (e.g. method 'ft_paraphraser')")
     seen.append(name)
   for role in ("teacher", "baseline", "student"):
+    if role == "teacher" and config.report.student in config.stages and config.report.teacher not in config.stages:
+      student = config.stages[config.report.student]
+      if student.teacher_checkpoint or student.teacher.startswith("export:") or student.teacher in memory_teachers:
+        continue  # The report card measures the student's external teacher.
     if config.report[role] not in config.stages:
       raise ConfigError(f"report.{role}={config.report[role]!r} is not a stage; stages: "
                         f"{sorted(config.stages.keys())}")

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import sys
 from typing import Any, Sequence
 
 from absl import logging
@@ -13,7 +14,10 @@ from kd import checkpoint
 from kd import config as config_lib
 from kd import data
 from kd import distributed
+from kd import errors
+from kd import external
 from kd import lm
+from kd import models
 from kd import methods
 from kd import report as report_lib
 from kd import train
@@ -23,7 +27,7 @@ from kd.errors import WorkdirError
 
 def check(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str]) -> None:
   """Everything that can be checked before compiling: the config, the dataset, the teachers."""
-  config_lib.validate(config, num_devices=jax.device_count())
+  config_lib.validate(config, num_devices=jax.device_count(), memory_teachers=external.memory_names())
   for name in stages:
     if name not in config.stages:
       raise ConfigError(f"--stages names {name!r}, which is not a stage; stages: {list(config.stage_order)}")
@@ -32,8 +36,10 @@ def check(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str]
     data.check_split(config.data.name, split, config.data.data_dir, spec)
   lm.check_stages(config, spec, stages)
   for name in stages:
+    _check_model_runs(config, name, spec)
     train.resolve_stage_features(config, name, spec)
-    teacher = config.stages[name].teacher
+    _check_external_weights(config, name, spec)
+    teacher = config.stages[name].teacher if external.teacher_kind(config, name) == "stage" else ""
     for seed in config.seeds:
       run_dir = train.seed_dir(workdir, seed)
       if teacher and teacher not in stages and not train.is_finished(os.path.join(run_dir, teacher)):
@@ -46,6 +52,43 @@ def check(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str]
         raise ConfigError(f"stage {name!r} loads the connector trained in stage {source!r}, which has no "
                           f"finished run in {run_dir}: run it too (leave out --stages)")
   _check_writable(workdir)
+
+
+def _check_model_runs(config: ml_collections.ConfigDict, stage_name: str, spec) -> None:
+  """The stage's model builds and runs on the dataset's inputs (traced, not compiled): an error in a
+  model of the user's own is one line naming its file and line, before anything trains."""
+  model_config = config.stages[stage_name].model
+  module = models.build_model(model_config, spec.num_classes)
+  dtype = "int32" if lm.is_language_model(spec) else spec.input_dtype
+  example = jax.ShapeDtypeStruct((2,) + spec.input_shape, dtype)
+  try:
+    jax.eval_shape(lambda x: models.init_variables(module, jax.random.key(0), x), example)
+  except Exception as e:  # pylint: disable=broad-except
+    where = errors.user_code_error(e)
+    if where is None:
+      raise
+    raise ConfigError(f"stages.{stage_name}.model {model_config.name!r} fails on {spec.name}'s inputs "
+                      f"{spec.input_shape}: {where}") from e
+
+
+def _check_external_weights(config: ml_collections.ConfigDict, stage_name: str, spec) -> None:
+  """An external teacher and `init_from` weights load and fit their models (read, not compiled)."""
+  if external.teacher_kind(config, stage_name) not in ("", "stage"):
+    teacher = external.load_teacher(config, stage_name, "", spec)
+    example = {spec.input_key: jax.ShapeDtypeStruct((2,) + spec.input_shape, spec.input_dtype)}
+    try:
+      out = jax.eval_shape(lambda v, b: teacher.make_apply(spec.input_key)(v, b, train=False),
+                           teacher.variables, example)
+    except Exception as e:  # pylint: disable=broad-except  # Whatever a foreign model raises on these inputs.
+      raise ConfigError(f"stages.{stage_name}: the teacher ({external.describe(config, stage_name)}) cannot "
+                        f"run on {spec.name}'s inputs {spec.input_shape} ({type(e).__name__}: {e})") from e
+    if tuple(out["logits"].shape) != (2, spec.num_classes) and not lm.is_language_model(spec):
+      raise ConfigError(f"stages.{stage_name}: the teacher ({external.describe(config, stage_name)}) predicts "
+                        f"{out['logits'].shape[-1]} classes but {spec.name} has {spec.num_classes}: use a "
+                        "teacher trained on this dataset's classes")
+  if config.stages[stage_name].init_from:
+    module = models.build_model(config.stages[stage_name].model, spec.num_classes)
+    external.initial_variables(config, stage_name, module, spec)
 
 
 def _check_exported_model(config: ml_collections.ConfigDict, stage_name: str, stage_dir: str) -> None:
@@ -79,16 +122,31 @@ def _check_writable(workdir: str) -> None:
                        "make it writable; nothing in it was changed") from e
 
 
-def run(config: ml_collections.ConfigDict, workdir: str,
-        stages: Sequence[str] | None = None) -> dict[str, Any] | None:
+def run(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str] | None = None, *,
+        teachers: dict[str, Any] | None = None) -> dict[str, Any] | None:
   """Runs `stages` (default: `config.stage_order`) for every seed, then the report card.
 
   Each seed's run lives in `<workdir>/seed_<n>/<stage>`; the report averages over seeds.
+
+  Args:
+    config: an experiment config.
+    workdir: the run's folder.
+    stages: the stages to run (default: all of `config.stage_order`).
+    teachers: models from memory that stages name as their `teacher`:
+      {name: (module_or_apply, variables[, preprocess])}, with a Linen module, an NNX module
+      (variables None: its own) or an apply function `apply(variables, batch, *, train, rngs=None)`
+      returning logits or kd's output dict; `preprocess` (or the stage's `teacher_model.preprocess`)
+      states the inputs it expects.
 
   Returns:
     The report (also in `<workdir>/report.json`), or None when a stage the report needs is not
     finished (e.g. when only some stages were asked for).
   """
+  with external.memory_teachers(teachers):
+    return _run(config, workdir, stages)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str] | None) -> dict[str, Any] | None:
   stages = list(stages or config.stage_order)
   check(config, workdir, stages)
   os.makedirs(workdir, exist_ok=True)
@@ -97,7 +155,8 @@ def run(config: ml_collections.ConfigDict, workdir: str,
       if name in stages:
         train.train_stage(config, name, train.seed_dir(workdir, seed), seed=seed)
   if not all(train.is_finished(os.path.join(train.seed_dir(workdir, seed), config.report[role]))
-             for role in report_lib.ROLES for seed in config.seeds):
+             for role in report_lib.ROLES for seed in config.seeds
+             if config.report[role] in config.stages):
     logging.info("Not every stage of the report card is finished; no report.")
     return None
   report = report_lib.build(config, workdir)
@@ -106,15 +165,24 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   return report
 
 
+def make_config_folder_importable(path: str) -> None:
+  """Puts the config file's folder on sys.path (for this process), so it can import files beside it."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if folder not in sys.path:
+    sys.path.insert(0, folder)
+
+
 def load_config(path: str, arg: str | None = None, *, validate: bool = True,
                 **overrides) -> ml_collections.ConfigDict:
   """Loads `get_config(arg)` from an experiment file, applies dotted overrides, and validates it.
 
+  The file's folder becomes importable (see `make_config_folder_importable`).
   Example: `load_config("experiments/quickstart.py", "smoke", **{"stages.student.num_steps": 50})`.
   """
   spec = importlib.util.spec_from_file_location("kd_experiment_config", path)
   if spec is None or not os.path.exists(path):
     raise ConfigError(f"no experiment file at {path}")
+  make_config_folder_importable(path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(arg) if arg is not None else module.get_config()

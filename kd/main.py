@@ -8,12 +8,18 @@ Exit status: 0 done; 2 a problem with the flags, the config, the data or the wor
 stderr, `error: ...`, before anything is compiled or written); 1 training failed (e.g. a NaN loss
 under nonfinite.policy=stop); 128+N stopped by signal N (SIGTERM: 143, SIGINT: 130) after saving a
 checkpoint, so that running the same command again resumes.
+
+The config file's folder is importable while it loads and while its runs run, so a config can import
+a model file beside it. An exception raised in the user's own code (the config file, a model module) is
+one line too, naming the file and line it was raised at; `--traceback` (or KD_TRACEBACK=1) shows the
+whole traceback instead.
 """
 
 import difflib
 import logging as std_logging
 import os
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -21,6 +27,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from kd import distributed
+from kd import errors
 from kd import experiment
 from kd.errors import Interrupted
 from kd.errors import TrainingError
@@ -31,6 +38,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and the report.")
 _STAGES = flags.DEFINE_list("stages", None, "Run only these stages (default: config.stage_order).")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the whole traceback of an error raised in the "
+                               "user's code (config file, model module) instead of one line.")
 
 USAGE = ("python -m kd.main --config=experiments/<file>.py[:arg] --workdir=<dir> "
          "[--config.<key>=<value> ...]")
@@ -42,9 +51,23 @@ def _fail(message: str) -> None:
 
 
 def _one_line(error: BaseException) -> str:
-  # The last line of a wrapped traceback is the error itself.
+  # The last line of a wrapped traceback is the error itself (absl quotes it whole: drop those quotes
+  # only, not one that belongs to the message).
   lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-  return lines[-1].strip("'\"") if lines else type(error).__name__
+  if not lines:
+    return type(error).__name__
+  line = lines[-1]
+  if len(line) > 1 and line[0] == line[-1] and line[0] in "'\"":
+    line = line[1:-1]
+  return line
+
+
+def _show_tracebacks(argv: list[str] | None = None) -> bool:
+  if os.environ.get("KD_TRACEBACK", "") not in ("", "0"):
+    return True
+  if argv is not None:
+    return "--traceback" in argv or "--traceback=true" in argv
+  return _TRACEBACK.value
 
 
 def _config_file(argv: list[str]) -> str | None:
@@ -87,12 +110,18 @@ def parse_flags(argv: list[str]) -> list[str]:
   if not os.path.isfile(path):
     _fail(f"config file {path} does not exist: give the path of an experiment file, e.g. "
           "--config=experiments/quickstart.py")
+  experiment.make_config_folder_importable(path)
   try:
     remaining = flags.FLAGS(argv)
   except Exception as e:  # pylint: disable=broad-except
     # absl raises flags.Error; ml_collections raises KeyError or AttributeError for unknown keys
     # and whatever the config file's get_config raises.
-    _fail(_bad_override(argv) or _one_line(e))
+    if _show_tracebacks(argv) and errors.user_frame(e):
+      raise
+    if isinstance(e, AttributeError) and "get_config" in str(e):
+      _fail(f"config file {path} defines no get_config(arg=None): an experiment file returns its "
+            "config from get_config (see experiments/quickstart.py)")
+    _fail(_bad_override(argv) or errors.user_code_error(e) or _one_line(e))
   if len(remaining) > 1:
     _fail(f"unexpected arguments {remaining[1:]}: {USAGE}")
   if not _WORKDIR.value:
@@ -122,6 +151,8 @@ def main(argv: list[str]) -> None:
     experiment.run(_CONFIG.value, _WORKDIR.value, _STAGES.value)
     distributed.shutdown()
   except UserError as e:
+    if _show_tracebacks() and e.__cause__ is not None and errors.user_frame(e.__cause__):
+      traceback.print_exception(e.__cause__)
     _fail(str(e))
   except TrainingError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -129,6 +160,12 @@ def main(argv: list[str]) -> None:
   except Interrupted as e:
     print(f"{e}; run the same command again to resume", file=sys.stderr)
     sys.exit(128 + e.signum)  # The shell's convention for "ended by signal N".
+  except Exception as e:  # pylint: disable=broad-except
+    line = None if _show_tracebacks() else errors.user_code_error(e)
+    if line is None:  # kd's own error, or a traceback asked for: show it whole.
+      raise
+    print(f"error: {line}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

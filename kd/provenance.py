@@ -57,10 +57,16 @@ def collect(config_dict: dict, seed: int) -> dict:
   }
 
 
-def record(directory: str, config_dict: dict, seed: int) -> None:
-  """Writes `<directory>/provenance.json`; a resumed run appends itself to its `resumes` list."""
+def record(directory: str, config_dict: dict, seed: int, sources: dict | None = None) -> None:
+  """Writes `<directory>/provenance.json`; a resumed run appends itself to its `resumes` list.
+
+  `sources` says where weights from outside the run came from (an external teacher, `init_from`),
+  with the SHA-256 of their variables.
+  """
   path = os.path.join(directory, "provenance.json")
   entry = collect(config_dict, seed)
+  if sources:
+    entry["sources"] = sources
   if os.path.exists(path):
     with open(path) as f:
       existing = json.load(f)

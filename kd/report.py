@@ -17,6 +17,7 @@ import numpy as np
 from kd import checkpoint
 from kd import data
 from kd import evaluation
+from kd import external
 from kd import lm
 from kd import models
 from kd import train
@@ -41,12 +42,23 @@ def _measure_model(loaded: checkpoint.LoadedModel, arrays, mesh, eval_batch_size
   return metrics, logits
 
 
+def role_model(config: ml_collections.ConfigDict, role: str, run_dir: str) -> checkpoint.LoadedModel:
+  """The model of a report role: a stage's export, or the student's external teacher when the
+  report's teacher is not a stage (a teacher from a checkpoint, an export or memory)."""
+  if config.report[role] in config.stages:
+    return checkpoint.load_model(os.path.join(run_dir, config.report[role]))
+  spec = data.load_spec(config.data.name, config.data.data_dir, config.data.image_size)
+  teacher = external.load_teacher(config, config.report.student, run_dir, spec)
+  return checkpoint.LoadedModel(teacher.model_config, spec, teacher.module,
+                                teacher.make_apply(spec.input_key), teacher.variables)
+
+
 def build_run(config: ml_collections.ConfigDict, run_dir: str, arrays, mesh) -> dict[str, Any]:
   """The report card of one seed's run (`<workdir>/seed_<n>`)."""
   report: dict[str, Any] = {}
   logits = {}
   for role in ROLES:
-    loaded = checkpoint.load_model(os.path.join(run_dir, config.report[role]))
+    loaded = role_model(config, role, run_dir)
     report[role], logits[role] = _measure_model(loaded, arrays, mesh, config.data.eval_batch_size)
   teacher, student = report["teacher"], report["student"]
   report.update({
@@ -91,7 +103,8 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   runs = [build_run(config, train.seed_dir(workdir, seed), arrays, mesh) for seed in config.seeds]
   mean, std = _mean_and_std(runs)
   for role in ROLES:
-    mean[role]["stage"] = config.report[role]
+    mean[role]["stage"] = (config.report[role] if config.report[role] in config.stages
+                           else external.describe(config, config.report.student))
   return {
       **mean,
       "comparison": compare(config, workdir, arrays, mesh),

@@ -12,7 +12,8 @@ Layout, in `<teacher_cache.dir or <run>/teacher_cache>/<teacher stage>__<split>/
                            `grain.sources.ArrayRecordDataSource`
     cache.json             the key and what it covers; written last, so its presence means complete
 
-The key is a SHA-256 of the teacher's exported files (`model/`, `model.json`), the dataset's name,
+The key is a SHA-256 of the teacher's exported files (`model/`, `model.json`) or, for a teacher with no
+export (a checkpoint, a model given in memory), of its variables and model config, the dataset's name,
 split and preprocessing (`image_size`), the bytes of the split's arrays, the stored features and
 `top_k`. A cache whose key differs (another teacher, other data) is stale: it is rebuilt, never used.
 
@@ -89,16 +90,22 @@ def _hash_folder(digest, path: str) -> None:
 
 def cache_key(teacher_dir: str, *, dataset: str, split: str, image_size: int, arrays: dict[str, np.ndarray],
               feature_paths: tuple[str, ...], top_k: int) -> str:
-  """SHA-256 of everything the cached outputs depend on (see the module docstring)."""
+  """SHA-256 of everything the cached outputs depend on (see the module docstring).
+
+  `teacher_dir` is the teacher's export folder, or the fingerprint of a teacher that has none.
+  """
   from kd import checkpoint  # pylint: disable=g-import-not-at-top
 
   digest = hashlib.sha256()
   description = {"format": FORMAT_VERSION, "dataset": dataset, "split": split, "image_size": image_size,
                  "features": list(feature_paths), "top_k": top_k}
   digest.update(json.dumps(description, sort_keys=True).encode())
-  with open(os.path.join(teacher_dir, checkpoint.MODEL_JSON), "rb") as f:
-    digest.update(f.read())
-  _hash_folder(digest, os.path.join(teacher_dir, checkpoint.MODEL_DIR))
+  if os.path.isdir(teacher_dir):
+    with open(os.path.join(teacher_dir, checkpoint.MODEL_JSON), "rb") as f:
+      digest.update(f.read())
+    _hash_folder(digest, os.path.join(teacher_dir, checkpoint.MODEL_DIR))
+  else:  # A teacher without an export: the fingerprint of its variables (kd.external.Teacher).
+    digest.update(teacher_dir.encode())
   for key in sorted(arrays):
     digest.update(key.encode())
     digest.update(str(arrays[key].shape).encode() + arrays[key].dtype.str.encode())

@@ -25,6 +25,7 @@ from kd import checkpoint
 from kd import data
 from kd import distributed
 from kd import evaluation
+from kd import external
 from kd import features
 from kd import lm
 from kd import logs
@@ -97,18 +98,21 @@ def make_optimizer(optimizer_config: ml_collections.ConfigDict, num_steps: int,
   return transform, learning_rate
 
 
-def init_train_state(rng: jax.Array, example_batch, teacher_variables=None, *, module, optimizer,
-                     input_key: str = "image", connector=None, student_apply=None,
+def init_train_state(rng: jax.Array, example_batch, teacher_variables=None, initial_variables=None, *,
+                     module, optimizer, input_key: str = "image", connector=None, student_apply=None,
                      teacher_apply=None, init_from_teacher=None) -> TrainState:
   """A fresh TrainState; pure, so `jax.eval_shape` and `jax.jit(out_shardings=...)` apply.
 
   A connector (see `kd.methods`) is initialised on the student's and teacher's outputs for
   `example_batch`, which needs `student_apply`, `teacher_apply` and `teacher_variables`.
-  `init_from_teacher(student_params, teacher_params) -> student_params`, if given, initialises the
-  student from the teacher (`kd.methods.build_init_from_teacher`).
+  `initial_variables` (the stage's `init_from`, `kd.external.initial_variables`), if given, replace
+  the random initialisation; `init_from_teacher(student_params, teacher_params) -> student_params`, if
+  given, initialises the student from the teacher (`kd.methods.build_init_from_teacher`).
   """
   init_rng, connector_rng, step_rng = jax.random.split(rng, 3)
   variables = models.init_variables(module, init_rng, example_batch[input_key])
+  if initial_variables is not None:
+    variables = dict(initial_variables)
   params = {"student": variables.pop("params"), "connector": {}}
   if init_from_teacher is not None:
     params["student"] = init_from_teacher(params["student"], teacher_variables["params"])
@@ -241,16 +245,17 @@ def resolve_stage_features(config: ml_collections.ConfigDict, stage_name: str,
   example = jax.ShapeDtypeStruct((2,) + spec.input_shape,
                                   jnp.int32 if lm.is_language_model(spec) else jnp.float32)
 
-  def resolve(model_config, patterns, key):
+  def resolve(module, patterns, key):
     if not patterns:
       return (), {}
-    taps = features.tap_points(models.build_model(model_config, spec.num_classes), example)
+    taps = features.tap_points(module, example)
     paths = features.select(patterns, list(taps), f"{where}.{key}")
     return tuple(paths), {path: taps[path] for path in paths}
 
-  student_paths, student_shapes = resolve(stage.model, student_patterns, "student_features")
-  teacher_model = config.stages[stage.teacher].model if stage.teacher else None
-  teacher_paths, teacher_shapes = resolve(teacher_model, teacher_patterns, "teacher_features")
+  student_paths, student_shapes = resolve(models.build_model(stage.model, spec.num_classes),
+                                          student_patterns, "student_features")
+  teacher_module = external.teacher_module(config, stage_name, spec) if teacher_patterns else None
+  teacher_paths, teacher_shapes = resolve(teacher_module, teacher_patterns, "teacher_features")
   methods.check_feature_shapes(stage.method, student_shapes, teacher_shapes, where)
   return StageFeatures(student_paths, teacher_paths, student_shapes, teacher_shapes)
 
@@ -272,20 +277,6 @@ def is_finished(stage_dir: str) -> bool:
 def read_result(stage_dir: str) -> dict[str, Any]:
   with open(os.path.join(stage_dir, RESULT_JSON)) as f:
     return json.load(f)
-
-
-def load_teacher(config: ml_collections.ConfigDict, stage_name: str, run_dir: str,
-                 spec: data.DatasetSpec) -> checkpoint.LoadedModel | None:
-  teacher_name = config.stages[stage_name].teacher
-  if not teacher_name:
-    return None
-  teacher = checkpoint.load_model(os.path.join(run_dir, teacher_name))
-  if teacher.spec.num_classes != spec.num_classes or teacher.spec.input_shape != spec.input_shape:
-    raise UserError(
-        f"teacher {teacher_name!r} was trained on {teacher.spec.name} ({teacher.spec.num_classes} classes, "
-        f"inputs {teacher.spec.input_shape}) but stage {stage_name!r} uses {spec.name} "
-        f"({spec.num_classes} classes, inputs {spec.input_shape}): use matching datasets")
-  return teacher
 
 
 def seed_dir(workdir: str, seed: int) -> str:
@@ -335,18 +326,22 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   # Models and the step.
   stage_features = resolve_stage_features(config, stage_name, spec)
   module = models.build_model(stage.model, spec.num_classes)
-  student_apply = models.make_apply(module, spec.input_key)  # Evaluation and export: no features.
-  student_train_apply = models.make_apply(module, spec.input_key, stage_features.student_paths)
-  teacher = load_teacher(config, stage_name, run_dir, spec)
-  teacher_apply = (models.make_apply(teacher.module, spec.input_key, stage_features.teacher_paths)
-                   if teacher else None)
+  preprocess = models.preprocess_of(stage.model)
+  student_apply = models.make_apply(module, spec.input_key, preprocess=preprocess)  # Eval, export: no features.
+  student_train_apply = models.make_apply(module, spec.input_key, stage_features.student_paths, preprocess)
+  initial_variables = external.initial_variables(config, stage_name, module, spec)
+  teacher = external.load_teacher(config, stage_name, run_dir, spec)
+  teacher_apply = teacher.make_apply(spec.input_key, stage_features.teacher_paths) if teacher else None
   teacher_sharding = distributed.teacher_shardings(teacher.variables if teacher else {}, mesh,
                                                    config.mesh.get("teacher", "replicated"))
   teacher_variables = jax.device_put(teacher.variables, teacher_sharding) if teacher else {}
   if teacher and config.teacher_cache.enabled:  # Read the teacher's outputs by example index instead.
+    teacher_name = stage.teacher if teacher.source["kind"] == "stage" else f"{stage_name}_teacher"
+    identity = (os.path.join(run_dir, stage.teacher) if teacher.source["kind"] == "stage"
+                else teacher.fingerprint())
     cached = teacher_cache.load_or_build(
-        config.teacher_cache.dir or os.path.join(run_dir, "teacher_cache"), stage.teacher,
-        os.path.join(run_dir, stage.teacher), dataset=data_config.name, split=data_config.train_split,
+        config.teacher_cache.dir or os.path.join(run_dir, "teacher_cache"), teacher_name,
+        identity, dataset=data_config.name, split=data_config.train_split,
         image_size=data_config.image_size, arrays=train_arrays, teacher_apply=teacher_apply,
         teacher_variables=teacher_variables, feature_paths=stage_features.teacher_paths,
         top_k=config.teacher_cache.top_k, batch_size=data_config.eval_batch_size)
@@ -355,7 +350,8 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
     teacher_variables = jax.device_put(cached, teacher_sharding)
   connector = methods.build_connector(stage.method, stage_features.student_shapes,
                                       stage_features.teacher_shapes, data.num_examples(train_arrays))
-  optimizer, learning_rate = make_optimizer(stage.optimizer, stage.num_steps, data_config.batch_size)
+  # A stage of 0 steps (init_from, nothing trained) still builds a step, never run.
+  optimizer, learning_rate = make_optimizer(stage.optimizer, max(stage.num_steps, 1), data_config.batch_size)
   peak_learning_rate = distributed.scaled_learning_rate(
       stage.optimizer.learning_rate, stage.optimizer.get("lr_scaling", "none"), data_config.batch_size,
       stage.optimizer.get("base_batch_size", data_config.batch_size))
@@ -379,7 +375,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
                            student_apply=student_train_apply, teacher_apply=teacher_apply,
                            init_from_teacher=init_from_teacher)
   rng = jax.random.PRNGKey(seed)
-  abstract_state = jax.eval_shape(init, rng, example_batch, teacher_variables)
+  abstract_state = jax.eval_shape(init, rng, example_batch, teacher_variables, initial_variables)
   state_sharding = distributed.state_shardings(abstract_state, mesh)
   step_fn = jax.jit(
       functools.partial(train_step, student_apply=student_train_apply, teacher_apply=teacher_apply,
@@ -402,12 +398,13 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
     iterator.set_state(data_state)
     logging.info("[%s] resuming from step %d", stage_name, int(state.step))
   else:
-    state = jax.jit(init, out_shardings=state_sharding)(rng, example_batch, teacher_variables)
+    state = jax.jit(init, out_shardings=state_sharding)(rng, example_batch, teacher_variables,
+                                                         initial_variables)
     source = methods.connector_source(stage.method)
     if source:  # The connector holds what an earlier stage trained (FT's paraphraser): load it once.
       state = _load_pretrained_connector(state, os.path.join(run_dir, source), state_sharding)
   if distributed.is_primary():  # With several processes, one writes the shared files.
-    provenance.record(stage_dir, config.to_dict(), seed)
+    provenance.record(stage_dir, config.to_dict(), seed, sources=_sources(stage, teacher, initial_variables))
 
   # The loop.
   step = int(state.step)
@@ -484,6 +481,18 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   logging.info("[%s] finished: %s accuracy %.4f", stage_name, data_config.eval_split,
                eval_scalars["eval/accuracy"])
   return result
+
+
+def _sources(stage, teacher: external.Teacher | None, initial_variables) -> dict[str, Any]:
+  """Where the stage's teacher and initial weights came from, with hashes of their variables."""
+  sources = {}
+  if teacher is not None:
+    sources["teacher"] = {**teacher.source, "variables_sha256": teacher.fingerprint(),
+                          "preprocess": teacher.preprocess}
+  if initial_variables is not None:
+    sources["init_from"] = {"path": stage.init_from,
+                            "variables_sha256": external.variables_sha256(initial_variables)}
+  return sources
 
 
 def _load_pretrained_connector(state: TrainState, source_dir: str, state_sharding) -> TrainState:

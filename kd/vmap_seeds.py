@@ -29,6 +29,7 @@ import numpy as np
 from kd import data
 from kd import evaluation
 from kd import methods
+from kd import external
 from kd import models
 from kd import train
 from kd.errors import ConfigError
@@ -80,9 +81,8 @@ def train_members(config: ml_collections.ConfigDict, stage_name: str, run_dir: s
   module = models.build_model(stage.model, spec.num_classes)
   student_apply = models.make_apply(module, spec.input_key)
   student_train_apply = models.make_apply(module, spec.input_key, stage_features.student_paths)
-  teacher = train.load_teacher(config, stage_name, run_dir, spec)
-  teacher_apply = (models.make_apply(teacher.module, spec.input_key, stage_features.teacher_paths)
-                   if teacher else None)
+  teacher = external.load_teacher(config, stage_name, run_dir, spec)
+  teacher_apply = teacher.make_apply(spec.input_key, stage_features.teacher_paths) if teacher else None
   teacher_variables = teacher.variables if teacher else {}
   connector = methods.build_connector(stage.method, stage_features.student_shapes,
                                       stage_features.teacher_shapes, len(train_arrays["label"]))

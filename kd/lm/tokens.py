@@ -39,7 +39,7 @@ def check_stages(config, spec, stages) -> None:
   for name in stages:
     stage = config.stages[name]
     lm_method = getattr(methods.METHODS[stage.method.name], "LANGUAGE_MODEL", False)
-    lm_model = getattr(models.MODELS[stage.model.name], "integer_inputs", False)
+    lm_model = getattr(models.resolve_model_class(stage.model.name), "integer_inputs", False)
     if token_data and not lm_method:
       language_methods = sorted(k for k, v in methods.METHODS.items() if getattr(v, "LANGUAGE_MODEL", False))
       raise ConfigError(f"stages.{name}.method.name={stage.method.name!r} is a classifier method but "

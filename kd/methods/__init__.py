@@ -19,7 +19,16 @@ define
     `connector(student_out, teacher_out, batch, train)` and returns a dict that the loss finds in
     `student_out["connector"]`. Its parameters and state live in the TrainState and the checkpoint,
     and are left out of the exported student.
-The shapes are {path: shape} of the selected features for a batch of 2. Two more optional hooks:
+The shapes are {path: shape} of the selected features for a batch of 2.
+
+Token features [B, N, C] (a ViT's or MLP-Mixer's blocks) are accepted by fitnets, at and nst, which
+compare them token by token (a [B, H, W, C] map pairs with tokens as its H*W positions; the
+parameters `student_special_tokens` / `teacher_special_tokens` drop leading class or distillation
+tokens), and by sp, cc, rkd, pkt and crd, which flatten each example's tokens into one vector; fsp,
+ab, vid, ft and reviewkd need convolutional maps and say so before anything is compiled. deit reads
+the student's distillation-token logits as a feature (`head_dist` of `kd.models.vit`).
+
+Two more optional hooks:
   - `make_prepare_batch(params, student_module, teacher_module) -> prepare` with
     `prepare(student_variables, teacher_variables, batch, rng) -> batch`, run inside the compiled step
     before the forward passes, e.g. to generate the batch with the teacher or the current student
@@ -43,6 +52,7 @@ from kd.methods import ab
 from kd.methods import attention_transfer
 from kd.methods import cc
 from kd.methods import crd
+from kd.methods import deit
 from kd.methods import dist
 from kd.methods import dkd
 from kd.methods import fitnets
@@ -72,6 +82,7 @@ METHODS = {
     "dist": dist,
     "logit_std": logit_std,
     "logit_mse": logit_mse,
+    "deit": deit,  # The teacher's logits, learned by a distillation token's head (a feature tap).
     # Feature-based: intermediate features, through trainable connectors where shapes differ.
     "fitnets": fitnets,
     "at": attention_transfer,

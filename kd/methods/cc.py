@@ -35,6 +35,11 @@ needs no trainable parts. Both variants use the pooled embedding (`pool`, the re
 `feat[-1]`), ce_weight = 1 and no KD term, as the CRD benchmark does (`-r 1 -a 0`). With several
 feature pairs, their terms are summed.
 
+Token features [B, N, C] are flattened per example to [B, N*C], as maps are: the kernel is
+defined for any vector per example, and only b x b matrices are compared, so token counts and
+widths may differ. The paper's embedding is the pooled one; for a ViT, tap its class token or
+pooled output (a [B, D] feature) to follow it, the token sequence to compare every token.
+
 Reference: B. Peng, X. Jin, J. Liu, S. Zhou, Y. Wu, Y. Liu, D. Li, Z. Zhang, "Correlation
 Congruence for Knowledge Distillation", ICCV 2019, arXiv:1904.01802, Section 3 (the correlation
 congruence loss and the Taylor-expanded Gaussian RBF correlation).

@@ -10,7 +10,10 @@ in the same form lives here, so that a fix to a check or a term reaches all of t
   - the loss terms most methods add to their own: `cross_entropy` on the labels and the optional
     Hinton KD term (`kd_term`, `add_kd_term`);
   - resolution matching for methods that compare maps of different sizes (`poolable`,
-    `adaptive_average_pool`, `match_resolution`), as PyTorch's `adaptive_avg_pool2d` computes it.
+    `adaptive_average_pool`, `match_resolution`), as PyTorch's `adaptive_avg_pool2d` computes it;
+  - token features [B, N, C] of transformers and MLP-Mixers (`as_tokens`, `token_pair_shapes`,
+    `check_token_pairs`, `reject_token_features`): which methods accept them, and how a
+    [B, H, W, C] map pairs with tokens.
 """
 
 from typing import Any, Iterable
@@ -207,3 +210,115 @@ def match_resolution(a_BxHxWxC: jax.Array, b_BxHxWxC: jax.Array) -> tuple[jax.Ar
     return a_BxHxWxC, adaptive_average_pool(b_BxHxWxC, a_h, a_w)
   raise ValueError(f"cannot pool maps of shapes {a_BxHxWxC.shape} and {b_BxHxWxC.shape} to one "
                    "resolution")
+
+
+# Token features [B, N, C]: a ViT's or MLP-Mixer's blocks output one C-vector per token.
+
+# The methods whose math is defined on token features (see each module's docstring); the others
+# name these in their error.
+TOKEN_FEATURE_METHODS = ("fitnets", "at", "nst", "sp", "cc", "rkd", "pkt", "crd")
+
+
+def is_tokens(shape) -> bool:
+  """Whether a feature shape is [B, N, C] (tokens), as opposed to [B, H, W, C] or [B, D]."""
+  return len(shape) == 3
+
+
+def as_tokens(feature: jax.Array, special_tokens: int = 0) -> jax.Array:
+  """[B, N, C] tokens without their first `special_tokens`, or a [B, H, W, C] map as [B, H*W, C].
+
+  A map's positions become tokens in row-major order, the order in which a ViT's patch embedding
+  (a strided convolution, then a reshape) lays out its patch tokens, so position (i, j) of a map
+  pairs with the patch token of the same image region when the grids agree. The leading tokens
+  dropped are a ViT's class token (1) or DeiT's class and distillation tokens (2), which no
+  position of a map corresponds to.
+  """
+  if feature.ndim == 4:
+    batch, height, width, channels = feature.shape
+    return feature.reshape(batch, height * width, channels)
+  return feature[:, special_tokens:]
+
+
+def token_pair_shapes(student_shape, teacher_shape, student_special_tokens: int = 0,
+                      teacher_special_tokens: int = 0):
+  """([N_s, C_s], [N_t, C_t]) the pair compares as tokens, or None if it is not a token pair.
+
+  A pair is a token pair when one side is [B, N, C] and the other [B, N', C'] or [B, H, W, C']
+  (the map is read as H*W tokens, `as_tokens`); special tokens are dropped from token sides only.
+  """
+  if not (is_tokens(student_shape) or is_tokens(teacher_shape)):
+    return None
+  if len(student_shape) not in (3, 4) or len(teacher_shape) not in (3, 4):
+    return None
+
+  def tokens(shape, special):
+    if len(shape) == 4:
+      return (shape[1] * shape[2], shape[3])
+    return (shape[1] - special, shape[2])
+
+  return tokens(student_shape, student_special_tokens), tokens(teacher_shape, teacher_special_tokens)
+
+
+def check_special_tokens(params: dict[str, Any], where: str) -> None:
+  """Raises ConfigError unless student_special_tokens and teacher_special_tokens are integers >= 0."""
+  for key in ("student_special_tokens", "teacher_special_tokens"):
+    value = params[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+      raise ConfigError(f"{where}.{key}={value!r} must be an integer >= 0: the leading tokens (a class "
+                        "token: 1; DeiT's class and distillation tokens: 2) dropped before comparing")
+
+
+def check_token_pairs(params: dict[str, Any], student_shapes: dict[str, Any],
+                      teacher_shapes: dict[str, Any], where: str, method: str) -> None:
+  """Raises ConfigError unless every token pair has the same number of tokens on both sides.
+
+  Pairs that are not token pairs are left to the method's own checks. Special tokens may only be
+  dropped from token features: a map has none, and a count that leaves no token is an error.
+
+  Args:
+    params: the method's parameters, with `student_special_tokens` and `teacher_special_tokens`.
+    student_shapes, teacher_shapes: {path: shape} of the selected features, paired in order.
+    where: the config path of the method block, for the message.
+    method: the method's name, for the message.
+  """
+  # Missing keys count as 0, for callers that check shapes without the method's parameters.
+  s_special = params.get("student_special_tokens", 0)
+  t_special = params.get("teacher_special_tokens", 0)
+  for who, key, special, shapes in (("student", "student_special_tokens", s_special, student_shapes),
+                                    ("teacher", "teacher_special_tokens", t_special, teacher_shapes)):
+    for path, shape in shapes.items():
+      if special and is_tokens(shape) and shape[1] <= special:
+        raise ConfigError(f"{where}.{key}={special} drops every token of {who} feature {path} {shape[1:]}: "
+                          "set it to the number of leading special tokens (class token: 1, DeiT: 2)")
+    if special and not any(is_tokens(shape) for shape in shapes.values()):
+      listed = ", ".join(f"{path} {shape[1:]}" for path, shape in shapes.items())
+      raise ConfigError(f"{where}.{key}={special}, but no {who} feature is tokens [B,N,C] ({listed}): "
+                        "set it to 0")
+  for (s_path, s_shape), (t_path, t_shape) in zip(student_shapes.items(), teacher_shapes.items()):
+    pair = token_pair_shapes(s_shape, t_shape, s_special, t_special)
+    if pair is None:
+      continue
+    (s_count, _), (t_count, _) = pair
+    if s_count != t_count:
+      raise ConfigError(
+          f"{where}: {method} compares student feature {s_path} {s_shape[1:]} and teacher feature "
+          f"{t_path} {t_shape[1:]} token by token, but they have {s_count} and {t_count} tokens (after "
+          f"dropping {s_special} and {t_special} special tokens; a map [H,W,C] counts H*W): set "
+          f"{where}.student_special_tokens / teacher_special_tokens to the leading class or "
+          "distillation tokens to drop (ViT: 1, DeiT: 2), or select taps with as many tokens")
+
+
+def reject_token_features(method: str, student_shapes: dict[str, Any], teacher_shapes: dict[str, Any],
+                          where: str, needs: str = "feature maps [B,H,W,C]") -> None:
+  """Raises ConfigError if a selected feature is tokens [B, N, C], for methods that cannot use them.
+
+  Called first in such a method's `check_features`, so the error names the methods that do accept
+  token features rather than a shape rule of this one.
+  """
+  for who, shapes in (("student", student_shapes), ("teacher", teacher_shapes)):
+    for path, shape in shapes.items():
+      if is_tokens(shape):
+        raise ConfigError(
+            f"{where}: {method} needs {needs}, but {who} feature {path} is tokens [B,N,C] {shape[1:]}: "
+            f"select a convolutional tap point, or use a method that accepts token features: "
+            f"{', '.join(TOKEN_FEATURE_METHODS)}")

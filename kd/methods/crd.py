@@ -28,6 +28,10 @@ term; the CRD+KD row adds `kd_weight=1` (RepDistiller's `-r 1 -a 1 -b 0.8`).
 Features: the pooled embedding before the classifier, `("pool",)` in the zoo (the reference's
 `feat[-1]`); the default `("hidden",)` fits the quickstart `cnn`.
 
+Token features [B, N, C] (or maps) are flattened per example, [B, N*C], before the linear
+embeddings g_s, g_t, which then see every token; the paper embeds the pooled feature, which for a
+ViT is its class token or pooled output (a [B, D] feature).
+
 Differences from RepDistiller, all small: its CIFAR loader draws the K negatives from examples of
 other classes (`CIFAR100InstanceSample`, mode "exact"), here uniformly over all other examples
 (the `AliasMethod` path of `ContrastMemory`, taken when no negatives are given), since the

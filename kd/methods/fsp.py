@@ -64,6 +64,9 @@ def check(params: dict[str, Any], where: str) -> None:
 
 def check_features(params, student_shapes, teacher_shapes, where: str) -> None:
   del params
+  # An FSP matrix pairs two layers' channels over shared spatial positions, and its paper and code
+  # pool maps between stages; token layers of different widths have no such pooling.
+  common.reject_token_features("FSP", student_shapes, teacher_shapes, where)
   common.check_feature_count(student_shapes, teacher_shapes, where)
   if len(student_shapes) < 2:
     raise ConfigError(f"{where}: FSP matrices are built between consecutive features, but "

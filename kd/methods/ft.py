@@ -89,7 +89,9 @@ def check_paraphraser(params: dict[str, Any], where: str) -> None:
 
 
 def check_paraphraser_features(params, student_shapes, teacher_shapes, where: str) -> None:
-  del params, student_shapes
+  del params
+  common.reject_token_features("FT's paraphraser", {}, teacher_shapes, where)
+  del student_shapes
   if len(teacher_shapes) != 1:
     raise ConfigError(f"{where}.teacher_features selected {list(teacher_shapes)}: select exactly one map")
   for path, shape in teacher_shapes.items():
@@ -189,6 +191,8 @@ def check(params: dict[str, Any], where: str) -> None:
 
 def check_features(params, student_shapes, teacher_shapes, where: str) -> None:
   del params
+  # The paraphraser and translator are 3x3 convolutions: they need spatial maps.
+  common.reject_token_features("FT", student_shapes, teacher_shapes, where)
   common.check_feature_count(student_shapes, teacher_shapes, where)
   if len(student_shapes) != 1:
     raise ConfigError(f"{where}: select exactly one student and one teacher map, got {list(student_shapes)}")

@@ -32,6 +32,11 @@ Defaults follow the CRD benchmark (Tian, Krishnan & Isola, ICLR 2020, arXiv:1910
 `feat[-1]`), pkt_weight = 30000 (`-b 30000`), ce_weight = 1 (`-r 1`) and no KD term (`-a 0`). With
 several feature pairs, their terms are summed.
 
+Token features [B, N, C] are flattened per example to [B, N*C], as maps are: the cosine kernel is
+defined for any vector per example and only b x b distributions are compared, so token counts and
+widths may differ. The paper's embedding is the pooled one; for a ViT, tap its class token or
+pooled output (a [B, D] feature) to follow it.
+
 Reference: N. Passalis, A. Tefas, "Learning Deep Representations with Probabilistic Knowledge
 Transfer", ECCV 2018, arXiv:1803.10837, Section 3 (the conditional probabilities, the KL objective
 and the cosine-similarity kernel).

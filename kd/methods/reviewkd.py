@@ -74,6 +74,9 @@ def check(params: dict[str, Any], where: str) -> None:
 
 def check_features(params, student_shapes, teacher_shapes, where: str) -> None:
   del params
+  # Its fusion upsamples deeper maps to shallower resolutions and its loss pools a spatial pyramid.
+  common.reject_token_features("ReviewKD", student_shapes, teacher_shapes, where,
+                               needs="feature maps [B,H,W,C] (or pooled [B,C])")
   if len(student_shapes) != len(teacher_shapes):
     raise ConfigError(f"{where}: {len(student_shapes)} student features but {len(teacher_shapes)} "
                       "teacher features after resolving the patterns; they must pair up one to one")

@@ -29,6 +29,11 @@ distance exactly 0 (the reference clamps to 1e-12 and gets sqrt(1e-12) or roundi
 difference vector in the angle potential gets a zero gradient rather than one scaled by 1e12; and a
 batch whose embeddings are all equal (mu = 0) gives potentials of 0 instead of NaN.
 
+Token features [B, N, C] are flattened per example to [B, N*C], as maps are: distances and angles
+are defined for any vector per example, and only relations between examples are compared, so token
+counts and widths may differ. Park et al. use the pooled embedding; for a ViT, tap its class token
+or pooled output (a [B, D] feature) to follow them.
+
 Reference: W. Park, D. Kim, Y. Lu, M. Cho, "Relational Knowledge Distillation", CVPR 2019,
 arXiv:1904.05068, eq. 4-7.
 """

@@ -26,6 +26,11 @@ headline pair, teacher resnet32x4 and student resnet8x4. For the other zoo model
     mobile_half blocks6_0, vgg{8,11,13,16,19} block4 (before its ReLU; the reference's f4 is
     after it).
 
+Token features [B, N, C] (a ViT's or MLP-Mixer's blocks) are flattened per example to [B, N*C],
+as a map is to [B, h*w*c]: the paper's Q is any activation flattened per example, and G~ = Q Q^T
+then sums the token-by-token inner products, so the student's and teacher's token counts and widths
+may differ (a CNN teacher's map and a ViT student's tokens pair up as they are).
+
 Deviations from RepDistiller: none in the values. Its `F.normalize` divides a row by
 max(||row||, 1e-12); here an all-zero row (an example whose feature map is all zeros) stays zero with
 a zero gradient instead of a gradient scaled by 1e12.

@@ -66,6 +66,9 @@ def check(params: dict[str, Any], where: str) -> None:
 
 def check_features(params, student_shapes, teacher_shapes, where: str) -> None:
   del params
+  # VID's regressor and per-channel variances follow the paper's convolutional maps (or embeddings).
+  common.reject_token_features("VID", student_shapes, teacher_shapes, where,
+                               needs="feature maps [B,H,W,C] or embeddings [B,D]")
   common.check_feature_count(student_shapes, teacher_shapes, where)
   for (s_path, s_shape), (t_path, t_shape) in zip(student_shapes.items(), teacher_shapes.items()):
     maps = len(s_shape) == 4 and len(t_shape) == 4 and common.poolable(s_shape, t_shape)

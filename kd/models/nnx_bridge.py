@@ -31,6 +31,21 @@ class NNXModel:
     model = self._construct(jax.random.key(0))
     self.graphdef, _, self._rng_template, _ = nnx.split(model, nnx.Param, nnx.RngState, ...)
 
+  @classmethod
+  def from_module(cls, model: nnx.Module) -> "NNXModel":
+    """An NNXModel for a model built elsewhere (e.g. in a notebook): its graph, not its class's."""
+    bridge = cls.__new__(cls)
+    bridge.model_class, bridge.attributes = type(model), {}
+    bridge.num_classes = None
+    bridge.graphdef, _, bridge._rng_template, _ = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    return bridge
+
+  @staticmethod
+  def variables_of(model: nnx.Module) -> dict[str, Any]:
+    """A built model's variables, in the layout `apply` takes."""
+    _, params, _, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    return {"params": params, "nnx_state": rest}
+
   def _construct(self, rng) -> nnx.Module:
     return self.model_class(num_classes=self.num_classes, rngs=nnx.Rngs(params=rng, dropout=rng),
                             **self.attributes)

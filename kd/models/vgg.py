@@ -66,10 +66,13 @@ class VGG(nn.Module):
   Attributes:
     num_classes: size of the output.
     depth: 8, 11, 13, 16 or 19 (the keys of `CONFIGS`).
+    base_width: channels of the first block; every width scales with it (64 is the reference's,
+      smaller values build the same layout narrower, e.g. for conversion tests).
   """
 
   num_classes: int
   depth: int = 13
+  base_width: int = 64
 
   @nn.compact
   def __call__(self, images_BxHxWxC: jax.Array, train: bool) -> jax.Array:
@@ -78,6 +81,7 @@ class VGG(nn.Module):
     height = images_BxHxWxC.shape[1]
     x = images_BxHxWxC
     for block, widths in enumerate(CONFIGS[self.depth]):
+      widths = tuple(width * self.base_width // 64 for width in widths)
       x = nn.relu(VGGBlock(widths, name=f"block{block}")(x, train))
       # The reference pools after blocks 0 to 2 always, after block 3 only for 64x64 inputs.
       if block < 3 or (block == 3 and height == 64):
