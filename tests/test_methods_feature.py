@@ -396,3 +396,132 @@ def test_ab_connector_trains_with_the_student(monkeypatch):
   assert values[-1] < 0.8 * values[0], values
   assert not np.array_equal(before, state.params["connector"]["connector0"]["kernel"])
   _assert_connector_left_out_of_export(state, "connector")
+
+
+# Token features [B, N, C]: FitNets, AT and NST compare them token by token; the others refuse them.
+
+from kd.methods import attention_transfer  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from kd.methods import fitnets  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from kd.methods import ft  # pylint: disable=g-import-not-at-top,g-bad-import-order
+from kd.methods import reviewkd  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+
+def _regressed(params, student, teacher):
+  """FitNets' connector on one (student, teacher) pair: (its variables, the hints)."""
+  s_shapes, t_shapes = {"block1": student.shape}, {"mlp1_out": teacher.shape}
+  fitnets.check_features(params, s_shapes, t_shapes, "method")
+  connector = fitnets.make_connector(params, s_shapes, t_shapes, 0)
+  student_out, teacher_out = _outputs([student]), _outputs([teacher])
+  variables = connector.init(jax.random.key(0), student_out, teacher_out, {}, False)
+  return variables, connector.apply(variables, student_out, teacher_out, {}, False)["hints"]
+
+
+def test_fitnets_regresses_each_token_with_one_shared_linear_map():
+  rng = np.random.default_rng(0)
+  student, teacher = rng.normal(size=(2, 16, 32)), rng.normal(size=(2, 16, 64))
+  params = {**fitnets.DEFAULTS, "ce_weight": 0.0, "hint_weight": 1.0}
+  variables, (hint,) = _regressed(params, student, teacher)
+  kernel, bias = variables["params"]["regressor0"]["kernel"], variables["params"]["regressor0"]["bias"]
+  assert kernel.shape == (32, 64)  # C_s -> C_t, shared over the 16 tokens; no BatchNorm, no ReLU.
+  np.testing.assert_allclose(hint, np.einsum("bnc,cd->bnd", student, kernel) + bias, rtol=1e-5, atol=1e-5)
+  total, terms = _loss_fitnets(student, teacher, {"hints": [hint]}, **params)
+  np.testing.assert_allclose(terms["hint"], np.mean((np.asarray(hint) - teacher) ** 2), rtol=1e-5)
+  np.testing.assert_allclose(total, terms["hint"], rtol=1e-6)
+
+
+def _loss_fitnets(student, teacher, connector_out=None, **params):
+  return fitnets.loss(_outputs([student], connector=connector_out), _outputs([teacher]),
+                      {"label": jnp.zeros(student.shape[0], jnp.int32)}, **{**fitnets.DEFAULTS, **params})
+
+
+def test_fitnets_token_counts_must_agree_and_special_tokens_are_dropped():
+  rng = np.random.default_rng(1)
+  student, teacher = rng.normal(size=(2, 17, 32)), rng.normal(size=(2, 16, 64))  # A class token.
+  with pytest.raises(ConfigError, match=r"block1 \(17, 32\) and teacher feature mlp1_out \(16, 64\).*"
+                                        r"student_special_tokens"):
+    fitnets.check_features(fitnets.DEFAULTS, {"block1": student.shape}, {"mlp1_out": teacher.shape}, "method")
+  params = {**fitnets.DEFAULTS, "student_special_tokens": 1}
+  variables, (hint,) = _regressed(params, student, teacher)
+  kernel = variables["params"]["regressor0"]["kernel"]
+  np.testing.assert_allclose(hint, np.einsum("bnc,cd->bnd", student[:, 1:], kernel), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ConfigError, match="drops every token"):
+    fitnets.check_features({**fitnets.DEFAULTS, "teacher_special_tokens": 16}, {"a": (2, 16, 8)},
+                           {"b": (2, 16, 8)}, "method")
+  with pytest.raises(ConfigError, match="no teacher feature is tokens"):
+    fitnets.check_features({**fitnets.DEFAULTS, "teacher_special_tokens": 1}, {"a": (2, 16, 8)},
+                           {"b": (2, 4, 4, 8)}, "method")
+  with pytest.raises(ConfigError, match="integer >= 0"):
+    fitnets.check({**fitnets.DEFAULTS, "student_special_tokens": -1}, "method")
+
+
+def test_fitnets_reads_a_map_as_row_major_tokens_when_the_counts_agree():
+  rng = np.random.default_rng(2)
+  student_tokens, teacher_map = rng.normal(size=(2, 16, 8)), rng.normal(size=(2, 4, 4, 8))
+  params = {"regressor": False, "ce_weight": 0.0, "hint_weight": 1.0}
+  fitnets.check_features({**fitnets.DEFAULTS, **params}, {"a": (2, 16, 8)}, {"b": (2, 4, 4, 8)}, "m")
+  _, terms = _loss_fitnets(student_tokens, teacher_map, **params)
+  np.testing.assert_allclose(terms["hint"], np.mean((student_tokens - teacher_map.reshape(2, 16, 8)) ** 2),
+                             rtol=1e-5)
+  # A ViT student under a CNN teacher, with a regressor from the student's width to the map's channels.
+  fitnets.check_features({**fitnets.DEFAULTS, "student_special_tokens": 1}, {"a": (2, 17, 8)},
+                         {"b": (2, 4, 4, 32)}, "m")
+  with pytest.raises(ConfigError, match=r"student feature a \(16, 8\) and teacher feature b \(5, 4, 8\)"):
+    fitnets.check_features(fitnets.DEFAULTS, {"a": (2, 16, 8)}, {"b": (2, 5, 4, 8)}, "method")
+  with pytest.raises(ConfigError, match=r"no regressor maps student feature a \(16, 8\) to teacher feature b"):
+    fitnets.check_features(fitnets.DEFAULTS, {"a": (2, 16, 8)}, {"b": (2, 64)}, "method")
+
+
+def test_fitnets_token_hint_trains_with_finite_gradients_and_none_into_the_teacher():
+  rng = np.random.default_rng(3)
+  student, teacher = jnp.asarray(rng.normal(size=(2, 5, 4))), jnp.asarray(rng.normal(size=(2, 4, 6)))
+  params = {**fitnets.DEFAULTS, "student_special_tokens": 1, "ce_weight": 0.0}
+  s_shapes, t_shapes = {"a": student.shape}, {"b": teacher.shape}
+  connector = fitnets.make_connector(params, s_shapes, t_shapes, 0)
+  variables = connector.init(jax.random.key(0), _outputs([student]), _outputs([teacher]), {}, True)
+
+  @jax.jit
+  def total(variables, student, teacher):
+    student_out, teacher_out = _outputs([student]), _outputs([teacher])
+    student_out["connector"] = connector.apply(variables, student_out, teacher_out, {}, True)
+    return fitnets.loss(student_out, teacher_out, {"label": jnp.zeros(2, jnp.int32)}, **params)[0]
+
+  grads = jax.grad(total, argnums=(0, 1, 2))(variables, student, teacher)
+  assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads[:2]))
+  assert np.any(np.asarray(grads[1][:, 1:]) != 0) and np.all(np.asarray(grads[1][:, 0]) == 0)
+  assert np.all(np.asarray(grads[2]) == 0)
+
+
+@pytest.mark.parametrize("name", ["at", "nst"])
+def test_at_and_nst_on_tokens_equal_the_same_values_as_row_major_maps(name):
+  module = {"at": attention_transfer, "nst": nst}[name]
+  only = {"at": {"at_weight": 1.0, "ce_weight": 0.0}, "nst": {"nst_weight": 1.0, "ce_weight": 0.0}}[name]
+  rng = np.random.default_rng(4)
+  student_map, teacher_map = rng.normal(size=(2, 4, 4, 3)), rng.normal(size=(2, 4, 4, 5))
+  student_tokens = student_map.reshape(2, 16, 3)
+  # With a class token in front of the student's tokens, dropped by student_special_tokens.
+  with_class_token = np.concatenate([rng.normal(size=(2, 1, 3)), student_tokens], axis=1)
+  params = {**module.DEFAULTS, **only}
+  module.check_features({**params, "student_special_tokens": 1}, {"a": with_class_token.shape},
+                        {"b": teacher_map.shape}, "m")
+  expected, _ = module.loss(_outputs([student_map]), _outputs([teacher_map]), {"label": jnp.zeros(2, jnp.int32)},
+                            **params)
+  for student, teacher, special in ((student_tokens, teacher_map, 0), (with_class_token, teacher_map, 1),
+                                    (with_class_token, teacher_map.reshape(2, 16, 5), 1)):
+    value, _ = module.loss(_outputs([student]), _outputs([teacher]), {"label": jnp.zeros(2, jnp.int32)},
+                           **{**params, "student_special_tokens": special})
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+  with pytest.raises(ConfigError, match=r"17 and 16 tokens"):
+    module.check_features(params, {"a": with_class_token.shape}, {"b": teacher_map.shape}, "m")
+
+
+@pytest.mark.parametrize("module,name", [(fsp, "FSP"), (ab, "AB"), (vid, "VID"), (ft, "FT"),
+                                         (reviewkd, "ReviewKD")])
+def test_methods_without_token_math_name_those_that_have_it(module, name):
+  student, teacher = {"a": (2, 16, 8), "c": (2, 16, 8)}, {"b": (2, 16, 8), "d": (2, 16, 8)}
+  if module is ft:
+    student, teacher = {"a": (2, 16, 8)}, {"b": (2, 16, 8)}
+  with pytest.raises(ConfigError, match=f"{name} needs .*tokens \\[B,N,C\\] \\(16, 8\\).*fitnets, at, nst, "
+                                        "sp, cc, rkd, pkt, crd"):
+    module.check_features(module.DEFAULTS, student, teacher, "method")
+  with pytest.raises(ConfigError, match="accepts token features"):
+    ft.PARAPHRASER.check_features(ft.PARAPHRASER_DEFAULTS, {}, {"b": (2, 16, 8)}, "method")

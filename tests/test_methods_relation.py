@@ -504,3 +504,51 @@ def test_cc_projections_train_in_the_framework_train_step():
     values.append(float(metrics["cc"]))
   assert np.all(np.isfinite(values)) and values[-1] < values[0], values
   assert not np.array_equal(before, state.params["connector"]["teacher_embed0"]["kernel"])
+
+
+# Token features [B, N, C]: each example's tokens are flattened into one vector.
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_token_features_are_flattened_per_example(name):
+  rng = np.random.default_rng(20)
+  student_tokens = rng.normal(size=(4, 5, 3))  # E.g. a ViT's class token and 4 patch tokens.
+  teacher_map = rng.normal(size=(4, 2, 2, 6))  # A CNN's map: token counts and widths may differ.
+  METHODS[name].check_features(METHODS[name].DEFAULTS, {"blocks_0": student_tokens.shape},
+                               {"layer3": teacher_map.shape}, "m")
+  flattened = _relation(name, student_tokens.reshape(4, 15), teacher_map.reshape(4, 24))
+  np.testing.assert_allclose(_relation(name, student_tokens, teacher_map), flattened, rtol=1e-5)
+  np.testing.assert_allclose(_relation(name, student_tokens, teacher_map.reshape(4, 4, 6)), flattened,
+                             rtol=1e-5)
+
+
+def test_sp_similarities_of_tokens_are_those_of_the_flattened_vectors():
+  tokens = np.random.default_rng(21).normal(size=(3, 4, 2))
+  np.testing.assert_allclose(sp.similarity_matrix(jnp.asarray(tokens)),
+                             sp.similarity_matrix(jnp.asarray(tokens.reshape(3, 8))), rtol=1e-6)
+  np.testing.assert_allclose(sp.similarity_matrix(jnp.asarray(tokens)), _np_sp_matrix(tokens.reshape(3, 8)),
+                             rtol=1e-5)
+
+
+def _np_sp_matrix(q):
+  gram = q @ q.T
+  return gram / np.linalg.norm(gram, axis=1, keepdims=True)
+
+
+def test_crd_embeds_every_token_of_a_token_feature():
+  from kd.methods import crd  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(22)
+  tokens, teacher = rng.normal(size=(4, 3, 2)).astype(np.float32), rng.normal(size=(4, 5)).astype(np.float32)
+  crd.check_features(crd.DEFAULTS, {"blocks_1": tokens.shape}, {"pool": teacher.shape}, "m")
+  connector = crd.make_connector({**crd.DEFAULTS, "feat_dim": 4, "nce_k": 2}, {}, {}, 6)
+  batch = {"index": jnp.arange(4)}
+
+  def out(feature):
+    return {"logits": jnp.zeros((4, 3)), "features": {"tap": jnp.asarray(feature)}}
+
+  variables = connector.init(jax.random.key(0), out(tokens.reshape(4, 6)), out(teacher), batch, False)
+  assert variables["params"]["embed_student"]["kernel"].shape == (6, 4)  # N*C inputs.
+  from_tokens = connector.apply(variables, out(tokens), out(teacher), batch, False)
+  from_vectors = connector.apply(variables, out(tokens.reshape(4, 6)), out(teacher), batch, False)
+  for key in from_tokens:
+    np.testing.assert_allclose(from_tokens[key], from_vectors[key], rtol=1e-6)

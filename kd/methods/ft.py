@@ -89,9 +89,8 @@ def check_paraphraser(params: dict[str, Any], where: str) -> None:
 
 
 def check_paraphraser_features(params, student_shapes, teacher_shapes, where: str) -> None:
-  del params
+  del params, student_shapes
   common.reject_token_features("FT's paraphraser", {}, teacher_shapes, where)
-  del student_shapes
   if len(teacher_shapes) != 1:
     raise ConfigError(f"{where}.teacher_features selected {list(teacher_shapes)}: select exactly one map")
   for path, shape in teacher_shapes.items():
