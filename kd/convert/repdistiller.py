@@ -141,7 +141,7 @@ def convert_family(state_dict: StateDict, model_config: dict[str, Any], *,
     sources = _PARAM_SOURCES if collection == "params" else _STAT_SOURCES
     source = f"{torch_module(tuple(module_path))}.{sources[name]}"
     if source not in state_dict:
-      missing.append(f"{source} (for {'/'.join(module_path)}/{name} {tuple(leaf.shape)})")
+      missing.append(source)
       continue
     used.add(source)
     array = _torch_layout(np.asarray(state_dict[source]), name)
@@ -156,6 +156,7 @@ def convert_family(state_dict: StateDict, model_config: dict[str, Any], *,
   left_over = sorted(name for name in state_dict
                      if name not in used and not name.endswith("num_batches_tracked"))
   if missing or misfit or left_over:
+    missing.sort()
     problems = [f"{len(missing)} missing: {', '.join(missing[:4])}" if missing else "",
                 f"{len(misfit)} of the wrong shape: {'; '.join(misfit[:4])}" if misfit else "",
                 f"{len(left_over)} not in the model: {', '.join(left_over[:4])}" if left_over else ""]
