@@ -191,6 +191,18 @@ def test_pickle_naming_code_is_refused_not_run(tmp_path, capsys):
   assert not marker.exists()
 
 
+@pytest.mark.parametrize("file", ["tensors.pth", "tensors_legacy.pth"])
+def test_tensors_of_every_dtype_and_layout_read_back(file):
+  loaded = torch_pickle.load(fixture_path(file))
+  with np.load(fixture_path("tensors.npz")) as expected:
+    assert sorted(loaded) == sorted(expected.files)
+    for name in expected.files:
+      assert loaded[name].shape == expected[name].shape, name
+      np.testing.assert_array_equal(loaded[name].astype(expected[name].dtype), expected[name], err_msg=name)
+  assert loaded["bfloat16"].dtype.name == "bfloat16" and loaded["float16"].dtype == np.float16
+  assert loaded["bool"].dtype == np.bool_ and loaded["uint8"].dtype == np.uint8
+
+
 def test_malformed_tensor_records_are_refused(tmp_path):
   # A tensor whose strides reach past its storage would read other memory through as_strided.
   storage = torch_pickle.StorageRef("0", np.dtype(np.float32), 4)

@@ -53,7 +53,7 @@ LEGACY_MAGIC_NUMBER = 0x1950a86a20f9469cfc6c
 LEGACY_PROTOCOL_VERSION = 1001
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class StorageType:
   """What `torch.<Name>Storage` unpickles to here: the element type, not the class."""
 
@@ -134,7 +134,9 @@ class RestrictedUnpickler(pickle.Unpickler):
 
   def find_class(self, module: str, name: str) -> Any:
     if (module, name) in ALLOWED_GLOBALS:
-      return ALLOWED_GLOBALS[(module, name)]
+      allowed = ALLOWED_GLOBALS[(module, name)]
+      # A fresh record per file, so that nothing a pickle does to it outlives the file.
+      return StorageType(allowed.dtype) if isinstance(allowed, StorageType) else allowed
     raise UserError(f"{self.where} refers to the global {module}.{name}, which kd does not load: a "
                     "checkpoint needs only tensors, numbers and containers, and unpickling anything else "
                     "can run code. If you trust the file, re-save its state_dict with torch as .safetensors")
@@ -144,7 +146,8 @@ class RestrictedUnpickler(pickle.Unpickler):
       raise UserError(f"{self.where} has a persistent record {saved_id!r}: not a torch storage")
     typename = saved_id[0].decode("ascii") if isinstance(saved_id[0], bytes) else saved_id[0]
     expected_fields = 6 if self.legacy else 5
-    if typename != "storage" or len(saved_id) != expected_fields or not isinstance(saved_id[1], StorageType):
+    if (typename != "storage" or len(saved_id) != expected_fields or not isinstance(saved_id[1], StorageType)
+        or not any(saved_id[1].dtype is dtype for dtype in STORAGE_DTYPES.values())):
       raise UserError(f"{self.where} has a persistent record {str(saved_id)[:120]}: not a torch storage")
     storage_type, key, _location, numel = saved_id[1:5]  # The device it lived on does not matter here.
     storage = StorageRef(str(key), storage_type.dtype, int(numel))
