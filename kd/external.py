@@ -23,7 +23,6 @@ is refused: a teacher fed other inputs than it was trained on would distil garba
 
 import dataclasses
 import hashlib
-import json
 import os
 from typing import Any, Mapping
 
@@ -82,12 +81,13 @@ class Teacher:
     return apply
 
   def fingerprint(self) -> str:
-    """SHA-256 of the variables' arrays and the model config: the teacher's identity."""
-    return variables_sha256(self.variables, self.model_config)
+    """SHA-256 of the teacher's variables (paths, dtypes, shapes and bytes): the same weights from any
+    source have the same fingerprint."""
+    return variables_sha256(self.variables)
 
 
-def variables_sha256(variables, model_config: Mapping[str, Any] | None = None) -> str:
-  digest = hashlib.sha256(json.dumps(model_config or {}, sort_keys=True, default=str).encode())
+def variables_sha256(variables) -> str:
+  digest = hashlib.sha256()
   for path, leaf in jax.tree_util.tree_flatten_with_path(_pure(variables))[0]:
     array = np.asarray(leaf)
     digest.update(f"{jax.tree_util.keystr(path)}:{array.dtype}:{array.shape}".encode())
