@@ -39,7 +39,8 @@ TIMM_REFERENCE = "huggingface/pytorch-image-models (timm 1.0)"
 
 # A kd array: (collection, path inside it), e.g. ("params", ("layer1_0", "conv1", "kernel")).
 KdPath = tuple[str, tuple[str, ...]]
-# One row of a layout: kd array <- timm array, through a transform, with its kd shape (None: any size).
+# One row of a layout: kd array <- timm array, through a transform; the timm array's expected shape
+# in PyTorch's layout (None: any size).
 Row = tuple[KdPath, str, Callable[[np.ndarray], np.ndarray], tuple[int | None, ...]]
 
 IGNORED_SUFFIXES = (".num_batches_tracked",)  # BatchNorm's step counter: no kd counterpart.
@@ -58,14 +59,14 @@ def _conv_kernel(weight_OxIxHxW: np.ndarray) -> np.ndarray:
 
 
 def _dense(kd_path: tuple[str, ...], timm_name: str, inputs: int, outputs: int | None) -> list[Row]:
-  return [(("params", kd_path + ("kernel",)), f"{timm_name}.weight", _linear_kernel, (inputs, outputs)),
+  return [(("params", kd_path + ("kernel",)), f"{timm_name}.weight", _linear_kernel, (outputs, inputs)),
           (("params", kd_path + ("bias",)), f"{timm_name}.bias", _identity, (outputs,))]
 
 
 def _conv(kd_path: tuple[str, ...], timm_name: str, kernel: int, inputs: int | None, outputs: int,
           bias: bool = False) -> list[Row]:
   rows = [(("params", kd_path + ("kernel",)), f"{timm_name}.weight", _conv_kernel,
-           (kernel, kernel, inputs, outputs))]
+           (outputs, inputs, kernel, kernel))]
   if bias:
     rows.append((("params", kd_path + ("bias",)), f"{timm_name}.bias", _identity, (outputs,)))
   return rows
@@ -94,7 +95,8 @@ def resnet_layout(model_config: dict[str, Any]) -> list[Row]:
   stem_width = config["widths"][0]
   expansion = 4 if config["block"] == "bottleneck" else 1
   convs = (1, 3, 1) if config["block"] == "bottleneck" else (3, 3)
-  rows = _conv(("stem", "conv"), "conv1", 7, None, stem_width) + _batch_norm(("stem", "bn"), "bn1", stem_width)
+  rows = _conv(("stem", "conv"), "conv1", 7, None, stem_width)
+  rows += _batch_norm(("stem", "bn"), "bn1", stem_width)
   channels = stem_width
   for stage, (blocks, width) in enumerate(zip(config["stage_sizes"], config["widths"]), start=1):
     for index in range(blocks):
@@ -143,7 +145,7 @@ def _shape_fits(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> boo
   return len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected))
 
 
-def _listed(names: list[str], limit: int = 6) -> str:
+def _listed(names: list[str], limit: int = 4) -> str:
   return ", ".join(names[:limit]) + (f" (and {len(names) - limit} more)" if len(names) > limit else "")
 
 
@@ -156,12 +158,12 @@ def apply_layout(state_dict: StateDict, rows: list[Row], where: str) -> dict[str
     if timm_name not in state_dict:
       missing.append(timm_name)
       continue
-    array = np.asarray(transform(np.asarray(state_dict[timm_name], np.float32)))
-    if not _shape_fits(array.shape, expected):
-      torch_shape = tuple(np.shape(state_dict[timm_name]))
-      wanted = tuple("*" if e is None else e for e in expected)
-      misfits.append(f"{timm_name} {torch_shape} (as kd {'/'.join(path)}: {array.shape}, expected {wanted})")
+    shape = tuple(np.shape(state_dict[timm_name]))
+    if not _shape_fits(shape, expected):
+      wanted = ", ".join("*" if size is None else str(size) for size in expected)
+      misfits.append(f"{timm_name} is {shape}, expected ({wanted}{',' if len(expected) == 1 else ''})")
       continue
+    array = transform(np.asarray(state_dict[timm_name], np.float32))
     node = variables.setdefault(collection, {})
     for key in path[:-1]:
       node = node.setdefault(key, {})
@@ -211,8 +213,10 @@ def _resnet(zoo_name: str) -> Architecture:
 
 def _vit(zoo_name: str, preprocess: str) -> Architecture:
   _, attributes = vit.ZOO[zoo_name]
-  source = "deit.py VisionTransformerDistilled" if attributes["distilled"] else (
-      "deit.py VisionTransformer" if zoo_name.startswith("deit") else "vision_transformer.py VisionTransformer")
+  if attributes["distilled"]:
+    source = "deit.py VisionTransformerDistilled"
+  else:  # DeiT's undistilled models are timm's VisionTransformer, built by deit.py.
+    source = "deit.py VisionTransformer" if zoo_name.startswith("deit") else "vision_transformer.py VisionTransformer"
   return Architecture(model={"name": "vit", **attributes}, preprocess=preprocess, input_shape=(224, 224, 3),
                       num_classes=classes_of("head"), convert=convert_vit,
                       reference=f"{TIMM_REFERENCE} timm/models/{source} ({zoo_name})")
