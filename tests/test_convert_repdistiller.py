@@ -172,8 +172,8 @@ def test_state_dict_of_another_architecture_is_one_error_line(tmp_path, capsys):
 def test_state_dict_of_another_width_is_one_error_line(tmp_path, capsys):
   status, stderr = convert_in_process(capsys, fixture_path("resnet8.safetensors"), str(tmp_path / "export"),
                                       "--arch=resnet8x4")
-  assert_one_error_line(status, stderr, "of the wrong shape: conv1.weight (16, 3, 3, 3) gives stem/conv/kernel",
-                        "expected (3, 3, 3, 32)")
+  assert_one_error_line(status, stderr, "missing: layer1.0.downsample.0.weight",
+                        "of the wrong shape: bn1.bias (16,) gives stem/bn/bias (16,), expected (32,)")
 
 
 def test_pickle_naming_code_is_refused_not_run(tmp_path, capsys):

@@ -157,6 +157,7 @@ def convert_family(state_dict: StateDict, model_config: dict[str, Any], *,
                      if name not in used and not name.endswith("num_batches_tracked"))
   if missing or misfit or left_over:
     missing.sort()
+    misfit.sort()
     problems = [f"{len(missing)} missing: {', '.join(missing[:4])}" if missing else "",
                 f"{len(misfit)} of the wrong shape: {'; '.join(misfit[:4])}" if misfit else "",
                 f"{len(left_over)} not in the model: {', '.join(left_over[:4])}" if left_over else ""]
