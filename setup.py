@@ -26,6 +26,8 @@ setuptools.setup(
         "importlib_resources",  # Needed by TFDS's builders when TensorFlow is absent.
         "pillow>=10",  # Resizing images of varying size (data.image_size).
         "submitit>=1.5",  # The Slurm backend of kd.sweep.
+        "safetensors>=0.4",  # Reading PyTorch-layout checkpoints without torch (kd.convert).
+        "ml-dtypes>=0.4",  # bfloat16 tensors in torch.save files (kd.convert.torch_pickle).
     ],
     extras_require={
         "test": ["pytest>=8", "nbclient>=0.11", "ipykernel>=6", "matplotlib>=3.8"],

@@ -16,7 +16,13 @@ the stages `teacher` (the teacher trained on labels), `baseline` (the student ar
 and the method's stage (FT adds `paraphraser` before it), and a finished stage is skipped, so the
 teacher and baseline are trained once per pair and every method distils the same teacher.
 The paper distils pretrained teachers; here the teacher is the first stage, trained with the same
-recipe as RepDistiller's `train_teacher.py`. `sweep(add)` lists the table's runs; `smoke` (e.g.
+recipe as RepDistiller's `train_teacher.py`, or RepDistiller's released teacher itself with
+`teacher_checkpoint=<file>` (its `.pth`, read without torch and converted; the stage then imports it,
+with CIFAR-100 normalisation, see kd.cifar100_benchmark):
+
+    python -m kd.main --config=experiments/tian2020_crd.py:pair=resnet32x4_resnet8x4,method=crd,teacher_checkpoint=/ckpt/resnet32x4_vanilla/ckpt_epoch_240.pth \
+        --workdir=runs/tian2020_crd/resnet32x4_resnet8x4_released
+ `sweep(add)` lists the table's runs; `smoke` (e.g.
 `:smoke` or `:pair=vgg13_vgg8,method=at,smoke=1`) runs each stage for 2 steps of 8 examples, on the
 cheapest pair unless `pair=` is given.
 
@@ -48,6 +54,7 @@ from kd.cifar100_benchmark import EPOCHS
 from kd.cifar100_benchmark import optimizer
 from kd.cifar100_benchmark import parse_arg
 from kd.cifar100_benchmark import steps
+from kd.cifar100_benchmark import use_pretrained_teacher
 from kd.config import base_config
 from kd.config import stage_config
 from kd.methods import method_config
@@ -218,9 +225,10 @@ def _same_family_and_width(teacher: str, student: str) -> bool:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_arg(arg)
-  unknown = set(args) - {"pair", "method", "smoke"}
+  unknown = set(args) - {"pair", "method", "smoke", "teacher_checkpoint"}
   if unknown:
-    raise ValueError(f"unknown keys {sorted(unknown)} in {arg!r}: use pair=, method=, smoke=1")
+    raise ValueError(f"unknown keys {sorted(unknown)} in {arg!r}: use pair=, method=, smoke=1, "
+                     "teacher_checkpoint=<file>")
   smoke = args.get("smoke", "0") not in ("0", "false", "False", "")
   pair = args.get("pair", SMOKE_PAIR if smoke else DEFAULT_PAIR)
   if pair in NOT_RUNNABLE:
@@ -266,6 +274,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.checkpoint.every_steps = steps(10)
   if smoke:
     shrink_to_smoke(config)
+  if args.get("teacher_checkpoint"):  # RepDistiller's released teacher instead of training one.
+    use_pretrained_teacher(config, args["teacher_checkpoint"])
   return config
 
 

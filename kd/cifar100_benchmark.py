@@ -6,6 +6,12 @@ papers that report on its pairs with its recipe (DKD, DIST, logit standardizatio
 (0.01 for the MobileNet/ShuffleNet students) decayed by 10x at epochs 150, 180 and 210, random crop with
 4-pixel padding and horizontal flip. An experiment file supplies its pairs, methods and numbers and
 calls `get_config`.
+
+The papers distil RepDistiller's released teachers. `teacher_checkpoint=<file>` in a file's argument
+(e.g. `:pair=resnet32x4_resnet8x4,method=kd,teacher_checkpoint=/ckpt/resnet32x4_vanilla/ckpt_epoch_240.pth`)
+does the same: the `teacher` stage imports that checkpoint (RepDistiller's / mdistiller's `.pth` or
+`.safetensors` layout, converted by `kd.convert`, or a kd export) instead of training, evaluates and
+exports it, and feeds it inputs normalised with CIFAR-100's mean and std as RepDistiller trained it.
 """
 
 from typing import Callable
@@ -44,15 +50,27 @@ def parse_arg(arg: str | None) -> dict[str, str]:
   return parsed
 
 
+def use_pretrained_teacher(config: ml_collections.ConfigDict, path: str) -> None:
+  """The `teacher` stage imports the checkpoint at `path` (no training; see the module docstring)."""
+  teacher = config.stages.teacher
+  teacher.init_from = path
+  teacher.num_steps = 0
+  teacher.optimizer.decay_boundaries = ()  # Nothing is trained: no schedule.
+  teacher.optimizer.schedule = "constant"
+  # RepDistiller normalises CIFAR-100 (dataset/cifar100.py); a kd export states its own.
+  teacher.model.preprocess = "cifar100"
+
+
 def get_config(arg: str | None, *, pairs: dict[str, tuple[str, str]], not_runnable: dict[str, str],
                methods_for: Callable[[str], dict[str, dict]], default_method: str,
                default_pair: str = "resnet32x4_resnet8x4",
                smoke_pair: str = "vgg13_vgg8") -> ml_collections.ConfigDict:
   """Teacher, baseline and one stage per chosen method on `pair=` (`method=all`: every method)."""
   args = parse_arg(arg)
-  unknown = set(args) - {"pair", "method", "smoke"}
+  unknown = set(args) - {"pair", "method", "smoke", "teacher_checkpoint"}
   if unknown:
-    raise ValueError(f"unknown keys {sorted(unknown)} in {arg!r}: use pair=, method=, smoke=1")
+    raise ValueError(f"unknown keys {sorted(unknown)} in {arg!r}: use pair=, method=, smoke=1, "
+                     "teacher_checkpoint=<file>")
   smoke = args.get("smoke", "0") not in ("0", "false", "False", "")
   pair = args.get("pair", smoke_pair if smoke else default_pair)
   if pair in not_runnable:
@@ -95,4 +113,6 @@ def get_config(arg: str | None, *, pairs: dict[str, tuple[str, str]], not_runnab
     config.log_every_steps = 1
     config.eval_every_steps = 0
     config.checkpoint.every_steps = 2
+  if args.get("teacher_checkpoint"):
+    use_pretrained_teacher(config, args["teacher_checkpoint"])
   return config

@@ -50,6 +50,7 @@ REFERENCE_PARAMS = {
     "ShuffleV2": 1_355_528,
     "resnet18": 11_689_512,
     "resnet34": 21_797_672,
+    "resnet50": 25_557_032,  # torchvision and timm, bottleneck blocks.
 }
 
 # Width of the pooled feature before the classifier: the embedding CRD contrasts.
@@ -59,7 +60,7 @@ EMBEDDING_DIM = {
     "wrn_16_1": 64, "wrn_16_2": 128, "wrn_40_1": 64, "wrn_40_2": 128,
     "vgg8": 512, "vgg11": 512, "vgg13": 512, "vgg16": 512, "vgg19": 512,
     "mobile_half": 1280, "ShuffleV1": 960, "ShuffleV2": 1024,
-    "resnet18": 512, "resnet34": 512,
+    "resnet18": 512, "resnet34": 512, "resnet50": 2048,
 }
 
 

@@ -229,3 +229,33 @@ def test_each_model_gets_the_inputs_it_was_trained_on(tmp_path, teacher):
   assert not np.allclose(unit, by_hand, atol=1e-3)  # The statement changes what the model sees.
   assert external.load_teacher(_config(teacher=f"export:{tmp_path / 't'}"), "student", "",
                                teacher.spec).preprocess == "range=0:1 mean=0.5 std=0.25"
+
+
+def test_a_paper_config_distils_a_released_repdistiller_teacher_from_its_pth(tmp_path):
+  """tian2020_crd with `teacher_checkpoint=` on RepDistiller's own resnet8 (random weights, saved with
+  torch.save as its train_teacher.py does): the teacher stage imports it with CIFAR-100 normalisation."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  fixtures = os.path.join(REPO, "tests", "fixtures", "repdistiller")
+  pth = os.path.join(fixtures, "resnet8.pth")
+  workdir = str(tmp_path / "run")
+  # RepDistiller's resnet8 stands in for the pair's teacher (a full-size one is over a megabyte).
+  config = kd.load_config(os.path.join(REPO, "experiments", "tian2020_crd.py"),
+                          f"pair=resnet56_resnet20,method=kd,smoke=1,teacher_checkpoint={pth}",
+                          **{"stages.teacher.model.depth": 8})
+  with tfds.testing.mock_data(num_examples=16), jax.disable_jit():  # Op by op: seconds, not a compile.
+    kd.run(config, workdir, ["teacher", "kd"])
+  teacher_dir = os.path.join(workdir, "seed_0", "teacher")
+  with open(os.path.join(teacher_dir, "result.json")) as f:
+    assert json.load(f)["step"] == 0  # Imported, not trained.
+  teacher = kd.load_model(teacher_dir)
+  assert teacher.model_config["preprocess"] == "cifar100"
+  images = np.load(os.path.join(fixtures, "images.npy"))
+  with np.load(os.path.join(fixtures, "logits.npz")) as reference:
+    expected = reference["resnet8"]
+  logits = teacher.apply(teacher.variables, {"image": images}, train=False)["logits"]
+  assert float(np.max(np.abs(np.asarray(logits) - expected))) < 1e-4
+  assert _provenance(workdir, "teacher")["sources"]["init_from"]["path"] == pth
+  with open(os.path.join(workdir, "seed_0", "kd", "result.json")) as f:
+    assert json.load(f)["step"] == 2
+  assert _provenance(workdir, "kd")["sources"]["teacher"]["preprocess"] == "cifar100"

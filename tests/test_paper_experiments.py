@@ -68,9 +68,9 @@ def _build(module, arg, overrides):
 
 
 @functools.lru_cache(maxsize=None)
-def _spec(name: str) -> data.DatasetSpec:
+def _spec(name: str, image_size: int = 0) -> data.DatasetSpec:
   with tfds.testing.mock_data(num_examples=MOCK_EXAMPLES):
-    return data.load_spec(name)
+    return data.load_spec(name, image_size=image_size)
 
 
 @functools.lru_cache(maxsize=None)
@@ -85,7 +85,7 @@ def _check_features(config, stage_name: str) -> None:
   student_patterns, teacher_patterns = methods.feature_patterns(stage.method)
   if not student_patterns and not teacher_patterns:
     return
-  spec = _spec(config.data.name)
+  spec = _spec(config.data.name, config.data.image_size)
   where = f"stages.{stage_name}.method"
 
   def resolve(model_config, patterns, key):

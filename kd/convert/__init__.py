@@ -20,6 +20,7 @@ Architectures (`ARCHITECTURES`):
 """
 
 import argparse
+import functools
 import os
 import sys
 from typing import Any
@@ -51,14 +52,22 @@ def architecture(name: str) -> Architecture:
 def family_converter(model_name: str, where: str):
   """The converter of PyTorch state_dicts for kd model `model_name` (all its sizes), for checkpoints
   given with a model config rather than an --arch."""
-  converters = {layout.convert for layout in ARCHITECTURES.values() if layout.model["name"] == model_name}
+  converters = {_identity(layout.convert): layout.convert for layout in ARCHITECTURES.values()
+                if layout.model["name"] == model_name}
   if len(converters) != 1:
     families = sorted({layout.model["name"] for layout in ARCHITECTURES.values()})
     problem = "has several source layouts" if converters else "has no converter from PyTorch layouts"
     raise UserError(f"{where}: model {model_name!r} {problem}; kd converts state_dicts of {families}: convert "
                     "the file first with python -m kd.convert <src> <dst> --arch=<name> and use teacher="
                     "'export:<dst>'")
-  return converters.pop()
+  return next(iter(converters.values()))
+
+
+def _identity(function):
+  """Equal for converters that do the same (one family's partials of one function)."""
+  if isinstance(function, functools.partial):
+    return (function.func, function.args, tuple(sorted(function.keywords.items())))
+  return function
 
 
 def _unwrap(tree: Any, path: str) -> StateDict:
