@@ -259,3 +259,11 @@ def test_a_paper_config_distils_a_released_repdistiller_teacher_from_its_pth(tmp
   with open(os.path.join(workdir, "seed_0", "kd", "result.json")) as f:
     assert json.load(f)["step"] == 2
   assert _provenance(workdir, "kd")["sources"]["teacher"]["preprocess"] == "cifar100"
+
+
+def test_the_bring_your_own_notebook_runs_headless(tmp_path):
+  from test_end_to_end import _run_notebook  # pylint: disable=g-import-not-at-top
+  outputs = _run_notebook("bring_your_own.ipynb", str(tmp_path))
+  text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+  assert "in memory  teacher" in text and "from file  teacher" in text
+  assert os.path.exists(tmp_path / "from_file" / "seed_0" / "student" / "model.json")
