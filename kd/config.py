@@ -233,6 +233,12 @@ def _check_stage(stage, where: str) -> None:
                       f"[0, num_steps={stage.num_steps})")
 
 
+def _has_external_teacher(config, stage, memory_teachers: tuple[str, ...]) -> bool:
+  """Whether the stage's teacher comes from outside the run (see kd.external.teacher_kind)."""
+  return bool(stage.teacher_checkpoint or stage.teacher.startswith("export:") or (
+      stage.teacher in memory_teachers and stage.teacher not in config.stages))
+
+
 def _is_export(path: str) -> bool:
   return os.path.exists(os.path.join(path, "model.json"))
 
@@ -307,8 +313,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     if name not in config.stages:
       raise ConfigError(f"stage_order names {name!r}, which is not in stages {sorted(config.stages.keys())}")
     stage = config.stages[name]
-    external = stage.teacher_checkpoint or stage.teacher.startswith("export:") or (
-        stage.teacher in memory_teachers and stage.teacher not in config.stages)
+    external = _has_external_teacher(config, stage, memory_teachers)
     if stage.teacher_checkpoint and not stage.teacher_model.name and not _is_export(stage.teacher_checkpoint):
       raise ConfigError(f"stages.{name}.teacher_checkpoint={stage.teacher_checkpoint!r} needs the model that "
                         f"reads it: set stages.{name}.teacher_model (e.g. kd.models.model_config('wrn', depth=40, "
@@ -332,10 +337,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
                         "the stage that trains it (e.g. method 'ft_paraphraser')")
     seen.append(name)
   for role in ("teacher", "baseline", "student"):
-    if role == "teacher" and config.report.student in config.stages and config.report.teacher not in config.stages:
-      student = config.stages[config.report.student]
-      if student.teacher_checkpoint or student.teacher.startswith("export:") or student.teacher in memory_teachers:
-        continue  # The report card measures the student's external teacher.
+    if (role == "teacher" and config.report.teacher not in config.stages and config.report.student in config.stages
+        and _has_external_teacher(config, config.stages[config.report.student], memory_teachers)):
+      continue  # The report card measures the student's external teacher.
     if config.report[role] not in config.stages:
       raise ConfigError(f"report.{role}={config.report[role]!r} is not a stage; stages: "
                         f"{sorted(config.stages.keys())}")

@@ -36,7 +36,6 @@ from kd import teacher_cache
 from kd.lm import evaluation as lm_evaluation
 from kd.errors import Interrupted
 from kd.errors import TrainingError
-from kd.errors import UserError
 from kd.errors import WorkdirError
 
 RESULT_JSON = "result.json"  # Written last: its presence means the stage is finished.

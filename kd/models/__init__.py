@@ -28,7 +28,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from kd import features
 from kd.errors import ConfigError
