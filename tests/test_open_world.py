@@ -125,6 +125,16 @@ def test_an_nnx_model_by_import_path_and_its_tap_points():
   assert taps == {"hidden": (2, 8), "head": (2, 10)}
 
 
+def test_tap_points_of_linen_and_nnx_token_models_are_token_features():
+  sys.path.insert(0, USER_PROJECT)
+  example = jax.ShapeDtypeStruct((2, 8, 8, 1), np.float32)
+  nnx_taps = kd.features.tap_points(models.build_model(models.model_config("tiny_models:NNXTokenMixer"), 10), example)
+  assert nnx_taps["embed"] == (2, 16, 16) and nnx_taps["blocks/0"] == (2, 16, 16) and nnx_taps["blocks/1"] == (2, 16, 16)
+  linen_taps = kd.features.tap_points(models.build_model(models.zoo_model_config("deit_tiny_distilled_patch16_224"), 10),
+                                      jax.ShapeDtypeStruct((2, 224, 224, 3), np.float32))
+  assert linen_taps["blocks_11"] == (2, 198, 192) and linen_taps["head_dist"] == (2, 10)
+
+
 def test_the_same_teacher_from_an_export_a_checkpoint_or_memory_gives_the_same_report(tmp_path, teacher):
   exported = os.path.join(tmp_path, "exported")
   checkpoint.export_model(exported, teacher.model_config, teacher.spec, teacher.variables)

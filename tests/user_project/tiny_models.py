@@ -68,3 +68,23 @@ class NNXMLP(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.head(jax.nn.relu(self.hidden(x.reshape(x.shape[0], -1))))
+
+
+class NNXTokenMixer(nnx.Module):
+  """An NNX transformer-style model: patch tokens, self-attention blocks, mean-pooled head."""
+
+  def __init__(self, num_classes: int, hidden: int = 16, depth: int = 2, patch: int = 2,
+               in_channels: int = 1, *, rngs: nnx.Rngs):
+    self.patch = patch
+    self.embed = nnx.Linear(patch * patch * in_channels, hidden, rngs=rngs)
+    self.blocks = nnx.List([nnx.MultiHeadAttention(2, hidden, decode=False, rngs=rngs) for _ in range(depth)])
+    self.head = nnx.Linear(hidden, num_classes, rngs=rngs)
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    b, h, w, c = images.shape
+    p = self.patch
+    tokens = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, -1, p * p * c)
+    x = self.embed(tokens)
+    for block in self.blocks:
+      x = x + block(x)
+    return self.head(jnp.mean(x, axis=1))
