@@ -10,9 +10,20 @@ Layout of a stage's folder:
                                           them for a later stage (FT's paraphraser)
 
 Nothing is pickled: Orbax writes arrays with TensorStore and JSON beside them.
+
+Every checkpoint and export carries a manifest, written last, once its data is complete: the size and
+SHA-256 of each of its files, `{"format": 1, "files": {path: {"size": ..., "sha256": ...}}}`.
+
+    <stage>/checkpoints/<step>/manifest.json   paths relative to the step's folder
+    <stage>/model/manifest.json                paths relative to the stage's folder (model/..., model.json)
+    <stage>/connector/manifest.json            paths relative to the stage's folder (connector/...)
+
+Bytes that changed on disk (a bad disk, a copy cut short and resumed) are found before they are read:
+a corrupt checkpoint is set aside and the one before it restored; a corrupt export is an error.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -29,10 +40,128 @@ from kd.errors import UserError
 MODEL_DIR = "model"
 MODEL_JSON = "model.json"
 CONNECTOR_DIR = "connector"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+# Orbax writes a step into `<step>.orbax-checkpoint-tmp...` and renames it when complete.
+_ORBAX_TMP = ".orbax-checkpoint-tmp"
+
+
+# Manifests.
+
+def _sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _files_under(root: str, folder: str) -> list[str]:
+  """The files under `root/folder`, as paths relative to `root`, without any manifest."""
+  found = []
+  for parent, dirs, files in os.walk(os.path.join(root, folder)):
+    dirs.sort()
+    for name in sorted(files):
+      if name != MANIFEST and not name.startswith(MANIFEST + ".tmp"):
+        found.append(os.path.relpath(os.path.join(parent, name), root))
+  return found
+
+
+def write_manifest(manifest_path: str, root: str, relative_paths: list[str]) -> None:
+  """Writes the sizes and SHA-256 of `root/<path>` for each path, atomically (a temporary file, renamed)."""
+  files = {}
+  for relative in relative_paths:
+    path = os.path.join(root, relative)
+    files[relative.replace(os.sep, "/")] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
+  temporary = f"{manifest_path}.tmp-{os.getpid()}"
+  with open(temporary, "w") as f:
+    json.dump({"format": MANIFEST_FORMAT, "files": files}, f, indent=1, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(temporary, manifest_path)
+
+
+def verify_manifest(manifest_path: str, root: str) -> tuple[str, str]:
+  """Compares the files under `root` with the manifest at `manifest_path`.
+
+  Returns:
+    ("ok", ""), every file listed has its size and hash; ("unverified", why), no manifest or one of a
+    newer format; ("mismatch", what), naming the first file (in sorted order) that is missing or
+    differs, or the manifest itself when it cannot be read.
+  """
+  name = os.path.basename(manifest_path)
+  try:
+    with open(manifest_path) as f:
+      manifest = json.load(f)
+  except FileNotFoundError:
+    return "unverified", f"no {name}"
+  except (OSError, ValueError) as e:  # Truncated or garbled: its files cannot be trusted either.
+    return "mismatch", f"{name} is unreadable ({type(e).__name__}: {str(e)[:80]})"
+  if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+    return "mismatch", f"{name} is unreadable (no files listed)"
+  if manifest.get("format") != MANIFEST_FORMAT:
+    return "unverified", f"{name} has format {manifest.get('format')!r}, this kd reads {MANIFEST_FORMAT}"
+  for relative in sorted(manifest["files"]):
+    expected = manifest["files"][relative]
+    path = os.path.join(root, *relative.split("/"))
+    if not os.path.isfile(path):
+      return "mismatch", f"{relative} is missing"
+    size = os.path.getsize(path)
+    if size != expected.get("size"):
+      return "mismatch", f"{relative} has {size} bytes, {name} says {expected.get('size')}"
+    if _sha256(path) != expected.get("sha256"):
+      return "mismatch", f"{relative} has other contents than {name} records (SHA-256 differs)"
+  return "ok", ""
+
+
+def _is_primary() -> bool:
+  # With several processes (kd.distributed), one writes the shared files.
+  return jax.process_index() == 0
+
+
+# Train checkpoints.
+
+class _ManifestCheckpointManager(ocp.CheckpointManager):
+  """A CheckpointManager that writes each step's manifest once Orbax has finished that step.
+
+  Orbax saves in a background thread and only then renames `<step>.orbax-checkpoint-tmp...` to
+  `<step>`; its `AsyncOptions.post_finalization_callback` runs in that thread *before* the rename
+  and is not told the folder, so it would hash a folder that is not final yet, and an error there
+  would fail the save. Instead, the manifests of the steps this manager saved are written in
+  `wait_until_finished`, which Orbax calls at the start of every `save` (so the previous step is
+  complete and renamed by then) and which kd calls before it stops or raises. Hashing runs on the
+  training thread, once per checkpoint, at about a tenth of a save's time (benchmarks/checksum.py).
+  A crash after Orbax's rename and before the manifest leaves a complete step without one, which
+  `restore_train_state` accepts with a warning.
+  """
+
+  def __init__(self, *args, **kwargs):
+    self._unsealed_steps = []  # Saved by this manager, manifest not yet written.
+    super().__init__(*args, **kwargs)
+
+  def save(self, step, *args, **kwargs):
+    saved = super().save(step, *args, **kwargs)
+    if saved:
+      self._unsealed_steps.append(step)
+    return saved
+
+  def wait_until_finished(self):
+    super().wait_until_finished()
+    steps, self._unsealed_steps = self._unsealed_steps, []
+    for step in steps:
+      write_checkpoint_manifest(os.path.join(str(self.directory), str(step)))
+
+
+def write_checkpoint_manifest(step_dir: str) -> None:
+  """Writes the manifest of a finished step folder (`<stage>/checkpoints/<step>`).
+
+  Does nothing for a folder Orbax has not renamed yet (`*.orbax-checkpoint-tmp*`), or that is gone
+  (removed by `max_to_keep`), or on processes other than the primary one.
+  """
+  if _ORBAX_TMP in os.path.basename(step_dir) or not os.path.isdir(step_dir) or not _is_primary():
+    return
+  write_manifest(os.path.join(step_dir, MANIFEST), step_dir, _files_under(step_dir, ""))
 
 
 def train_manager(stage_dir: str, *, keep: int) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
+  return _ManifestCheckpointManager(
       os.path.abspath(os.path.join(stage_dir, "checkpoints")),
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
       item_names=("state", "data"),
@@ -48,14 +177,26 @@ def save_train_state(manager: ocp.CheckpointManager, step: int, state, data_stat
 
 
 def restore_train_state(manager: ocp.CheckpointManager, abstract_state):
-  """Returns (state, data_state) of the latest readable checkpoint, or None when there is none.
+  """Returns (state, data_state) of the latest sound checkpoint, or None when there is none.
 
   `abstract_state` (from `jax.eval_shape`, with shardings) gives the structure, dtypes and
-  placement of the restored arrays. A checkpoint that cannot be read (corrupted, or cut short by a
-  crash) is moved to `<stage>/corrupt_checkpoints/` with a warning, never deleted, and the one before
-  it is tried.
+  placement of the restored arrays. A checkpoint whose files do not match its manifest (bytes changed
+  on disk), or that cannot be read (cut short by a crash), is moved to `<stage>/corrupt_checkpoints/`
+  with a warning, never deleted, and the one before it is tried. A checkpoint without a manifest
+  (written before kd wrote them, or by a run that stopped between Orbax finishing the step and its
+  manifest) is restored with a logged warning: Orbax's commit is atomic (a step folder gets its name
+  only once complete), so it is whole, only unverified.
   """
   for step in sorted(manager.all_steps(), reverse=True):
+    checkpoints = str(manager.directory)
+    step_dir = os.path.join(checkpoints, str(step))
+    status, detail = verify_manifest(os.path.join(step_dir, MANIFEST), step_dir)
+    if status == "mismatch":
+      _set_aside(manager, step, f"is corrupt: {detail}")
+      continue
+    if status == "unverified":
+      logging.warning("checkpoint at step %d in %s is unverified (%s); Orbax commits a step atomically, "
+                      "so restoring it as it is", step, checkpoints, detail)
     try:
       restored = manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
@@ -63,14 +204,20 @@ def restore_train_state(manager: ocp.CheckpointManager, abstract_state):
         raise ValueError(f"data iterator state is {type(restored.data).__name__}, not a dict")
       return restored.state, restored.data
     except Exception as e:  # pylint: disable=broad-except  # Orbax raises many types on bad files.
-      checkpoints = str(manager.directory)
-      aside = os.path.join(os.path.dirname(checkpoints), "corrupt_checkpoints", f"{step}-{int(time.time())}")
-      os.makedirs(os.path.dirname(aside), exist_ok=True)
-      os.rename(os.path.join(checkpoints, str(step)), aside)
-      manager.reload()
-      logging.warning("checkpoint at step %d in %s cannot be read (%s: %s); moved it to %s and trying "
-                      "the previous one", step, checkpoints, type(e).__name__, str(e)[:200], aside)
+      _set_aside(manager, step, f"cannot be read ({type(e).__name__}: {str(e)[:200]})")
   return None
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int, problem: str) -> None:
+  """Moves a bad step to `<stage>/corrupt_checkpoints/<step>-<time>`, for inspection, and warns."""
+  checkpoints = str(manager.directory)
+  aside = os.path.join(os.path.dirname(checkpoints), "corrupt_checkpoints", f"{step}-{int(time.time())}")
+  if _is_primary():  # Every process reaches the same verdict; one moves the folder.
+    os.makedirs(os.path.dirname(aside), exist_ok=True)
+    os.rename(os.path.join(checkpoints, str(step)), aside)
+  manager.reload()
+  logging.warning("checkpoint at step %d in %s %s; moved it to %s and trying the previous one",
+                  step, checkpoints, problem, aside)
 
 
 def export_model(stage_dir: str, model_config: dict, spec: DatasetSpec, variables,
@@ -88,8 +235,25 @@ def export_model(stage_dir: str, model_config: dict, spec: DatasetSpec, variable
     description["import_root"] = root
   if source:
     description["source"] = source
-  with open(os.path.join(stage_dir, MODEL_JSON), "w") as f:
+  # Renamed into place: with several processes, each writes the same file, and the primary hashes it.
+  temporary = os.path.join(stage_dir, f"{MODEL_JSON}.tmp-{os.getpid()}")
+  with open(temporary, "w") as f:
     json.dump(description, f, indent=2)
+  os.replace(temporary, os.path.join(stage_dir, MODEL_JSON))
+  if _is_primary():  # Last: the manifest vouches for a complete export.
+    write_manifest(os.path.join(path, MANIFEST), stage_dir, _files_under(stage_dir, MODEL_DIR) + [MODEL_JSON])
+
+
+def _check_export(stage_dir: str, folder: str, what: str) -> None:
+  """Raises UserError when the export in `<stage_dir>/<folder>` does not match its manifest."""
+  export_dir = os.path.join(stage_dir, folder)
+  status, detail = verify_manifest(os.path.join(export_dir, MANIFEST), stage_dir)
+  if status == "mismatch":
+    raise UserError(f"the {what} exported in {export_dir} is corrupt: {detail}; re-export or retrain that "
+                    "stage in a fresh workdir; nothing was changed")
+  if status == "unverified":
+    logging.warning("the %s exported in %s is unverified (%s: exported by an older kd); loading it as it is",
+                    what, export_dir, detail)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,12 +274,21 @@ def read_model_description(stage_dir: str) -> dict[str, Any]:
     raise UserError(f"no exported model in {stage_dir} (no {MODEL_JSON}): run that stage to the end "
                     "first, or point the config at the right workdir")
   with open(description_path) as f:
-    return json.load(f)
+    try:
+      return json.load(f)
+    except ValueError as e:
+      raise UserError(f"{description_path} is unreadable ({e}): re-export or retrain that stage in a fresh "
+                      "workdir; nothing was changed") from e
 
 
 def load_model(stage_dir: str) -> LoadedModel:
-  """Loads the model a stage exported (`<workdir>/<stage>`), e.g. a teacher for a later stage."""
-  description = read_model_description(stage_dir)
+  """Loads the model a stage exported (`<workdir>/<stage>`), e.g. a teacher for a later stage.
+
+  Raises UserError when a file of the export does not match its manifest; an export without one
+  (older kd) is loaded with a logged warning.
+  """
+  description = read_model_description(stage_dir)  # A missing export is named as such, first.
+  _check_export(stage_dir, MODEL_DIR, "model")
   spec_dict = description["dataset"]
   spec = DatasetSpec(**{**spec_dict, "input_shape": tuple(spec_dict["input_shape"])})
   model_config = description["model"]
@@ -136,8 +309,11 @@ def load_model(stage_dir: str) -> LoadedModel:
 
 def export_connector(stage_dir: str, variables) -> None:
   """Writes a method's connector variables ({"params": ..., other collections}) for a later stage."""
+  path = os.path.abspath(os.path.join(stage_dir, CONNECTOR_DIR))
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.abspath(os.path.join(stage_dir, CONNECTOR_DIR)), variables, force=True)
+    checkpointer.save(path, variables, force=True)
+  if _is_primary():
+    write_manifest(os.path.join(path, MANIFEST), stage_dir, _files_under(stage_dir, CONNECTOR_DIR))
 
 
 def load_connector(stage_dir: str, abstract_variables):
@@ -145,6 +321,7 @@ def load_connector(stage_dir: str, abstract_variables):
   path = os.path.abspath(os.path.join(stage_dir, CONNECTOR_DIR))
   if not os.path.isdir(path):
     raise UserError(f"no exported connector in {stage_dir}: run that stage to the end first")
+  _check_export(stage_dir, CONNECTOR_DIR, "connector")
   with ocp.StandardCheckpointer() as checkpointer:
     try:
       return checkpointer.restore(path, abstract_variables)
