@@ -31,6 +31,11 @@ CASES = [
     (["--config.data.augment.crop_padding=-1"], ["crop_padding=-1 must be >= 0"]),
     (["--config.data.augment.teacher_view=other"], ["teacher_view='other'", "independent"]),
     (["--config.stages.student.model.dtype=bf16"], ["stages.student.model.dtype='bf16'", "bfloat16"]),
+    # Model attributes are validated against the ranges each model declares, numbers must be finite.
+    (["--config.stages.student.model.dropout=1.5"], ["stages.student.model.dropout=1.5", "in [0, 1)"]),
+    (["--config.stages.student.model.hidden=0"], ["stages.student.model.hidden=0", "integer >= 1"]),
+    (["--config.stages.teacher.model.channels=(32,-4)"], ["channels=(32, -4)", "each entry"]),
+    (["--config.stages.student.method.temperature=inf"], ["temperature=inf must be finite"]),
 ]
 
 

@@ -218,3 +218,8 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits(config):
   grads = jax.jit(jax.grad(lambda p: bf16.apply({**variables, "params": p}, images, train=False).sum()))(
       variables["params"])
   assert {leaf.dtype for leaf in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
+
+
+def test_every_zoo_model_satisfies_the_ranges_it_declares():
+  for name in models.ZOO:
+    models.check_model_config(models.zoo_model_config(name), f"zoo.{name}")  # Raises if a range is violated.

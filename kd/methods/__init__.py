@@ -45,6 +45,7 @@ To add a method, write the module and add it to `METHODS`.
 """
 
 import functools
+import math
 from typing import Any, Callable, Mapping
 
 from kd.errors import ConfigError
@@ -127,6 +128,10 @@ def check_method_config(method_config: Mapping[str, Any], where: str) -> None:
     if key not in module.DEFAULTS:
       known = sorted(module.DEFAULTS) or "none"
       raise ConfigError(f"{where}.{key} is not a parameter of method {name!r}; its parameters: {known}")
+  for key, value in params.items():
+    numbers = value if isinstance(value, (list, tuple)) else (value,)
+    if any(isinstance(n, float) and not math.isfinite(n) for n in numbers):
+      raise ConfigError(f"{where}.{key}={value!r} must be finite")
   module.check({**module.DEFAULTS, **params}, where)
 
 

@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 
 from kd import features
+from kd.models import attributes as model_attributes
 from kd.errors import ConfigError
 from kd.models import cifar_resnet
 from kd.models import imagenet_resnet
@@ -215,6 +216,8 @@ def check_model_config(model_config: Mapping[str, Any], where: str) -> None:
   if required:
     raise ConfigError(f"{where} does not set {required}, attributes of model {name!r} without a default: "
                       f"set them, e.g. --config.{where}.{required[0]}=...")
+  defaults = {key: value for key, value in attributes.items() if value is not _MISSING}
+  model_attributes.check(module_class, {**defaults, **model_kwargs(model_config)}, where)
   if "dtype" in attributes and model_config.get("dtype", "float32") not in COMPUTE_DTYPES:
     raise ConfigError(f"{where}.dtype={model_config['dtype']!r} is not a compute dtype: choose one of "
                       f"{COMPUTE_DTYPES} (parameters stay float32)")

@@ -24,11 +24,13 @@ This file also holds what the other models of the zoo share: the modules that ma
 """
 
 import functools
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from kd.models import attributes
 
 # The reference initialises convolutions with N(0, 2 / (k * k * out_channels)): He et al. 2015 with
 # the fan-out, which keeps the variance of the gradients, not of the activations, constant.
@@ -144,6 +146,13 @@ class CifarResNet(nn.Module):
   depth: int = 32
   widths: Sequence[int] = (16, 16, 32, 64)
   dtype: str = "float32"
+
+  ATTRIBUTE_RANGES: ClassVar[dict] = {
+      "depth": attributes.Range(8, integer=True), "widths": attributes.POSITIVE_INT,
+      "rules": (attributes.Rule(lambda a: (a.get("depth", 32) - 2) % 6 == 0,
+                                "depth must be 6n + 2 (8, 14, 20, 32, 44, 56, 110)"),
+                attributes.Rule(lambda a: len(a.get("widths", (0,) * 4)) == 4,
+                                "widths must be 4 numbers: the stem and three stages"))}
 
   @nn.compact
   def __call__(self, images_BxHxWxC: jax.Array, train: bool) -> jax.Array:

@@ -1,10 +1,12 @@
 """Small convolutional classifiers for low-resolution images (digits, mnist, cifar)."""
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from kd.models import attributes
 
 
 class ConvNet(nn.Module):
@@ -26,6 +28,9 @@ class ConvNet(nn.Module):
   dropout: float = 0.0
   batch_norm: bool = True
   dtype: str = "float32"
+
+  ATTRIBUTE_RANGES: ClassVar[dict] = {"channels": attributes.POSITIVE_INT, "hidden": attributes.POSITIVE_INT,
+                      "dropout": attributes.PROBABILITY}
 
   @nn.compact
   def __call__(self, images_BxHxWxC: jax.Array, train: bool) -> jax.Array:
@@ -62,6 +67,9 @@ class ConvNet1D(nn.Module):
   hidden: int = 0
   batch_norm: bool = True
 
+  ATTRIBUTE_RANGES: ClassVar[dict] = {"channels": attributes.POSITIVE_INT, "kernel_size": attributes.POSITIVE_INT,
+                      "hidden": attributes.NON_NEGATIVE_INT}
+
   @nn.compact
   def __call__(self, signals_BxLxC: jax.Array, train: bool) -> jax.Array:
     x = signals_BxLxC
@@ -88,6 +96,8 @@ class MLP(nn.Module):
   num_classes: int
   hidden: Sequence[int] = (128,)
   dropout: float = 0.0
+
+  ATTRIBUTE_RANGES: ClassVar[dict] = {"hidden": attributes.POSITIVE_INT, "dropout": attributes.PROBABILITY}
 
   @nn.compact
   def __call__(self, inputs: jax.Array, train: bool) -> jax.Array:

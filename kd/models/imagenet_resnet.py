@@ -25,12 +25,13 @@ Tap points for feature distillation (module outputs, as `capture_intermediates` 
 """
 
 import functools
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kd.models import attributes
 from kd.models.cifar_resnet import BasicBlock
 from kd.models.cifar_resnet import ConvBNReLU
 from kd.models.cifar_resnet import GlobalAvgPool
@@ -98,6 +99,9 @@ class ImageNetResNet(nn.Module):
   widths: Sequence[int] = (64, 128, 256, 512)
   block: str = "basic"
   dtype: str = "float32"
+
+  ATTRIBUTE_RANGES: ClassVar[dict] = {"stage_sizes": attributes.POSITIVE_INT,
+                      "widths": attributes.POSITIVE_INT, "block": attributes.Choice(*BLOCKS)}
 
   @nn.compact
   def __call__(self, images_BxHxWxC: jax.Array, train: bool) -> jax.Array:

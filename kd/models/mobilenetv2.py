@@ -22,9 +22,12 @@ Tap points for feature distillation (module outputs, as `capture_intermediates` 
   head           the logits.
 """
 
+from typing import ClassVar
+
 import flax.linen as nn
 import jax
 
+from kd.models import attributes
 from kd.models.cifar_resnet import batch_norm
 from kd.models.cifar_resnet import ConvBNReLU
 from kd.models.cifar_resnet import GlobalAvgPool
@@ -86,6 +89,9 @@ class MobileNetV2(nn.Module):
   num_classes: int
   width_multiplier: float = 0.5
   expansion: int = 6
+
+  ATTRIBUTE_RANGES: ClassVar[dict] = {"width_multiplier": attributes.Range(0, low_open=True),
+                      "expansion": attributes.POSITIVE_INT}
 
   @nn.compact
   def __call__(self, images_BxHxWxC: jax.Array, train: bool) -> jax.Array:

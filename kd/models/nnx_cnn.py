@@ -1,9 +1,11 @@
 """A small convolutional classifier written with Flax NNX (the NNX counterpart of `cnn.ConvNet`)."""
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 from flax import nnx
 import jax
+
+from kd.models import attributes
 
 
 class NNXConvNet(nnx.Module):
@@ -11,6 +13,10 @@ class NNXConvNet(nnx.Module):
 
   Tap points are attribute paths: `convs/0`, `norms/0`, ..., `hidden`, `head`.
   """
+
+  ATTRIBUTE_RANGES: ClassVar[dict] = {"channels": attributes.POSITIVE_INT, "hidden": attributes.POSITIVE_INT,
+                      "dropout": attributes.PROBABILITY, "in_channels": attributes.POSITIVE_INT,
+                      "input_size": attributes.POSITIVE_INT}
 
   def __init__(self, num_classes: int, channels: Sequence[int] = (32,), hidden: int = 32,
                dropout: float = 0.0, in_channels: int = 1, input_size: int = 8, *, rngs: nnx.Rngs):

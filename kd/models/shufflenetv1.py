@@ -20,12 +20,13 @@ Tap points for feature distillation (module outputs, as `capture_intermediates` 
   head          the logits.
 """
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kd.models import attributes
 from kd.models.cifar_resnet import batch_norm
 from kd.models.cifar_resnet import ConvBNReLU
 from kd.models.cifar_resnet import GlobalAvgPool
@@ -99,6 +100,11 @@ class ShuffleNetV1(nn.Module):
   stage_widths: Sequence[int] = (240, 480, 960)
   blocks_per_stage: Sequence[int] = (4, 8, 4)
   groups: int = 3
+
+  ATTRIBUTE_RANGES: ClassVar[dict] = {"stage_widths": attributes.POSITIVE_INT,
+                      "blocks_per_stage": attributes.POSITIVE_INT, "groups": attributes.POSITIVE_INT,
+                      "rules": (attributes.Rule(lambda a: all(w % a.get("groups", 3) == 0 for w in a.get("stage_widths", ())),
+                                                "every stage width must divide into groups"),)}
 
   @nn.compact
   def __call__(self, images_BxHxWxC: jax.Array, train: bool) -> jax.Array:

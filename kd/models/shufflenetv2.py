@@ -24,12 +24,13 @@ Tap points for feature distillation (module outputs, as `capture_intermediates` 
   head          the logits.
 """
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kd.models import attributes
 from kd.models.cifar_resnet import batch_norm
 from kd.models.cifar_resnet import ConvBNReLU
 from kd.models.cifar_resnet import GlobalAvgPool
@@ -96,6 +97,9 @@ class ShuffleNetV2(nn.Module):
   stage_widths: Sequence[int] = (116, 232, 464)
   blocks_per_stage: Sequence[int] = (3, 7, 3)
   last_width: int = 1024
+
+  ATTRIBUTE_RANGES: ClassVar[dict] = {"stage_widths": attributes.POSITIVE_INT,
+                      "blocks_per_stage": attributes.POSITIVE_INT, "last_width": attributes.POSITIVE_INT}
 
   @nn.compact
   def __call__(self, images_BxHxWxC: jax.Array, train: bool) -> jax.Array:

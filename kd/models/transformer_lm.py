@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kd.models import attributes
+
 POSITIONS = ("rotary", "learned")
 
 
@@ -102,6 +104,14 @@ class TransformerLM(nn.Module):
   dropout: float = 0.0
 
   integer_inputs: ClassVar[bool] = True  # Token ids go in as they are (not scaled to [0, 1]).
+
+  ATTRIBUTE_RANGES: ClassVar[dict] = {
+      "num_layers": attributes.POSITIVE_INT, "width": attributes.POSITIVE_INT,
+      "num_heads": attributes.POSITIVE_INT, "mlp_ratio": attributes.POSITIVE_INT,
+      "max_len": attributes.POSITIVE_INT, "positions": attributes.Choice(*POSITIONS),
+      "dropout": attributes.PROBABILITY,
+      "rules": (attributes.Rule(lambda a: a.get("width", 128) % (2 * a.get("num_heads", 4)) == 0,
+                                "width must divide into num_heads heads of even size"),)}
 
   def setup(self):
     if self.positions not in POSITIONS:

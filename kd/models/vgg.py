@@ -17,11 +17,12 @@ Tap points for feature distillation (module outputs, as `capture_intermediates` 
   head          the logits.
 """
 
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
 
+from kd.models import attributes
 from kd.models.cifar_resnet import batch_norm
 from kd.models.cifar_resnet import GlobalAvgPool
 from kd.models.cifar_resnet import he_normal_fan_out
@@ -73,6 +74,9 @@ class VGG(nn.Module):
   num_classes: int
   depth: int = 13
   base_width: int = 64
+
+  ATTRIBUTE_RANGES: ClassVar[dict] = {"depth": attributes.Choice(*sorted(CONFIGS)),
+                      "base_width": attributes.POSITIVE_INT}
 
   @nn.compact
   def __call__(self, images_BxHxWxC: jax.Array, train: bool) -> jax.Array:

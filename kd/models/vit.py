@@ -38,12 +38,15 @@ which DeiT trains with at rate 0.1, is `drop_path_rate`, linearly increasing ove
 timm, and needs a "dropout" rng when training.
 """
 
+from typing import ClassVar
+
 import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kd.models import attributes
 from kd.models.cifar_resnet import torch_default_kernel
 
 # timm's `init_weights_vit_timm`: truncated normal (std 0.02) Linear weights and zero biases.
@@ -176,6 +179,13 @@ class VisionTransformer(nn.Module):
   distilled: bool = False
   drop_path_rate: float = 0.0
   dtype: str = "float32"
+
+  ATTRIBUTE_RANGES: ClassVar[dict] = {
+      "patch_size": attributes.POSITIVE_INT, "hidden": attributes.POSITIVE_INT, "depth": attributes.POSITIVE_INT,
+      "heads": attributes.POSITIVE_INT, "mlp_ratio": attributes.Range(0, low_open=True),
+      "drop_path_rate": attributes.PROBABILITY,
+      "rules": (attributes.Rule(lambda a: a.get("hidden", 192) % a.get("heads", 3) == 0,
+                                "hidden must divide into heads"),)}
 
   @nn.compact
   def __call__(self, images_BxHxWxC: jax.Array, train: bool) -> jax.Array:

@@ -22,11 +22,14 @@ Tap points for feature distillation (module outputs, as `capture_intermediates` 
   head          the logits.
 """
 
+from typing import ClassVar
+
 import functools
 
 import flax.linen as nn
 import jax
 
+from kd.models import attributes
 from kd.models.cifar_resnet import batch_norm
 from kd.models.cifar_resnet import GlobalAvgPool
 from kd.models.cifar_resnet import he_normal_fan_out
@@ -78,6 +81,12 @@ class WideResNet(nn.Module):
   depth: int = 40
   widen_factor: int = 2
   dropout: float = 0.0
+
+  ATTRIBUTE_RANGES: ClassVar[dict] = {
+      "depth": attributes.Range(10, integer=True), "widen_factor": attributes.POSITIVE_INT,
+      "dropout": attributes.PROBABILITY,
+      "rules": (attributes.Rule(lambda a: (a.get("depth", 40) - 4) % 6 == 0,
+                                "depth must be 6n + 4 (10, 16, 22, 28, 40)"),)}
 
   @nn.compact
   def __call__(self, images_BxHxWxC: jax.Array, train: bool) -> jax.Array:
