@@ -123,7 +123,7 @@ def _check_writable(workdir: str) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str] | None = None, *,
-        teachers: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        teachers: dict[str, Any] | None = None, wait_for_lock: bool = False) -> dict[str, Any] | None:
   """Runs `stages` (default: `config.stage_order`) for every seed, then the report card.
 
   Each seed's run lives in `<workdir>/seed_<n>/<stage>`; the report averages over seeds.
@@ -137,23 +137,26 @@ def run(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str] |
       (variables None: its own) or an apply function `apply(variables, batch, *, train, rngs=None)`
       returning logits or kd's output dict; `preprocess` (or the stage's `teacher_model.preprocess`)
       states the inputs it expects.
+    wait_for_lock: when another process is training a stage (kd.locks), wait for it instead of
+      raising WorkdirError.
 
   Returns:
     The report (also in `<workdir>/report.json`), or None when a stage the report needs is not
     finished (e.g. when only some stages were asked for).
   """
   with external.memory_teachers(teachers):
-    return _run(config, workdir, stages)
+    return _run(config, workdir, stages, wait_for_lock=wait_for_lock)
 
 
-def _run(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str] | None) -> dict[str, Any] | None:
+def _run(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str] | None, *,
+         wait_for_lock: bool = False) -> dict[str, Any] | None:
   stages = list(stages or config.stage_order)
   check(config, workdir, stages)
   os.makedirs(workdir, exist_ok=True)
   for seed in config.seeds:
     for name in config.stage_order:
       if name in stages:
-        train.train_stage(config, name, train.seed_dir(workdir, seed), seed=seed)
+        train.train_stage(config, name, train.seed_dir(workdir, seed), seed=seed, wait_for_lock=wait_for_lock)
   if not all(train.is_finished(os.path.join(train.seed_dir(workdir, seed), config.report[role]))
              for role in report_lib.ROLES for seed in config.seeds
              if config.report[role] in config.stages):

@@ -9,6 +9,9 @@ stderr, `error: ...`, before anything is compiled or written); 1 training failed
 under nonfinite.policy=stop); 128+N stopped by signal N (SIGTERM: 143, SIGINT: 130) after saving a
 checkpoint, so that running the same command again resumes.
 
+One process trains a stage at a time (kd.locks): a second run on a stage being trained exits with
+status 2 naming the first, or, with `--wait_for_lock`, waits for it and then skips or resumes the stage.
+
 The config file's folder is importable while it loads and while its runs run, so a config can import
 a model file beside it. An exception raised in the user's own code (the config file, a model module) is
 one line too, naming the file and line it was raised at; `--traceback` (or KD_TRACEBACK=1) shows the
@@ -38,6 +41,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs and the report.")
 _STAGES = flags.DEFINE_list("stages", None, "Run only these stages (default: config.stage_order).")
+_WAIT_FOR_LOCK = flags.DEFINE_bool("wait_for_lock", False, "When another process is training a stage of this "
+                                   "workdir, wait for it to end instead of exiting with an error.")
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the whole traceback of an error raised in the "
                                "user's code (config file, model module) instead of one line.")
 
@@ -148,7 +153,7 @@ def main(argv: list[str]) -> None:
   try:
     distributed.initialize()  # Several processes (Slurm tasks, or KD_COORDINATOR_ADDRESS): one runtime.
     distributed.prepare_dataset(_CONFIG.value)
-    experiment.run(_CONFIG.value, _WORKDIR.value, _STAGES.value)
+    experiment.run(_CONFIG.value, _WORKDIR.value, _STAGES.value, wait_for_lock=_WAIT_FOR_LOCK.value)
     distributed.shutdown()
   except UserError as e:
     if _show_tracebacks() and e.__cause__ is not None and errors.user_frame(e.__cause__):

@@ -28,6 +28,7 @@ from kd import evaluation
 from kd import external
 from kd import features
 from kd import lm
+from kd import locks
 from kd import logs
 from kd import methods
 from kd import models
@@ -284,7 +285,7 @@ def seed_dir(workdir: str, seed: int) -> str:
 
 
 def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str, *, seed: int,
-                stop_after_step: int | None = None) -> dict[str, Any] | None:
+                stop_after_step: int | None = None, wait_for_lock: bool = False) -> dict[str, Any] | None:
   """Trains one stage of an experiment into `<run_dir>/<stage_name>`, resuming if interrupted.
 
   A finished stage (its `result.json` exists) is not run again. Otherwise training starts from the
@@ -298,15 +299,29 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
     seed: seeds initialisation, dropout and the data order.
     stop_after_step: return after this step, once its checkpoint is written, leaving the stage
       unfinished (for time-boxed jobs; a later call resumes it).
+    wait_for_lock: when another process is training this stage (it holds `<stage>/.lock`, see
+      kd.locks), wait for it to end instead of raising WorkdirError.
 
   Returns:
     The stage's result (final eval metrics, throughput), or None if stopped early.
   """
-  stage = config.stages[stage_name]
   stage_dir = os.path.join(run_dir, stage_name)
   if is_finished(stage_dir):
     logging.info("[%s] already finished in %s; skipping", stage_name, stage_dir)
     return read_result(stage_dir)
+  # Released however training ends; a killed process's lock is taken over as stale (kd.locks).
+  with locks.stage_lock(stage_dir, wait=wait_for_lock):
+    if is_finished(stage_dir):  # By the process this one waited for.
+      logging.info("[%s] finished meanwhile in %s; skipping", stage_name, stage_dir)
+      return read_result(stage_dir)
+    return _train_stage(config, stage_name, run_dir, seed=seed, stop_after_step=stop_after_step)
+
+
+def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str, *, seed: int,
+                 stop_after_step: int | None) -> dict[str, Any] | None:
+  """`train_stage` for an unfinished stage, while this process holds its lock."""
+  stage = config.stages[stage_name]
+  stage_dir = os.path.join(run_dir, stage_name)
 
   # Data.
   data_config = config.data
