@@ -102,3 +102,13 @@ def test_teacher_and_dataset_disagree_on_the_number_of_classes(smoke_workdir, tm
   assert result.returncode == 2, result.stderr[-3000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
   assert len(errors) == 1 and "predicts 10 classes of digits" in errors[0] and "has 5" in errors[0]
+
+
+def test_an_unprepared_catalog_dataset_fails_in_seconds_saying_how_to_prepare_it(tmp_path):
+  from kd.data import pipeline  # pylint: disable=g-import-not-at-top
+  if pipeline._can_reach(pipeline.DOWNLOAD_PROBE_HOST):  # pylint: disable=protected-access
+    pytest.skip("this machine can download datasets: the offline path is not exercised")
+  result = run_main(SMOKE, f"--workdir={tmp_path / 'run'}", "--config.data.name=mnist",
+                    env={"TFDS_DATA_DIR": str(tmp_path / "empty_tfds")}, timeout=60)
+  assert result.returncode == 2
+  assert "dataset 'mnist' is not prepared" in result.stderr and "tfds build mnist --file_format=array_record" in result.stderr

@@ -12,6 +12,7 @@ an uninterrupted run would have seen), and a split that fits in memory is read f
 
 import dataclasses
 import queue
+import socket
 import threading
 from typing import Any, Iterator
 
@@ -51,6 +52,24 @@ def _resolve_data_dir(data_dir: str) -> str | None:
   return data_dir or None  # None: TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets).
 
 
+# TFDS downloads through its Google Cloud Storage mirror first; without a route there its HTTP client
+# retries for minutes before failing. One connection attempt tells in seconds.
+DOWNLOAD_PROBE_HOST = "storage.googleapis.com"
+
+
+def _can_reach(host: str, port: int = 443, timeout: float = 3.0) -> bool:
+  try:
+    with socket.create_connection((host, port), timeout=timeout):
+      return True
+  except OSError:
+    return False
+
+
+def _download_is_mocked() -> bool:
+  # Under tfds.testing.mock_data (kd's tests of catalog datasets) nothing is downloaded: no probe.
+  return tfds.core.DatasetBuilder.download_and_prepare.__module__.startswith("tensorflow_datasets.testing")
+
+
 def _builder(name: str, data_dir: str):
   """Returns the dataset's builder, prepared as ArrayRecord (preparing it if needed)."""
   data_dir = _resolve_data_dir(data_dir)
@@ -75,6 +94,11 @@ def _builder(name: str, data_dir: str):
         f"unknown dataset {name!r}: use one of the offline datasets {sorted(OFFLINE_BUILDERS)} "
         "or a TFDS catalog name (e.g. mnist, cifar10)") from e
   if not builder.is_prepared():
+    if not _download_is_mocked() and not _can_reach(DOWNLOAD_PROBE_HOST):
+      raise DataError(
+          f"dataset {name!r} is not prepared in {builder.data_dir} and this machine cannot download it "
+          f"({DOWNLOAD_PROBE_HOST} is unreachable): run `tfds build {name} --file_format=array_record` on a "
+          "machine that can, copy the folder, and set --config.data.data_dir to it")
     try:
       builder.download_and_prepare()
     except Exception as e:  # No network, or a dataset that needs manual download.
