@@ -94,8 +94,6 @@ def check(module_class, attributes: Mapping[str, Any], where: str) -> None:
       continue
     value = attributes[key]
     items = list(value) if isinstance(value, (list, tuple)) and not isinstance(allowed, Choice) else [value]
-    if isinstance(value, (list, tuple)) and not items and isinstance(allowed, Range):
-      raise ConfigError(f"{where}.{key}={value!r} must not be empty")
     if not all(allowed.holds(item) for item in items):
       each = "each entry " if len(items) > 1 or isinstance(value, (list, tuple)) else ""
       raise ConfigError(f"{where}.{key}={value!r}: {each}must be {allowed.describe()}")
