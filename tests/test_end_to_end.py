@@ -51,19 +51,32 @@ def test_rerunning_a_finished_experiment_skips_its_stages(smoke_workdir):
   assert os.path.getmtime(result_file) == modified
 
 
-def _run_notebook(name: str, workdir: str) -> list:
-  """Executes notebooks/<name> headless on `workdir` (smoke variant); returns its outputs."""
+def _run_notebook(name: str, workdir: str, env: dict[str, str] | None = None) -> list:
+  """Executes notebooks/<name> headless on `workdir` (smoke variant), its kernel's environment updated
+  with `env`; returns its outputs."""
   with open(os.path.join(REPO, "notebooks", name)) as f:
     notebook = nbformat.read(f, as_version=4)
-  os.environ["KD_WORKDIR"], os.environ["KD_VARIANT"] = workdir, "smoke"
+  env = {"KD_WORKDIR": workdir, "KD_VARIANT": "smoke", **(env or {})}
+  saved = {key: os.environ.get(key) for key in env}
+  os.environ.update(env)
   try:
     nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
                             resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}).execute()
   finally:
-    del os.environ["KD_WORKDIR"], os.environ["KD_VARIANT"]
+    for key, value in saved.items():
+      if value is None:
+        del os.environ[key]
+      else:
+        os.environ[key] = value
   outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
   assert not [o for o in outputs if o.output_type == "error"]
   return outputs
+
+
+def _unoptimised_xla() -> dict[str, str]:
+  """XLA_FLAGS that skip LLVM's optimisations: a smoke stage's compile takes 3-4x less, and its five
+  steps do not need fast code. The programs compute the same values, up to floating-point rounding."""
+  return {"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()}
 
 
 def test_quickstart_notebook_runs_headless(smoke_workdir):
@@ -75,11 +88,14 @@ def test_quickstart_notebook_runs_headless(smoke_workdir):
 
 def test_methods_notebook_runs_headless_on_a_smoke_comparison(tmp_path):
   workdir = str(tmp_path / "methods")
-  result = run_main("--config=experiments/methods_digits.py:smoke", f"--workdir={workdir}")
+  # 36 smoke stages (18 methods on digits, 13 on MNIST-1D, teachers and baselines), each compiling its
+  # own programs: compile time is nearly all of this test's time.
+  result = run_main("--config=experiments/methods_digits.py:smoke", f"--workdir={workdir}",
+                    env=_unoptimised_xla())
   assert result.returncode == 0, result.stderr[-3000:]
   with open(os.path.join(workdir, "report.json")) as f:
     report = json.load(f)
   stages = [row["stage"] for row in report["comparison"]]
   assert stages[0] == "baseline" and "kd" in stages and "fitnets" in stages and len(stages) >= 10
-  outputs = _run_notebook("methods.ipynb", workdir)
+  outputs = _run_notebook("methods.ipynb", workdir, env=_unoptimised_xla())
   assert any("image/png" in o.get("data", {}) for o in outputs)

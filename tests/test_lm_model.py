@@ -113,9 +113,12 @@ def _step(method, student, teacher, batch_size=4, length=24):
   state = train.init_train_state(jax.random.key(0), batch, teacher_variables, module=student,
                                  optimizer=optimizer, input_key="tokens", init_from_teacher=init_from_teacher)
   prepare = methods.build_prepare_batch(method, student, teacher)
+  # One step per test, whose metrics are checked, not its speed: compiled without LLVM's optimisations,
+  # which take most of the compile time of a step that decodes inside it.
   step = jax.jit(functools.partial(train.train_step, student_apply=student_apply, teacher_apply=teacher_apply,
                                    loss_fn=methods.build_loss(method), optimizer=optimizer,
-                                   learning_rate=schedule, prepare_batch=prepare))
+                                   learning_rate=schedule, prepare_batch=prepare),
+                 compiler_options={"xla_backend_optimization_level": 0})
   return state, teacher_variables, batch, step, prepare
 
 

@@ -22,6 +22,11 @@ ZOO = {**cifar_resnet.ZOO, **wrn.ZOO, **vgg.ZOO, **mobilenetv2.ZOO, **shufflenet
 
 IMAGENET = set(imagenet_resnet.ZOO)
 
+# For the few forward passes a test runs, LLVM's optimisations cost most of the compile time and buy
+# nothing; the compiled programs compute the same values up to rounding.
+UNOPTIMISED = {"xla_backend_optimization_level": 0}
+jit = functools.partial(jax.jit, compiler_options=UNOPTIMISED)
+
 # Trainable parameters of the reference PyTorch models (the CRD benchmark's definitions; torchvision's
 # for resnet18 and resnet34), counted as sum(p.numel() for p in model.parameters()) at 100 classes
 # for the CIFAR models and at 1000 classes for the ImageNet ones. BatchNorm running statistics are
@@ -81,13 +86,19 @@ def _variable_shapes(model, images):
   return jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
 
 
+@functools.lru_cache(maxsize=None)
+def _zoo_variable_shapes(name):
+  """The variable shapes of zoo model `name`, traced once for the tests that all need them."""
+  return _variable_shapes(_build(name), _images(name))
+
+
 def test_every_zoo_model_has_a_reference_count():
   assert set(ZOO) == set(REFERENCE_PARAMS) == set(EMBEDDING_DIM)
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE_PARAMS))
 def test_parameter_count_equals_the_reference(name):
-  shapes = _variable_shapes(_build(name), _images(name))
+  shapes = _zoo_variable_shapes(name)
   count = sum(leaf.size for leaf in jax.tree.leaves(shapes["params"]))
   assert count == REFERENCE_PARAMS[name]
 
@@ -104,7 +115,7 @@ def test_models_follow_the_model_contract(module_class):
 def test_pool_and_head_are_tap_points(name):
   model = _build(name)
   images = _images(name, batch=2)
-  variables = _variable_shapes(model, images)
+  variables = _zoo_variable_shapes(name)  # Variables do not depend on the batch size.
   logits, state = jax.eval_shape(
       lambda v: model.apply(v, images, train=False, capture_intermediates=True), variables)
   features = state["intermediates"]
@@ -139,7 +150,7 @@ def test_forward_in_train_and_eval_mode(name):
   variables = _random_variables(model, images)
   assert set(variables) == {"params", "batch_stats"}
 
-  @jax.jit
+  @jit
   def forward(variables, images):
     eval_logits = model.apply(variables, images, train=False)
     train_logits, state = model.apply(variables, images, train=True, mutable=["batch_stats"])
@@ -187,7 +198,7 @@ def test_preact_tap_is_the_block_output_before_relu():
   model = _build("resnet8x4")
   images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   variables = _random_variables(model, images)
-  _, state = jax.jit(lambda v, x: model.apply(v, x, train=False, capture_intermediates=True))(
+  _, state = jit(lambda v, x: model.apply(v, x, train=False, capture_intermediates=True))(
       variables, images)
   block = state["intermediates"]["layer3_0"]
   preact, output = block["preact"]["__call__"][0], block["__call__"][0]
@@ -201,21 +212,22 @@ def test_bfloat16_compute_keeps_float32_parameters_and_logits(config):
   images = jax.random.uniform(jax.random.key(0), (4, 8, 8, 3))
   f32 = models.build_model(models.model_config(**config), 10)
   bf16 = models.build_model(models.model_config(**config, dtype="bfloat16"), 10)
-  variables = models.init_variables(f32, jax.random.key(1), images)
+  # Compiled, as kd.train initialises: op by op, initialisation dispatches a kernel per random draw.
+  variables = jit(functools.partial(models.init_variables, f32))(jax.random.key(1), images)
   # The same parameters, in float32, whatever the compute dtype.
-  bf16_variables = models.init_variables(bf16, jax.random.key(1), images)
+  bf16_variables = jit(functools.partial(models.init_variables, bf16))(jax.random.key(1), images)
   jax.tree.map(np.testing.assert_array_equal, bf16_variables, variables)
   assert {leaf.dtype for leaf in jax.tree.leaves(bf16_variables)} == {jnp.dtype(jnp.float32)}
-  logits = jax.jit(functools.partial(f32.apply, train=False))(variables, images)
-  bf16_logits, state = jax.jit(functools.partial(bf16.apply, train=True, mutable=["batch_stats"]))(
+  logits = jit(functools.partial(f32.apply, train=False))(variables, images)
+  bf16_logits, state = jit(functools.partial(bf16.apply, train=True, mutable=["batch_stats"]))(
       variables, images)
   assert bf16_logits.dtype == jnp.float32
   assert {leaf.dtype for leaf in jax.tree.leaves(state)} == {jnp.dtype(jnp.float32)}
-  bf16_eval = jax.jit(functools.partial(bf16.apply, train=False))(variables, images)
+  bf16_eval = jit(functools.partial(bf16.apply, train=False))(variables, images)
   # bfloat16 keeps 8 bits of mantissa: close to the float32 logits, but not equal.
   np.testing.assert_allclose(bf16_eval, logits, rtol=0.1, atol=0.05)
   assert not np.array_equal(bf16_eval, logits)
-  grads = jax.jit(jax.grad(lambda p: bf16.apply({**variables, "params": p}, images, train=False).sum()))(
+  grads = jit(jax.grad(lambda p: bf16.apply({**variables, "params": p}, images, train=False).sum()))(
       variables["params"])
   assert {leaf.dtype for leaf in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
 

@@ -50,7 +50,10 @@ def test_two_processes_match_one(tmp_path):
   config_path = tmp_path / "tiny.py"
   config_path.write_text(TINY)
   data.load_spec("digits")  # Prepared once here (in the tests' TFDS folder), not by three processes at once.
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # One CPU device per process.
+  # One CPU device per process. Three processes compile on two cores: LLVM's optimisations would take
+  # most of this test's time and buy nothing for six steps (the values are the same up to rounding).
+  env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+         "XLA_FLAGS": "--xla_backend_optimization_level=0"}
   address = f"127.0.0.1:{_free_port()}"
   processes = [subprocess.Popen(_main_command(config_path, tmp_path / "two"), cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True,
