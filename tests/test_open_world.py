@@ -52,8 +52,10 @@ def teacher(smoke_workdir):
 
 def test_a_model_by_import_path_trains_exports_and_loads_in_a_process_that_never_imported_it(tmp_path):
   # The config imports tiny_models.py from its own folder: no PYTHONPATH.
+  from test_end_to_end import _unoptimised_xla  # pylint: disable=g-import-not-at-top
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  result = run_main("--config=tests/user_project/mixer_digits.py:smoke", f"--workdir={tmp_path}", env=env)
+  result = run_main("--config=tests/user_project/mixer_digits.py:smoke", f"--workdir={tmp_path}",
+                    env={"PYTHONPATH": "", **_unoptimised_xla()})
   assert result.returncode == 0, result.stderr[-3000:]
   description = checkpoint.read_model_description(str(tmp_path / "seed_0" / "student"))
   assert description["model"]["name"] == "tiny_models:TinyMixer"
@@ -276,8 +278,8 @@ def test_a_paper_config_distils_a_released_repdistiller_teacher_from_its_pth(tmp
 
 
 def test_the_bring_your_own_notebook_runs_headless(tmp_path):
-  from test_end_to_end import _run_notebook  # pylint: disable=g-import-not-at-top
-  outputs = _run_notebook("bring_your_own.ipynb", str(tmp_path))
+  from test_end_to_end import _run_notebook, _unoptimised_xla  # pylint: disable=g-import-not-at-top
+  outputs = _run_notebook("bring_your_own.ipynb", str(tmp_path), env=_unoptimised_xla())
   text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
   assert "in memory  teacher" in text and "from file  teacher" in text
   assert os.path.exists(tmp_path / "from_file" / "seed_0" / "student" / "model.json")
