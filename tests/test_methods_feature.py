@@ -514,14 +514,20 @@ def test_at_and_nst_on_tokens_equal_the_same_values_as_row_major_maps(name):
     module.check_features(params, {"a": with_class_token.shape}, {"b": teacher_map.shape}, "m")
 
 
-@pytest.mark.parametrize("module,name", [(fsp, "FSP"), (ab, "AB"), (vid, "VID"), (ft, "FT"),
-                                         (reviewkd, "ReviewKD")])
+@pytest.mark.parametrize("module,name", [(fsp, "FSP"), (vid, "VID"), (ft, "FT"), (reviewkd, "ReviewKD")])
 def test_methods_without_token_math_name_those_that_have_it(module, name):
   student, teacher = {"a": (2, 16, 8), "c": (2, 16, 8)}, {"b": (2, 16, 8), "d": (2, 16, 8)}
   if module is ft:
     student, teacher = {"a": (2, 16, 8)}, {"b": (2, 16, 8)}
   with pytest.raises(ConfigError, match=f"{name} needs .*tokens \\[B,N,C\\] \\(16, 8\\).*fitnets, at, nst, "
-                                        "sp, cc, rkd, pkt, crd"):
+                                        "sp, cc, rkd, pkt, crd, ab"):
     module.check_features(module.DEFAULTS, student, teacher, "method")
   with pytest.raises(ConfigError, match="accepts token features"):
     ft.PARAPHRASER.check_features(ft.PARAPHRASER_DEFAULTS, {}, {"b": (2, 16, 8)}, "method")
+
+
+def test_ab_takes_one_dimensional_maps():
+  """[B, L, C] maps (ConvNet1D on MNIST-1D) are AB's own setting: the connector works per position."""
+  ab.check_features(ab.DEFAULTS, {"a": (2, 16, 8)}, {"b": (2, 16, 12)}, "method")
+  with pytest.raises(ConfigError, match="same height and width"):
+    ab.check_features(ab.DEFAULTS, {"a": (2, 16, 8)}, {"b": (2, 20, 12)}, "method")

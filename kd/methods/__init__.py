@@ -24,8 +24,9 @@ The shapes are {path: shape} of the selected features for a batch of 2.
 Token features [B, N, C] (a ViT's or MLP-Mixer's blocks) are accepted by fitnets, at and nst, which
 compare them token by token (a [B, H, W, C] map pairs with tokens as its H*W positions; the
 parameters `student_special_tokens` / `teacher_special_tokens` drop leading class or distillation
-tokens), and by sp, cc, rkd, pkt and crd, which flatten each example's tokens into one vector; fsp,
-ab, vid, ft and reviewkd need convolutional maps and say so before anything is compiled. deit reads
+tokens), by sp, cc, rkd, pkt and crd, which flatten each example's tokens into one vector, and by ab,
+which reads [B, N, C] as a 1-D map of N positions (as a ConvNet1D's); fsp, vid, ft and reviewkd need
+convolutional maps and say so before anything is compiled. deit reads
 the student's distillation-token logits as a feature (`head_dist` of `kd.models.vit`).
 
 Two more optional hooks:

@@ -77,10 +77,9 @@ def check(params: dict[str, Any], where: str) -> None:
 
 
 def check_features(params, student_shapes, teacher_shapes, where: str) -> None:
-  # Activation boundaries are those of ReLU neurons on pre-ReLU maps, through a 1x1 conv connector;
-  # a transformer's token features feed GELU MLPs and residual sums, where no such boundary exists.
-  common.reject_token_features("AB", student_shapes, teacher_shapes, where,
-                               needs="pre-ReLU feature maps [B,H,W,C]")
+  # Any rank works: the 1x1 connector is a dense layer over the channels of every position, so a 1-D
+  # map [B, L, C] (ConvNet1D on MNIST-1D) is AB's own setting. Tokens [B, N, C] have the same shape
+  # and go through the same math, but their boundaries are ReLU's only where the tap is pre-ReLU.
   common.check_feature_count(student_shapes, teacher_shapes, where)
   for (s_path, s_shape), (t_path, t_shape) in zip(student_shapes.items(), teacher_shapes.items()):
     if not params["connector"]:

@@ -216,7 +216,7 @@ def match_resolution(a_BxHxWxC: jax.Array, b_BxHxWxC: jax.Array) -> tuple[jax.Ar
 
 # The methods whose math is defined on token features (see each module's docstring); the others
 # name these in their error.
-TOKEN_FEATURE_METHODS = ("fitnets", "at", "nst", "sp", "cc", "rkd", "pkt", "crd")
+TOKEN_FEATURE_METHODS = ("fitnets", "at", "nst", "sp", "cc", "rkd", "pkt", "crd", "ab")
 
 
 def is_tokens(shape) -> bool:
