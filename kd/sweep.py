@@ -83,7 +83,9 @@ def load_module(path: str):
   if not os.path.isfile(path):
     raise ConfigError(f"config file {path} does not exist: give the path of an experiment file, e.g. "
                       "--config=experiments/methods_digits.py")
-  experiment.make_config_folder_importable(path)
+  folder = os.path.dirname(os.path.abspath(path))  # A config may import files beside it, as in kd.main.
+  if folder not in sys.path:
+    sys.path.insert(0, folder)
   spec = importlib.util.spec_from_file_location("kd_experiment_sweep", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)

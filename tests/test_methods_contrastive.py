@@ -350,4 +350,6 @@ def test_reviewkd_config_errors():
   with pytest.raises(ConfigError, match="pair up one to one"):
     reviewkd.check({**reviewkd.DEFAULTS, "teacher_features": ("conv0", "conv1")}, "m")
   with pytest.raises(ConfigError, match="pick convolutional stage outputs"):
+    reviewkd.check_features(reviewkd.DEFAULTS, {"a": (2, 3, 4, 5, 6)}, {"b": (2, 3, 4, 5, 6)}, "m")
+  with pytest.raises(ConfigError, match=r"ReviewKD needs .*tokens \[B,N,C\]"):
     reviewkd.check_features(reviewkd.DEFAULTS, {"a": (2, 3, 4)}, {"b": (2, 3, 4)}, "m")
