@@ -112,6 +112,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   path = _config_file(argv)
   if path is None:
     _fail(f"--config is required: {USAGE}")
+  if os.path.isdir(path):
+    _fail(f"--config={path} is a folder: give an experiment file in it, e.g. --config=experiments/quickstart.py")
   if not os.path.isfile(path):
     _fail(f"config file {path} does not exist: give the path of an experiment file, e.g. "
           "--config=experiments/quickstart.py")

@@ -112,3 +112,8 @@ def test_an_unprepared_catalog_dataset_fails_in_seconds_saying_how_to_prepare_it
                     env={"TFDS_DATA_DIR": str(tmp_path / "empty_tfds")}, timeout=60)
   assert result.returncode == 2
   assert "dataset 'mnist' is not prepared" in result.stderr and "tfds build mnist --file_format=array_record" in result.stderr
+
+
+def test_a_config_that_is_a_folder_is_named_as_such(tmp_path):
+  result = run_main("--config=experiments", f"--workdir={tmp_path / 'run'}")
+  assert result.returncode == 2 and "--config=experiments is a folder" in result.stderr
