@@ -171,6 +171,8 @@ def shutdown(*outputs) -> None:
 class NullWriter:
   """A MetricsWriter for processes other than the primary one: the primary writes the shared logs."""
 
+  rows = 0
+
   def write(self, step: int, scalars: dict[str, float]) -> None:
     del step, scalars
 

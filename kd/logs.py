@@ -5,30 +5,48 @@ import os
 import time
 
 from absl import logging
+import numpy as np
 import tensorboardX
 
 
 class MetricsWriter:
   """Appends scalars to `<dir>/metrics.jsonl` and `<dir>/tensorboard/` (readable by TensorBoard).
 
-  A run resumed from a checkpoint at step `resume_step` first drops what an interrupted run logged
-  after that step, so the logs of a resumed run equal those of an uninterrupted one.
+  `metrics.jsonl` is the record: a run resumed from a checkpoint keeps exactly the `keep_rows` rows
+  that were written when that checkpoint was saved (the checkpoint stores `rows`) and drops whatever an
+  interrupted run logged after it (rows of later steps, a final evaluation written after the last
+  checkpoint, a line cut short by a kill); a run that starts from scratch keeps none. TensorBoard's
+  events are then made to match: earlier event files are purged (TensorBoard drops their events) and
+  the kept rows are written again, so both logs of a resumed run equal those of an uninterrupted one.
+  Checkpoints written before the row count was stored resume by step instead (`resume_step`).
   """
 
-  def __init__(self, directory: str, resume_step: int = 0):
+  def __init__(self, directory: str, keep_rows: int | None = 0, resume_step: int = 0):
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, "metrics.jsonl")
-    if resume_step and os.path.exists(path):
-      _truncate_after(path, resume_step)
+    rows = _read_rows(path)
+    kept = rows[:keep_rows] if keep_rows is not None else [r for r in rows if r.get("step", 0) <= resume_step]
+    with open(path + ".tmp", "w") as f:
+      f.writelines(json.dumps(row) + "\n" for row in kept)
+    os.replace(path + ".tmp", path)
     self._jsonl = open(path, "a")
-    self._tensorboard = tensorboardX.SummaryWriter(
-        os.path.join(directory, "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+    self.rows = len(kept)
+    board = os.path.join(directory, "tensorboard")
+    earlier = os.path.isdir(board) and any(name.startswith("events.") for name in os.listdir(board))
+    # purge_step=1 tells TensorBoard to drop the earlier files' events from step 1 on.
+    self._tensorboard = tensorboardX.SummaryWriter(board, purge_step=1 if earlier else None)
+    for row in kept:
+      self._add_to_tensorboard(row["step"], {k: v for k, v in row.items() if k != "step"})
+
+  def _add_to_tensorboard(self, step: int, scalars: dict[str, float]) -> None:
+    for name, value in scalars.items():
+      self._tensorboard.add_scalar(name, value, step)
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
     self._jsonl.flush()
-    for name, value in scalars.items():
-      self._tensorboard.add_scalar(name, value, step)
+    self.rows += 1
+    self._add_to_tensorboard(step, scalars)
     self._tensorboard.flush()
 
   def close(self) -> None:
@@ -36,20 +54,29 @@ class MetricsWriter:
     self._tensorboard.close()
 
 
-def _truncate_after(path: str, step: int) -> None:
-  """Keeps the rows of a metrics.jsonl logged at or before `step` (and drops a torn last line)."""
-  kept = []
+def _read_rows(path: str) -> list[dict]:
+  """The rows of a metrics.jsonl, up to a line cut short by a kill."""
+  if not os.path.exists(path):
+    return []
+  rows = []
   with open(path) as f:
     for line in f:
       try:
-        row = json.loads(line)
+        rows.append(json.loads(line))
       except json.JSONDecodeError:
-        break  # A line cut short by a kill.
-      if row.get("step", 0) <= step:
-        kept.append(line if line.endswith("\n") else line + "\n")
-  with open(path + ".tmp", "w") as f:
-    f.writelines(kept)
-  os.replace(path + ".tmp", path)
+        break
+  return rows
+
+
+def window_state(window: list[dict]) -> list[dict]:
+  """The metrics of the steps since the last log row, as JSON (values and dtypes, exactly)."""
+  return [{key: [float(value), str(np.asarray(value).dtype)] for key, value in metrics.items()}
+          for metrics in window]
+
+
+def restore_window(state: list[dict]) -> list[dict]:
+  """`window_state`'s inverse: the same numpy scalars, so their mean is bitwise the same."""
+  return [{key: np.asarray(value, dtype=dtype) for key, (value, dtype) in metrics.items()} for metrics in state]
 
 
 class Progress:

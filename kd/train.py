@@ -407,8 +407,14 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
   abstract_with_shardings = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_sharding)
   restored = checkpoint.restore_train_state(manager, abstract_with_shardings)
+  log_rows, window = 0, []  # Of metrics.jsonl when the checkpoint was saved; the steps since its last row.
   if restored is not None:
     state, data_state = restored
+    if set(data_state) == {"iterator", "log"}:
+      data_state, log_rows, window = (data_state["iterator"], data_state["log"]["rows"],
+                                      logs.restore_window(data_state["log"]["window"]))
+    else:  # A checkpoint of an earlier kd: the iterator's state alone; its logs resume by step.
+      log_rows = None
     iterator.set_state(data_state)
     logging.info("[%s] resuming from step %d", stage_name, int(state.step))
   else:
@@ -422,10 +428,10 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
 
   # The loop.
   step = int(state.step)
-  writer = (logs.MetricsWriter(stage_dir, resume_step=step) if distributed.is_primary()
+  writer = (logs.MetricsWriter(stage_dir, keep_rows=log_rows, resume_step=step) if distributed.is_primary()
             else distributed.NullWriter())
   progress = logs.Progress(stage_name, step, stage.num_steps, data_config.batch_size)
-  window, start_step, start_time = [], step, time.perf_counter()
+  start_step, start_time = step, time.perf_counter()
   predict = evaluation.make_predict(student_apply, mesh)
   if lm.is_language_model(spec):  # Perplexity and next-token accuracy, summed on the device.
     predict = _LanguageModelEval(lm_evaluation.make_evaluate(student_apply, mesh))
@@ -462,7 +468,10 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
                                          data_config.eval_batch_size))
       if save_now:
         _check_free_space(stage_dir, state_bytes, manager)
-        checkpoint.save_train_state(manager, step, state, batches.get_state())
+        # With the log's position and the steps not yet averaged into a row: a resumed run logs the
+        # same rows as an uninterrupted one (see kd.logs.MetricsWriter).
+        log_state = {"rows": writer.rows, "window": logs.window_state(window)}
+        checkpoint.save_train_state(manager, step, state, {"iterator": batches.get_state(), "log": log_state})
       if stop_now and step < stage.num_steps:
         manager.wait_until_finished()
         writer.close()
