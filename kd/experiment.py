@@ -16,6 +16,7 @@ from kd import data
 from kd import distributed
 from kd import errors
 from kd import external
+from kd import fingerprint
 from kd import lm
 from kd import models
 from kd import methods
@@ -25,8 +26,10 @@ from kd.errors import ConfigError
 from kd.errors import WorkdirError
 
 
-def check(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str]) -> None:
-  """Everything that can be checked before compiling: the config, the dataset, the teachers."""
+def check(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str],
+          overwrite: Sequence[str] = ()) -> None:
+  """Everything that can be checked before compiling: the config, the dataset, the teachers, and that
+  the workdir holds no results of another config (stages in `overwrite` excepted, see kd.fingerprint)."""
   config_lib.validate(config, num_devices=jax.device_count(), memory_teachers=external.memory_names())
   for name in stages:
     if name not in config.stages:
@@ -35,10 +38,11 @@ def check(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str]
   for split in (config.data.train_split, config.data.eval_split, config.data.test_split):
     data.check_split(config.data.name, split, config.data.data_dir, spec)
   lm.check_stages(config, spec, stages)
+  external_hashes = {}
   for name in stages:
     _check_model_runs(config, name, spec)
     train.resolve_stage_features(config, name, spec)
-    _check_external_weights(config, name, spec)
+    external_hashes[name] = _check_external_weights(config, name, spec)
     teacher = config.stages[name].teacher if external.teacher_kind(config, name) == "stage" else ""
     for seed in config.seeds:
       run_dir = train.seed_dir(workdir, seed)
@@ -51,6 +55,7 @@ def check(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str]
       if source and source not in stages and not train.is_finished(os.path.join(run_dir, source)):
         raise ConfigError(f"stage {name!r} loads the connector trained in stage {source!r}, which has no "
                           f"finished run in {run_dir}: run it too (leave out --stages)")
+  _check_identities(config, workdir, stages, external_hashes, overwrite)
   _check_writable(workdir)
 
 
@@ -71,8 +76,28 @@ def _check_model_runs(config: ml_collections.ConfigDict, stage_name: str, spec) 
                       f"{spec.input_shape}: {where}") from e
 
 
-def _check_external_weights(config: ml_collections.ConfigDict, stage_name: str, spec) -> None:
-  """An external teacher and `init_from` weights load and fit their models (read, not compiled)."""
+def _check_identities(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str],
+                      external_hashes: dict[str, str | None], overwrite: Sequence[str]) -> None:
+  """Every stage to run, and every earlier stage they read, holds no results of another config."""
+  needed = set(stages)
+  for name in stages:  # Teachers read from this workdir must be the config's too.
+    if external.teacher_kind(config, name) == "stage":
+      needed.add(config.stages[name].teacher)
+  for name in [name for name in config.stage_order if name in needed]:  # Teachers first.
+    if name in overwrite:
+      continue
+    for seed in config.seeds:
+      resolved = fingerprint.identity(config, name, seed, external_hashes.get)
+      stage_dir = os.path.join(train.seed_dir(workdir, seed), name)
+      fingerprint.check(stage_dir, name, resolved, fingerprint.recorded(stage_dir), workdir)
+
+
+def _check_external_weights(config: ml_collections.ConfigDict, stage_name: str, spec) -> str | None:
+  """An external teacher and `init_from` weights load and fit their models (read, not compiled).
+
+  Returns the external teacher's fingerprint (None when the teacher is a stage, or there is none).
+  """
+  fingerprint_of_teacher = None
   if external.teacher_kind(config, stage_name) not in ("", "stage"):
     teacher = external.load_teacher(config, stage_name, "", spec)
     example = {spec.input_key: jax.ShapeDtypeStruct((2,) + spec.input_shape, spec.input_dtype)}
@@ -86,9 +111,11 @@ def _check_external_weights(config: ml_collections.ConfigDict, stage_name: str, 
       raise ConfigError(f"stages.{stage_name}: the teacher ({external.describe(config, stage_name)}) predicts "
                         f"{out['logits'].shape[-1]} classes but {spec.name} has {spec.num_classes}: use a "
                         "teacher trained on this dataset's classes")
+    fingerprint_of_teacher = teacher.fingerprint()
   if config.stages[stage_name].init_from:
     module = models.build_model(config.stages[stage_name].model, spec.num_classes)
     external.initial_variables(config, stage_name, module, spec)
+  return fingerprint_of_teacher
 
 
 def _check_exported_model(config: ml_collections.ConfigDict, stage_name: str, stage_dir: str) -> None:
@@ -123,7 +150,8 @@ def _check_writable(workdir: str) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str] | None = None, *,
-        teachers: dict[str, Any] | None = None, wait_for_lock: bool = False) -> dict[str, Any] | None:
+        teachers: dict[str, Any] | None = None, wait_for_lock: bool = False,
+        overwrite: Sequence[str] = ()) -> dict[str, Any] | None:
   """Runs `stages` (default: `config.stage_order`) for every seed, then the report card.
 
   Each seed's run lives in `<workdir>/seed_<n>/<stage>`; the report averages over seeds.
@@ -139,20 +167,30 @@ def run(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str] |
       states the inputs it expects.
     wait_for_lock: when another process is training a stage (kd.locks), wait for it instead of
       raising WorkdirError.
+    overwrite: stages whose folders hold results of another config (kd.fingerprint) to move to
+      `<workdir>/superseded/` and train again, instead of refusing to run.
 
   Returns:
     The report (also in `<workdir>/report.json`), or None when a stage the report needs is not
     finished (e.g. when only some stages were asked for).
   """
   with external.memory_teachers(teachers):
-    return _run(config, workdir, stages, wait_for_lock=wait_for_lock)
+    return _run(config, workdir, stages, wait_for_lock=wait_for_lock, overwrite=overwrite)
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str] | None, *,
-         wait_for_lock: bool = False) -> dict[str, Any] | None:
+         wait_for_lock: bool = False, overwrite: Sequence[str] = ()) -> dict[str, Any] | None:
   stages = list(stages or config.stage_order)
-  check(config, workdir, stages)
+  for name in overwrite:
+    if name not in stages:
+      raise ConfigError(f"--overwrite names {name!r}, which is not a stage this run trains: {stages}")
+  check(config, workdir, stages, overwrite)
   os.makedirs(workdir, exist_ok=True)
+  for name in overwrite:
+    for seed in config.seeds:
+      moved = fingerprint.supersede(os.path.join(train.seed_dir(workdir, seed), name), workdir, seed)
+      if moved:
+        logging.warning("[%s] --overwrite: moved its old folder to %s", name, moved)
   for seed in config.seeds:
     for name in config.stage_order:
       if name in stages:

@@ -43,6 +43,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, logs an
 _STAGES = flags.DEFINE_list("stages", None, "Run only these stages (default: config.stage_order).")
 _WAIT_FOR_LOCK = flags.DEFINE_bool("wait_for_lock", False, "When another process is training a stage of this "
                                    "workdir, wait for it to end instead of exiting with an error.")
+_OVERWRITE = flags.DEFINE_list("overwrite", [], "Stages whose folders hold results of another config: move "
+                               "them to <workdir>/superseded/ and train them again (nothing is deleted).")
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the whole traceback of an error raised in the "
                                "user's code (config file, model module) instead of one line.")
 
@@ -155,7 +157,8 @@ def main(argv: list[str]) -> None:
   try:
     distributed.initialize()  # Several processes (Slurm tasks, or KD_COORDINATOR_ADDRESS): one runtime.
     distributed.prepare_dataset(_CONFIG.value)
-    experiment.run(_CONFIG.value, _WORKDIR.value, _STAGES.value, wait_for_lock=_WAIT_FOR_LOCK.value)
+    experiment.run(_CONFIG.value, _WORKDIR.value, _STAGES.value, wait_for_lock=_WAIT_FOR_LOCK.value,
+                   overwrite=_OVERWRITE.value)
     distributed.shutdown()
   except UserError as e:
     if _show_tracebacks() and e.__cause__ is not None and errors.user_frame(e.__cause__):

@@ -27,6 +27,7 @@ from kd import distributed
 from kd import evaluation
 from kd import external
 from kd import features
+from kd import fingerprint
 from kd import lm
 from kd import locks
 from kd import logs
@@ -401,6 +402,12 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
       out_shardings=(state_sharding, replicated),
       donate_argnums=0,
   )
+
+  # The stage's identity: a folder holding results of another config is refused, never mixed in.
+  resolved = fingerprint.identity(config, stage_name, seed, lambda _: teacher.fingerprint())
+  fingerprint.check(stage_dir, stage_name, resolved, fingerprint.recorded(stage_dir), os.path.dirname(run_dir))
+  if distributed.is_primary():
+    fingerprint.write(stage_dir, resolved)
 
   # State: restored, or fresh.
   manager = checkpoint.train_manager(stage_dir, keep=config.checkpoint.keep)

@@ -1,0 +1,84 @@
+"""A stage's identity (kd.fingerprint): a workdir never reuses or mixes in results of another config."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+import kd
+from kd import train
+from kd.errors import WorkdirError
+
+from conftest import run_main
+
+SMOKE = "--config=experiments/quickstart.py:smoke"
+
+
+def _config(**overrides):
+  return kd.load_config("experiments/quickstart.py", "smoke", **overrides)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("finished"))
+  kd.run(_config(), workdir)
+  return workdir
+
+
+@pytest.fixture
+def workdir(finished, tmp_path):
+  shutil.copytree(finished, str(tmp_path / "run"))
+  return str(tmp_path / "run")
+
+
+def test_a_changed_hyperparameter_is_refused_naming_the_change_and_nothing_is_written(workdir):
+  result_file = os.path.join(workdir, "seed_0", "student", "result.json")
+  modified = os.path.getmtime(result_file)
+  result = run_main(SMOKE, f"--workdir={workdir}", "--config.stages.student.method.temperature=2.0")
+  assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+  line = result.stderr.strip().splitlines()[-1]
+  assert line.startswith("error: stage 'student'") and "finished run of another config" in line
+  assert "stages.student.method.temperature: 4.0 -> 2.0" in line and "--overwrite=student" in line
+  assert os.path.getmtime(result_file) == modified
+
+
+def test_keys_that_cannot_change_a_result_do_not_count(workdir):
+  result = run_main(SMOKE, f"--workdir={workdir}", "--config.log_every_steps=5", "--config.eval_every_steps=0",
+                    "--config.checkpoint.every_steps=20", "--config.data.eval_batch_size=128")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stderr.count("already finished") == 3
+
+
+def test_overwrite_moves_the_old_stage_aside_and_trains_it_again(workdir):
+  with open(os.path.join(workdir, "seed_0", "student", "result.json")) as f:
+    old_result = json.load(f)
+  report = kd.run(_config(**{"stages.student.method.temperature": 2.0}), workdir, overwrite=["student"])
+  superseded = os.listdir(os.path.join(workdir, "superseded"))
+  assert len(superseded) == 1 and superseded[0].startswith("seed_0_student_")
+  with open(os.path.join(workdir, "superseded", superseded[0], "result.json")) as f:
+    assert json.load(f) == old_result  # Moved, never deleted.
+  with open(os.path.join(workdir, "seed_0", "student", "fingerprint.json")) as f:
+    assert json.load(f)["identity"]["stage"]["method"]["temperature"] == 2.0
+  assert report is not None  # The report card is of the retrained student.
+
+
+def test_a_changed_teacher_makes_its_students_results_another_runs(workdir):
+  with pytest.raises(WorkdirError, match=r"stage 'teacher' .*stages.teacher.optimizer.learning_rate: 0.003 -> 0.01"):
+    kd.run(_config(**{"stages.teacher.optimizer.learning_rate": 0.01}), workdir)
+  # With the teacher retrained, the student's identity names its teacher as what changed.
+  kd.run(_config(**{"stages.teacher.optimizer.learning_rate": 0.01}), workdir, stages=["teacher"],
+         overwrite=["teacher"])
+  with pytest.raises(WorkdirError, match=r"stage 'student' .*its teacher \(the teacher's config or weights changed\)"):
+    kd.run(_config(**{"stages.teacher.optimizer.learning_rate": 0.01}), workdir)
+
+
+def test_an_interrupted_stage_resumed_with_another_config_is_refused(tmp_path):
+  config = _config()
+  run_dir = train.seed_dir(str(tmp_path), 0)
+  assert train.train_stage(config, "teacher", run_dir, seed=0, stop_after_step=10) is None
+  with pytest.raises(WorkdirError, match=r"unfinished run of another config \(stages.teacher.optimizer.learning_rate: "
+                                         r"0.003 -> 0.001\)"):
+    kd.run(_config(**{"stages.teacher.optimizer.learning_rate": 1e-3}), str(tmp_path), stages=["teacher"])
+  # The same config resumes it.
+  assert train.train_stage(config, "teacher", run_dir, seed=0)["step"] == 20
