@@ -6,7 +6,8 @@ augmentation), the seed, the non-finite policy, the teacher-cache settings, and 
 identity: an earlier stage's identity (recursively, from the config), or the SHA-256 of an external
 teacher's variables. Keys that cannot change a result are left out: logging, evaluation and
 checkpoint intervals, the data pipeline's workers and prefetch, the evaluation batch size, the mesh
-(which changes reductions only up to float rounding), the report, the stage order.
+(which changes reductions only up to float rounding), the report, the stage order, and a NaN injected
+under `nonfinite.policy=stop` (no checkpoint ever holds its step, so a run resumed without it is exact).
 
 `<stage>/fingerprint.json` records the identity when the stage starts. A later run with the same
 identity reuses a finished stage or resumes an unfinished one; another identity is refused, naming the
@@ -45,7 +46,10 @@ def identity(config: ml_collections.ConfigDict, stage_name: str, seed: int,
   """
   stage = config.stages[stage_name]
   data = {k: v for k, v in _plain(config.data).items() if k not in _DATA_KEYS_WITHOUT_EFFECT}
-  result = {"stage": _plain(stage), "data": data, "seed": seed, "nonfinite": _plain(config.nonfinite)}
+  nonfinite = _plain(config.nonfinite)
+  if nonfinite["policy"] == "stop":  # An injected NaN then never reaches a checkpoint: resuming without it is exact.
+    nonfinite["inject_at_step"] = 0
+  result = {"stage": _plain(stage), "data": data, "seed": seed, "nonfinite": nonfinite}
   teacher = stage.get("teacher", "")
   if teacher and teacher in config.stages and not stage.get("teacher_checkpoint", ""):
     result["teacher_identity"] = digest(identity(config, teacher, seed, external_teacher))
