@@ -283,3 +283,19 @@ def test_the_bring_your_own_notebook_runs_headless(tmp_path):
   text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
   assert "in memory  teacher" in text and "from file  teacher" in text
   assert os.path.exists(tmp_path / "from_file" / "seed_0" / "student" / "model.json")
+
+
+def test_an_nnx_model_built_in_memory_is_a_teacher_whose_tokens_a_student_distils(tmp_path):
+  sys.path.insert(0, USER_PROJECT)
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import tiny_models  # pylint: disable=g-import-not-at-top
+  teacher = tiny_models.NNXTokenMixer(10, rngs=nnx.Rngs(0))
+  fitnets = method_config("fitnets", student_features=("block1",), teacher_features=("blocks/1",), hint_weight=1.0)
+  config = _config(teacher="nnx")
+  config.stages.student = config_lib.stage_config({"name": "tiny_models:TinyMixer"}, fitnets, teacher="nnx",
+                                                  num_steps=4)
+  report = kd.run(config, str(tmp_path), teachers={"nnx": (teacher, None, "unit")})  # None: its own variables.
+  assert report["teacher"]["params"] == models.count_params(nnx.state(teacher, nnx.Param))
+  with open(tmp_path / "seed_0" / "student" / "metrics.jsonl") as f:
+    hints = [json.loads(line)["train/hint"] for line in f if "train/hint" in line]
+  assert hints and all(np.isfinite(hints)) and hints[0] > 0

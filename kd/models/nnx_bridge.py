@@ -38,6 +38,7 @@ class NNXModel:
     bridge.model_class, bridge.attributes = type(model), {}
     bridge.num_classes = None
     bridge.graphdef, _, bridge._rng_template, _ = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    bridge._built = cls.variables_of(model)  # What `init` gives: its class may need more than num_classes.
     return bridge
 
   @staticmethod
@@ -51,7 +52,10 @@ class NNXModel:
                             **self.attributes)
 
   def init(self, rng: jax.Array) -> dict[str, Any]:
-    """Fresh variables; pure (works under `jax.jit` and `jax.eval_shape`)."""
+    """Fresh variables; pure (works under `jax.jit` and `jax.eval_shape`). A model built elsewhere
+    (`from_module`) gives its own."""
+    if hasattr(self, "_built"):
+      return self._built
     _, params, _, rest = nnx.split(self._construct(rng), nnx.Param, nnx.RngState, ...)
     return {"params": params, "nnx_state": rest}
 
