@@ -44,6 +44,7 @@ from kd.errors import ConfigError
 from kd.errors import UserError
 
 MANIFEST = "sweep.json"
+STAGE_STORE = "stages"  # <workdir>/stages/<identity digest>: stages shared by the runs.
 RUN_LOG = "run.log"
 
 
@@ -271,8 +272,9 @@ def run_one(workdir: str, name: str) -> dict[str, Any]:
   variant_dir = run.variant_dir(workdir)
   experiment.check(config, variant_dir, list(config.stage_order))
   result = None
-  for stage in config.stage_order:
-    result = train.train_stage(config, stage, train.seed_dir(variant_dir, run.seed), seed=run.seed)
+  for stage in config.stage_order:  # Stages of the same identity are shared by the runs (kd.fingerprint).
+    result = train.train_stage(config, stage, train.seed_dir(variant_dir, run.seed), seed=run.seed,
+                               store=os.path.join(workdir, STAGE_STORE))
   return result
 
 

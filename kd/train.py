@@ -286,7 +286,8 @@ def seed_dir(workdir: str, seed: int) -> str:
 
 
 def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str, *, seed: int,
-                stop_after_step: int | None = None, wait_for_lock: bool = False) -> dict[str, Any] | None:
+                stop_after_step: int | None = None, wait_for_lock: bool = False,
+                store: str = "") -> dict[str, Any] | None:
   """Trains one stage of an experiment into `<run_dir>/<stage_name>`, resuming if interrupted.
 
   A finished stage (its `result.json` exists) is not run again. Otherwise training starts from the
@@ -302,11 +303,16 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
       unfinished (for time-boxed jobs; a later call resumes it).
     wait_for_lock: when another process is training this stage (it holds `<stage>/.lock`, see
       kd.locks), wait for it to end instead of raising WorkdirError.
+    store: a folder of stages by identity (kd.sweep's `<workdir>/stages`): the stage's folder becomes
+      a link to `<store>/<identity digest>`, so runs whose stages have the same identity (sweep variants
+      sharing a teacher) train it once; the others wait for it and reuse it.
 
   Returns:
     The stage's result (final eval metrics, throughput), or None if stopped early.
   """
   stage_dir = os.path.join(run_dir, stage_name)
+  if store and _link_to_store(config, stage_name, run_dir, seed, store):
+    wait_for_lock = True  # Another run may be training the shared stage: reuse it once it is done.
   if is_finished(stage_dir):
     logging.info("[%s] already finished in %s; skipping", stage_name, stage_dir)
     return read_result(stage_dir)
@@ -316,6 +322,26 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
       logging.info("[%s] finished meanwhile in %s; skipping", stage_name, stage_dir)
       return read_result(stage_dir)
     return _train_stage(config, stage_name, run_dir, seed=seed, stop_after_step=stop_after_step)
+
+
+def _link_to_store(config: ml_collections.ConfigDict, stage_name: str, run_dir: str, seed: int,
+                   store: str) -> bool:
+  """Makes `<run_dir>/<stage>` a link to the store's folder of its identity; whether it is one.
+
+  Stages whose weights come from outside the run (an external teacher, init_from) stay in place: their
+  identity would need those weights' hash, which is only known once they are loaded.
+  """
+  stage_dir = os.path.join(run_dir, stage_name)
+  if os.path.lexists(stage_dir):
+    return os.path.islink(stage_dir)
+  if external.teacher_kind(config, stage_name) not in ("", "stage") or config.stages[stage_name].init_from:
+    return False
+  entry = os.path.join(store, fingerprint.digest(fingerprint.identity(config, stage_name, seed)))
+  os.makedirs(entry, exist_ok=True)
+  os.makedirs(run_dir, exist_ok=True)
+  os.symlink(os.path.abspath(entry), stage_dir)
+  logging.info("[%s] %s is stage %s of the store %s", stage_name, stage_dir, os.path.basename(entry), store)
+  return True
 
 
 def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str, *, seed: int,

@@ -1,6 +1,7 @@
 """Sweeps: expansion of `sweep(add)` and grids, the local backend (skip, resume), and `python -m kd.report`."""
 
 import csv
+import glob
 import json
 import os
 import subprocess
@@ -137,3 +138,36 @@ def test_every_sweep_point_of_every_experiment_file_builds(path):
   """Every variant of every experiment file's sweep(add) (one variant for a file without one) validates."""
   runs = sweep.expand(os.path.join(REPO, path))
   assert runs and len({run.name for run in runs}) == len(runs)
+
+
+SHARED_TEACHER_SWEEP = '''
+import importlib.util
+
+_spec = importlib.util.spec_from_file_location("quickstart", {quickstart!r})
+_quickstart = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_quickstart)
+get_config = _quickstart.get_config
+
+
+def sweep(add):
+  for temperature in (2.0, 4.0):
+    for kd_weight in (0.5, 0.9):
+      add("smoke", name=f"t{{temperature}}_w{{kd_weight}}", **{{"stages.student.method.temperature": temperature,
+                                                              "stages.student.method.kd_weight": kd_weight}})
+'''
+
+
+def test_variants_that_share_a_teacher_train_it_once(tmp_path):
+  """A 2 x 2 sweep of the student's temperature and KD weight: 6 stages trained, not 12."""
+  config_path = tmp_path / "shared_teacher.py"
+  config_path.write_text(SHARED_TEACHER_SWEEP.format(quickstart=os.path.join(REPO, "experiments", "quickstart.py")))
+  workdir = tmp_path / "sweep"
+  result = subprocess.run([sys.executable, "-m", "kd.sweep", f"--config={config_path}", f"--workdir={workdir}",
+                           "--parallel=2"], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert len(os.listdir(workdir / "stages")) == 6  # teacher, baseline, four students
+  logs = "".join(open(path).read() for path in glob.glob(str(workdir / "*" / "seed_0" / "run.log")))
+  assert logs.count("[teacher] finished: test accuracy") == 1 and logs.count("[baseline] finished: test accuracy") == 1
+  assert logs.count("[student] finished: test accuracy") == 4
+  teachers = {os.path.realpath(path) for path in glob.glob(str(workdir / "*" / "seed_0" / "teacher"))}
+  assert len(teachers) == 1  # Every variant's teacher folder is the one stage in the store.
