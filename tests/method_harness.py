@@ -20,21 +20,27 @@ def module(model):
   return models.build_model(models.model_config(**model), 10)
 
 
-def build_method_step(method, *, learning_rate: float = 3e-3, batch_size: int = 16):
-  """(state, teacher_variables, batch, jitted step) for `method` (a method config) on 8x8 images.
-
-  Resolves the method's feature patterns, checks their shapes and builds its connector exactly as
-  `kd.train.train_stage` does.
-  """
+def resolve_features(method, student, teacher, batch_size: int):
+  """(student paths, teacher paths, connector) of `method` on two modules, as kd.train resolves them
+  on 8x8 images: patterns matched to tap points, shapes checked, the connector built."""
   example = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
-  student, teacher = module(STUDENT), module(TEACHER)
   s_patterns, t_patterns = methods.feature_patterns(method)
   s_taps, t_taps = features.tap_points(student, example), features.tap_points(teacher, example)
   s_paths = features.select(s_patterns, list(s_taps), "s") if s_patterns else []
   t_paths = features.select(t_patterns, list(t_taps), "t") if t_patterns else []
   s_shapes, t_shapes = {p: s_taps[p] for p in s_paths}, {p: t_taps[p] for p in t_paths}
   methods.check_feature_shapes(method, s_shapes, t_shapes, "method")
-  connector = methods.build_connector(method, s_shapes, t_shapes, batch_size)
+  return s_paths, t_paths, methods.build_connector(method, s_shapes, t_shapes, batch_size)
+
+
+def build_method_step(method, *, learning_rate: float = 3e-3, batch_size: int = 16):
+  """(state, teacher_variables, batch, jitted step) for `method` (a method config) on 8x8 images.
+
+  Resolves the method's feature patterns, checks their shapes and builds its connector exactly as
+  `kd.train.train_stage` does.
+  """
+  student, teacher = module(STUDENT), module(TEACHER)
+  s_paths, t_paths, connector = resolve_features(method, student, teacher, batch_size)
   teacher_variables = models.init_variables(teacher, jax.random.PRNGKey(1), jnp.zeros((1, 8, 8, 1)))
   optimizer, schedule = train.make_optimizer(config_lib.optimizer_config(learning_rate=learning_rate), 100)
   student_apply = models.make_apply(student, "image", s_paths)

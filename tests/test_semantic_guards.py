@@ -16,7 +16,6 @@ import pytest
 import method_harness
 from kd import config as config_lib
 from kd import evaluation
-from kd import features
 from kd import losses
 from kd import methods
 from kd import models
@@ -252,17 +251,9 @@ def _cnn_outputs(model, paths, seed, batch):
 def test_method_loss_sends_no_gradient_to_the_teacher_outputs(name, params):
   method = methods.method_config(name, **params)
   batch_size = 16
-  example = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
   student_model = CNN_STUDENTS.get(name, method_harness.STUDENT)
-  student = method_harness.module(student_model)
-  teacher = method_harness.module(method_harness.TEACHER)
-  s_patterns, t_patterns = methods.feature_patterns(method)
-  s_taps, t_taps = features.tap_points(student, example), features.tap_points(teacher, example)
-  s_paths = features.select(s_patterns, list(s_taps), "s") if s_patterns else []
-  t_paths = features.select(t_patterns, list(t_taps), "t") if t_patterns else []
-  s_shapes, t_shapes = {p: s_taps[p] for p in s_paths}, {p: t_taps[p] for p in t_paths}
-  methods.check_feature_shapes(method, s_shapes, t_shapes, "method")
-  connector = methods.build_connector(method, s_shapes, t_shapes, batch_size)
+  s_paths, t_paths, connector = method_harness.resolve_features(
+      method, method_harness.module(student_model), method_harness.module(method_harness.TEACHER), batch_size)
   batch = {"image": np.random.default_rng(0).integers(0, 255, (batch_size, 8, 8, 1), dtype=np.uint8),
            "label": np.arange(batch_size, dtype=np.int32) % 10,
            "index": np.arange(batch_size, dtype=np.int32)}
