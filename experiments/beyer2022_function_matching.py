@@ -114,7 +114,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = base_config()
   config.seeds = (0,)
   config.data.name = name
-  config.data.train_split, config.data.eval_split, config.data.test_split = train_split, val_split, test_split
+  config.data.train_split, config.data.validation_split, config.data.test_split = train_split, val_split, test_split
   config.data.batch_size = batch_size
   config.data.image_size = 224 if dataset == "imagenet2012" else 128
   config.data.augment.update(random_resized_crop=True, flip=True, mixup_alpha=MIXUP_ALPHA, teacher_view="same")
@@ -146,7 +146,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint.every_steps = 2
   elif options.get("variant") == "offline":
     config.data.name = "digits"
-    config.data.train_split, config.data.eval_split, config.data.test_split = "train[:90%]", "train[90%:]", "test"
+    config.data.train_split, config.data.validation_split, config.data.test_split = "train[:90%]", "train[90%:]", "test"
     config.data.image_size = 0
     config.data.batch_size = 64
     # 8x8 digits: a mild inception crop (at least half the image) keeps the digit recognisable.

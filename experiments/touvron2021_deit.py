@@ -114,7 +114,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = base_config()
   config.seeds = (0,)
   config.data.name = "imagenet2012"
-  config.data.train_split, config.data.eval_split, config.data.test_split = (
+  config.data.train_split, config.data.validation_split, config.data.test_split = (
       "train[:99%]", "train[99%:]", "validation")
   config.data.image_size = 224
   config.data.batch_size = BATCH_SIZE
@@ -139,7 +139,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if variant in ("digits", "smoke"):
     config.data.name = "digits"
-    config.data.train_split, config.data.eval_split, config.data.test_split = "train", "test", "test"
+    config.data.train_split, config.data.validation_split, config.data.test_split = "train", "holdout", "test"
     config.data.image_size = 0
     config.data.batch_size = 64
     # 8x8 digits: a mild inception crop (at least half the image) keeps the digit recognisable, and

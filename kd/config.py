@@ -11,7 +11,8 @@ method (a loss), optionally against the exported model of an earlier stage as it
     config.checkpoint            every_steps, keep
     config.nonfinite             policy ("stop" or "skip") for NaN/Inf losses and gradients
     config.log_every_steps       progress line, metrics.jsonl and TensorBoard
-    config.eval_every_steps      accuracy on data.eval_split during training (0: only at the end)
+    config.eval_every_steps      accuracy on the validation and test splits during training (0: only
+                                 at the end); `best` picks the step by validation
     config.stage_order           the stages to run, in order
     config.stages.<name>         model, method, teacher, num_steps, optimizer; the teacher may
                                  also come from outside the run (teacher = "export:<dir>", or
@@ -40,6 +41,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant", "multistep")
 NONFINITE_POLICIES = ("stop", "skip")
 TEACHER_VIEWS = ("same", "independent")
+HEADLINES = ("last", "best")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -49,9 +51,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict({
       "name": "digits",
       "data_dir": "",  # Empty: TFDS's default (TFDS_DATA_DIR, else ~/tensorflow_datasets).
+      # Train fits, validation selects ("best", evaluated every eval_every_steps), test reports; see
+      # kd.data.splits. "holdout": a fixed stratified validation_fraction of train_split, left out of
+      # training; "" trains on all of train_split with no validation (papers that report the last epoch).
       "train_split": "train",
-      "eval_split": "test",  # Evaluated during training.
-      "test_split": "test",  # The report card's split.
+      "validation_split": "holdout",
+      "validation_fraction": 0.1,
+      "test_split": "test",
       "batch_size": 64,  # Global, over all devices and processes.
       "eval_batch_size": 256,
       # > 0: images are resized (shorter side) and centre-cropped to image_size x image_size when
@@ -92,8 +98,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.stages = ml_collections.ConfigDict()
   # Which stages the report card compares (see kd.report).
   # `compare` lists more stages (e.g. one per method) for a table of test accuracy over seeds.
+  # `headline`: the number a sweep compares with the paper's: "last" (the final model's test accuracy)
+  # or "best" (test accuracy at the step of best validation accuracy).
   config.report = ml_collections.ConfigDict({"teacher": "teacher", "baseline": "baseline",
-                                             "student": "student", "compare": ()})
+                                             "student": "student", "compare": (), "headline": "last"})
   return config
 
 
@@ -258,6 +266,23 @@ def _check_augment_ranges(augment) -> None:
                         "for cutmix)")
 
 
+def _check_splits(data_config) -> None:
+  """Raises ConfigError for split keys that cannot work, before any data is read."""
+  if "eval_split" in data_config:
+    raise ConfigError("data.eval_split is now data.validation_split (evaluated during training, selects "
+                      "'best') and data.test_split (the report card's split): set those instead")
+  validation = data_config.validation_split
+  if validation == "holdout":
+    fraction = data_config.validation_fraction
+    if not 0.0 < fraction < 1.0:
+      raise ConfigError(f"data.validation_fraction={fraction} must lie in (0, 1): the share of "
+                        f"data.train_split held out for validation (e.g. 0.1)")
+  elif validation and validation == data_config.test_split:
+    raise ConfigError(f"data.validation_split and data.test_split are both {validation!r}: selection on the "
+                      "test split; use data.validation_split=holdout (a stratified slice of train), a "
+                      "validation split, or '' (none)")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
              memory_teachers: tuple[str, ...] = ()) -> None:
   """Raises ConfigError (one line: the key, the problem, the fix) if the config cannot run.
@@ -267,6 +292,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     num_devices: devices available to the mesh; None skips the checks that need them.
     memory_teachers: names of teachers given in memory (kd.run(..., teachers=...)).
   """
+  _check_splits(config.data)  # Before the key check: it names the key that replaced an old one.
   _check_keys_and_types(config, base_config(), "")
   data = config.data
   for key in ("batch_size", "eval_batch_size"):
@@ -343,6 +369,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     if config.report[role] not in config.stages:
       raise ConfigError(f"report.{role}={config.report[role]!r} is not a stage; stages: "
                         f"{sorted(config.stages.keys())}")
+  if config.report.headline not in HEADLINES:
+    raise ConfigError(f"report.headline={config.report.headline!r}: choose one of {HEADLINES}")
+  if config.report.headline == "best" and not (config.data.validation_split and config.eval_every_steps):
+    raise ConfigError("report.headline='best' selects a step by validation accuracy, which needs "
+                      "data.validation_split (e.g. holdout) and eval_every_steps > 0: set both, or "
+                      "report.headline=last")
   for name in config.report.compare:
     if name not in config.stage_order:
       raise ConfigError(f"report.compare names {name!r}, which is not in stage_order {list(config.stage_order)}")

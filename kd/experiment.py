@@ -35,7 +35,7 @@ def check(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str]
     if name not in config.stages:
       raise ConfigError(f"--stages names {name!r}, which is not a stage; stages: {list(config.stage_order)}")
   spec = data.load_spec(config.data.name, config.data.data_dir, config.data.image_size)
-  for split in (config.data.train_split, config.data.eval_split, config.data.test_split):
+  for split in data.splits.tfds_splits(config.data):
     data.check_split(config.data.name, split, config.data.data_dir, spec)
   lm.check_stages(config, spec, stages)
   external_hashes = {}

@@ -20,6 +20,7 @@ from kd import evaluation
 from kd import external
 from kd import lm
 from kd import models
+from kd import selection
 from kd import train
 from kd.lm import report as lm_report
 
@@ -60,6 +61,10 @@ def build_run(config: ml_collections.ConfigDict, run_dir: str, arrays, mesh) -> 
   for role in ROLES:
     loaded = role_model(config, role, run_dir)
     report[role], logits[role] = _measure_model(loaded, arrays, mesh, config.data.eval_batch_size)
+    selected = (selection.best_on_validation(os.path.join(run_dir, config.report[role]))
+                if config.report[role] in config.stages else None)
+    if selected is not None:  # The model a validation-based early stop would keep, scored on test.
+      report[role]["at_best_validation"] = selected
   teacher, student = report["teacher"], report["student"]
   report.update({
       # A teacher at 0% (a smoke run on random data) has no retention to report.
@@ -114,8 +119,20 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "dataset": config.data.name,
       "split": config.data.test_split,
       "examples": int(len(arrays["label"])),
+      "splits": _splits(config, train.seed_dir(workdir, config.seeds[0])),
       "device": jax.devices()[0].device_kind,
   }
+
+
+def _splits(config: ml_collections.ConfigDict, run_dir: str) -> dict[str, Any]:
+  """Where the student's train, validation and test examples came from, and how many there were."""
+  try:
+    with open(os.path.join(run_dir, config.report.student, "result.json")) as f:
+      counts = json.load(f).get("examples", {})
+  except OSError:
+    counts = {}
+  return {role: {"split": data.splits.describe(config.data, role), "examples": counts.get(role)}
+          for role in data.splits.ROLES}
 
 
 def compare(config: ml_collections.ConfigDict, workdir: str, arrays, mesh) -> list[dict[str, Any]]:
@@ -171,6 +188,20 @@ def _pm(report, path: tuple[str, ...], fmt: str) -> str:
   return f"{format(mean, fmt)} ± {format(std, fmt.replace('+', ''))}"
 
 
+def _splits_line(report: dict[str, Any]) -> list[str]:
+  splits = report.get("splits")
+  if not splits:
+    return []
+
+  def part(role):
+    count = splits[role]["examples"]
+    return f"{role}: {splits[role]['split']}" + (f" ({count:,} examples)" if count else "")
+
+  validation = (f"{part('validation')}, which selects the step 'at best validation'"
+                if splits["validation"]["examples"] else "validation: none (nothing is selected)")
+  return ["", f"Splits: {part('train')}; {validation}; {part('test')}, every number below."]
+
+
 def to_markdown(report: dict[str, Any]) -> str:
   """The report card as a Markdown table and summary lines."""
   if report.get("kind") == "language_model":
@@ -180,15 +211,21 @@ def to_markdown(report: dict[str, Any]) -> str:
   lines = [
       f"Report card: {report['dataset']} {report['split']} ({report['examples']} examples), "
       f"{averaged}; latency on {report['device']}",
+      *_splits_line(report),
       "",
-      "| model | stage | accuracy | params | bytes | latency b1 (ms) | latency b256 (ms) | ECE |",
-      "|---|---|---:|---:|---:|---:|---:|---:|",
+      "| model | stage | accuracy | at best validation (step) | params | bytes | latency b1 (ms) | "
+      "latency b256 (ms) | ECE |",
+      "|---|---|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for role in ROLES:
     m = report[role]
-    lines.append(f"| {role} | {m['stage']} | {_pm(report, (role, 'accuracy'), '.2%')} | {m['params']:,.0f} | "
-                 f"{m['bytes']:,.0f} | {m['latency_ms_b1']:.3f} | {m['latency_ms_b256']:.3f} | "
-                 f"{_pm(report, (role, 'ece'), '.4f')} |")
+    selected = "-"
+    if "at_best_validation" in m:
+      selected = (f"{_pm(report, (role, 'at_best_validation', 'test_accuracy'), '.2%')} "
+                  f"({m['at_best_validation']['step']:.0f})")
+    lines.append(f"| {role} | {m['stage']} | {_pm(report, (role, 'accuracy'), '.2%')} | {selected} | "
+                 f"{m['params']:,.0f} | {m['bytes']:,.0f} | {m['latency_ms_b1']:.3f} | "
+                 f"{m['latency_ms_b256']:.3f} | {_pm(report, (role, 'ece'), '.4f')} |")
   lines += [
       "",
       f"student vs teacher: retention {_pm(report, ('retention',), '.2%')}, "

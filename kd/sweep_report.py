@@ -3,11 +3,14 @@
 `python -m kd.report <sweep workdir>` prints it and writes `<workdir>/sweep_report.md` and
 `sweep_report.csv`. For each variant of the sweep (`kd.sweep`), over the seeds whose runs are finished:
 
-  last        `eval/accuracy` of the variant's result stage at its last step (its `result.json`);
-  best        the highest `eval/accuracy` logged on `data.eval_split` during training (the rows of
-              `metrics.jsonl` with eval metrics, `eval_every_steps`), and the mean step it came at;
+  last        test accuracy of the variant's result stage at its last step (its `result.json`);
+  best        test accuracy at the step of highest *validation* accuracy (kd.selection: the rows of
+              `metrics.jsonl` logged every `eval_every_steps`), and the mean step it came at; "-"
+              without a validation split (`data.validation_split=""`), as selection there would be
+              on the test split;
   reported    the paper's number, from the experiment file's `REPORTED`;
-  difference  last − reported, in percentage points.
+  difference  headline − reported, in percentage points; the headline is `report.headline` of the
+              variant's config ("last" unless the config says "best").
 
 The result stage is the last stage of the variant's `stage_order`.
 
@@ -30,27 +33,13 @@ from typing import Any
 
 import numpy as np
 
+from kd import selection
 from kd import sweep as sweep_lib
 
 MARKDOWN = "sweep_report.md"
 CSV = "sweep_report.csv"
 COLUMNS = ("variant", "stage", "seeds", "last_accuracy", "last_accuracy_std", "best_accuracy",
            "best_accuracy_std", "best_step", "reported", "difference")
-
-
-def _eval_rows(stage_dir: str) -> list[dict[str, Any]]:
-  rows = []
-  path = os.path.join(stage_dir, "metrics.jsonl")
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError:
-          continue
-        if "eval/accuracy" in row:
-          rows.append(row)
-  return rows
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -77,33 +66,42 @@ def aggregate(workdir: str) -> list[dict[str, Any]]:
   rows = []
   for variant, variant_runs in variants.items():
     stage = variant_runs[0].stages[-1]
-    last, best, best_steps, seeds = [], [], [], []
+    last, best, best_steps, seeds, headlines = [], [], [], [], set()
     for run in variant_runs:
       stage_dir = os.path.join(run.run_dir(workdir), stage)
       if not run.is_finished(workdir):
         continue
       with open(os.path.join(stage_dir, "result.json")) as f:
-        last.append(json.load(f)["eval/accuracy"])
-      evals = _eval_rows(stage_dir)
-      top = max(evals, key=lambda row: row["eval/accuracy"]) if evals else {"eval/accuracy": last[-1],
-                                                                              "step": None}
-      best.append(top["eval/accuracy"])
-      best_steps.append(top["step"])
+        last.append(json.load(f)[selection.REPORT])
+      selected = selection.best_on_validation(stage_dir)
+      if selected is not None:
+        best.append(selected["test_accuracy"])
+        best_steps.append(selected["step"])
+      headlines.add(_headline(stage_dir))
       seeds.append(run.seed)
     paper = reported.get(variant, reported.get(variant_runs[0].base))
     row = {"variant": variant, "stage": stage, "seeds": seeds, "runs": len(variant_runs)}
+    row.update({key: None for key in COLUMNS[3:8]})
     if seeds:
       row["last_accuracy"], row["last_accuracy_std"] = _mean_std(last)
+    if best and len(best) == len(seeds):
       row["best_accuracy"], row["best_accuracy_std"] = _mean_std(best)
-      steps = [s for s in best_steps if s is not None]
-      row["best_step"] = float(np.mean(steps)) if steps else None
-    else:
-      row.update({key: None for key in COLUMNS[3:8]})
+      row["best_step"] = float(np.mean(best_steps))
+    row["headline"] = "best" if headlines == {"best"} else "last"
+    headline = row[f"{row['headline']}_accuracy"]
     row["reported"] = paper
-    row["difference"] = (100 * row["last_accuracy"] - paper
-                         if paper is not None and row["last_accuracy"] is not None else None)
+    row["difference"] = 100 * headline - paper if paper is not None and headline is not None else None
     rows.append(row)
   return rows
+
+
+def _headline(stage_dir: str) -> str:
+  """`report.headline` of the config a stage ran with (provenance.json), "last" if it does not say."""
+  try:
+    with open(os.path.join(stage_dir, "provenance.json")) as f:
+      return json.load(f)["config"]["report"].get("headline", "last")
+  except (OSError, KeyError, ValueError):
+    return "last"
 
 
 def _percent(mean: float | None, std: float | None, count: int) -> str:
@@ -113,8 +111,10 @@ def _percent(mean: float | None, std: float | None, count: int) -> str:
 
 
 def to_markdown(rows: list[dict[str, Any]], workdir: str) -> str:
-  lines = [f"Sweep {workdir}: test accuracy (%) of each variant's last stage, mean ± std over finished seeds",
-           "", "| variant | stage | seeds | last step | best validation (step) | reported | difference |",
+  lines = [f"Sweep {workdir}: test accuracy (%) of each variant's last stage, mean ± std over finished seeds; "
+           "'at best validation': at the step of highest validation accuracy; difference: the headline "
+           "(last, or * at best validation) − reported",
+           "", "| variant | stage | seeds | last step | at best validation (step) | reported | difference |",
            "|---|---|---|---:|---:|---:|---:|"]
   for row in rows:
     count = len(row["seeds"])
@@ -122,6 +122,8 @@ def to_markdown(rows: list[dict[str, Any]], workdir: str) -> str:
     best = _percent(row["best_accuracy"], row["best_accuracy_std"], count)
     if row["best_step"] is not None:
       best += f" ({row['best_step']:.0f})"
+    if row["headline"] == "best":
+      best += " *"
     reported = "-" if row["reported"] is None else f"{row['reported']:.2f}"
     difference = "-" if row["difference"] is None else f"{row['difference']:+.2f}"
     lines.append(f"| {row['variant']} | {row['stage']} | {seeds} | "

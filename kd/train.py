@@ -353,10 +353,10 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
   # Data.
   data_config = config.data
   spec = data.load_spec(data_config.name, data_config.data_dir, data_config.image_size)
-  train_arrays = data.load_arrays(data_config.name, data_config.train_split, data_config.data_dir,
-                                 data_config.image_size)
-  eval_arrays = data.load_arrays(data_config.name, data_config.eval_split, data_config.data_dir,
-                                data_config.image_size)
+  # Train fits, validation selects, test reports (kd.data.splits); both are evaluated at eval steps.
+  loaded = data.splits.load(data_config, "train", "validation", "test")
+  train_arrays = loaded.pop("train")
+  eval_sets = {role: arrays for role, arrays in loaded.items() if arrays is not None}
   mesh = make_mesh(config.mesh)
   replicated = jax.NamedSharding(mesh, jax.P())
   batch_sharding = distributed.batch_sharding(mesh)
@@ -382,7 +382,7 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
                 else teacher.fingerprint())
     cached = teacher_cache.load_or_build(
         config.teacher_cache.dir or os.path.join(run_dir, "teacher_cache"), teacher_name,
-        identity, dataset=data_config.name, split=data_config.train_split,
+        identity, dataset=data_config.name, split=data.splits.describe(data_config, "train"),
         image_size=data_config.image_size, arrays=train_arrays, teacher_apply=teacher_apply,
         teacher_variables=teacher_variables, feature_paths=stage_features.teacher_paths,
         top_k=config.teacher_cache.top_k, batch_size=data_config.eval_batch_size)
@@ -497,7 +497,7 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
         writer.write(step, scalars)
         progress.log(step, scalars)
       if config.eval_every_steps and step % config.eval_every_steps == 0 and step < stage.num_steps:
-        writer.write(step, _eval_scalars(predict, student_variables(state), eval_arrays,
+        writer.write(step, _eval_scalars(predict, student_variables(state), eval_sets,
                                          data_config.eval_batch_size))
       if save_now:
         _check_free_space(stage_dir, state_bytes, manager)
@@ -519,8 +519,10 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
 
   # Final evaluation, export, and the marker that the stage is finished.
   variables = student_variables(state)
-  eval_scalars = _eval_scalars(predict, variables, eval_arrays, data_config.eval_batch_size)
+  eval_scalars = _eval_scalars(predict, variables, eval_sets, data_config.eval_batch_size)
   result = {"stage": stage_name, "seed": seed, "step": step, **eval_scalars,
+            "examples": {"train": data.num_examples(train_arrays),
+                         **{role: data.num_examples(arrays) for role, arrays in eval_sets.items()}},
             "train_seconds": seconds, "peak_learning_rate": peak_learning_rate,
             "train_examples_per_second": (step - start_step) * data_config.batch_size / max(seconds, 1e-9)}
   with _disk_errors(manager, stage_dir):
@@ -534,8 +536,9 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
       with open(os.path.join(stage_dir, RESULT_JSON + ".tmp"), "w") as f:
         json.dump(result, f, indent=2)
       os.replace(os.path.join(stage_dir, RESULT_JSON + ".tmp"), os.path.join(stage_dir, RESULT_JSON))
-  logging.info("[%s] finished: %s accuracy %.4f", stage_name, data_config.eval_split,
-               eval_scalars["eval/accuracy"])
+  logging.info("[%s] finished: %s", stage_name, ", ".join(
+      f"{role} accuracy {eval_scalars[role + '/accuracy']:.4f} ({data.splits.describe(data_config, role)})"
+      for role in sorted(eval_sets, key=("test", "validation").index)))
   return result
 
 
@@ -667,9 +670,16 @@ class _LanguageModelEval:
     self.evaluate = evaluate
 
 
-def _eval_scalars(predict, variables, arrays, batch_size) -> dict[str, float]:
-  if isinstance(predict, _LanguageModelEval):
-    return predict.evaluate(variables, arrays, batch_size)
-  logits = predict(variables, arrays, batch_size)
-  return {"eval/accuracy": evaluation.accuracy(logits, arrays["label"]),
-          "eval/loss": evaluation.cross_entropy(logits, arrays["label"])}
+def _eval_scalars(predict, variables, eval_sets, batch_size) -> dict[str, float]:
+  """`<role>/accuracy`, `<role>/loss` (and perplexity for a language model) for each of `eval_sets`
+  ({"validation": arrays, "test": arrays}; validation absent without one)."""
+  scalars = {}
+  for role, arrays in eval_sets.items():
+    if isinstance(predict, _LanguageModelEval):
+      metrics = predict.evaluate(variables, arrays, batch_size)
+    else:
+      logits = predict(variables, arrays, batch_size)
+      metrics = {"eval/accuracy": evaluation.accuracy(logits, arrays["label"]),
+                 "eval/loss": evaluation.cross_entropy(logits, arrays["label"])}
+    scalars.update({f"{role}/{key.split('/', 1)[1]}": value for key, value in metrics.items()})
+  return scalars

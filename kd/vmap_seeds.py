@@ -56,8 +56,9 @@ def train_members(config: ml_collections.ConfigDict, stage_name: str, run_dir: s
     grid: {method parameter: values}; the members are seeds x the product of the grid.
 
   Returns:
-    {"members": [{"seed", grid values..., "accuracy", "loss"}], "groups": [{grid values...,
-    "accuracy_mean", "accuracy_std", "seeds"}], "variables": the members' student variables stacked on a
+    {"members": [{"seed", grid values..., "accuracy" (test), "validation_accuracy", "loss"}], "groups":
+    [{grid values..., "accuracy_mean", "accuracy_std", "validation_accuracy_mean", "validation_accuracy_std",
+    "seeds"}] (validation only with data.validation_split), "variables": the members' student variables stacked on a
     leading axis, "num_members", "first_step_seconds" (mostly the compile), "train_seconds" (the other
     steps)}.
   """
@@ -72,8 +73,10 @@ def train_members(config: ml_collections.ConfigDict, stage_name: str, run_dir: s
 
   data_config = config.data
   spec = data.load_spec(data_config.name, data_config.data_dir)
-  train_arrays = data.load_arrays(data_config.name, data_config.train_split, data_config.data_dir)
-  eval_arrays = data.load_arrays(data_config.name, data_config.eval_split, data_config.data_dir)
+  # Members are compared on validation (choose a grid point there) and reported on test.
+  loaded = data.splits.load(data_config, "train", "validation", "test")
+  train_arrays = loaded.pop("train")
+  eval_sets = {role: arrays for role, arrays in loaded.items() if arrays is not None}
   iterators = {seed: data.train_iterator(train_arrays, batch_size=data_config.batch_size, seed=seed)
                for seed in seeds}
 
@@ -124,20 +127,28 @@ def train_members(config: ml_collections.ConfigDict, stage_name: str, run_dir: s
   variables = train.student_variables(state)
   logits_fn = jax.jit(jax.vmap(lambda v, batch: student_apply(v, batch, train=False)["logits"],
                                in_axes=(0, None)))
-  logits = []
-  for batch in data.eval_batches(eval_arrays, data_config.eval_batch_size):
-    mask = batch.pop("mask")
-    logits.append(np.asarray(logits_fn(variables, batch))[:, mask])
-  logits = np.concatenate(logits, axis=1)  # [M, N, C]
+  def accuracies(arrays):  # [M]
+    logits = []
+    for batch in data.eval_batches(arrays, data_config.eval_batch_size):
+      mask = batch.pop("mask")
+      logits.append(np.asarray(logits_fn(variables, batch))[:, mask])
+    logits = np.concatenate(logits, axis=1)  # [M, N, C]
+    return [evaluation.accuracy(logits[m], arrays["label"]) for m in range(num_members)]
+
+  by_role = {role: accuracies(arrays) for role, arrays in eval_sets.items()}
   final_loss = np.asarray(metrics["loss"])
-  results = [{"seed": seed, **point, "accuracy": evaluation.accuracy(logits[m], eval_arrays["label"]),
-              "loss": float(final_loss[m])} for m, (seed, point) in enumerate(members)]
+  results = [{"seed": seed, **point, "accuracy": by_role["test"][m], "loss": float(final_loss[m]),
+              **({"validation_accuracy": by_role["validation"][m]} if "validation" in by_role else {})}
+             for m, (seed, point) in enumerate(members)]
   groups = []
   for point in points:
-    accuracies = np.asarray([r["accuracy"] for r in results if all(r[k] == v for k, v in point.items())])
-    groups.append({**point, "accuracy_mean": float(accuracies.mean()),
-                   "accuracy_std": float(accuracies.std(ddof=1)) if len(accuracies) > 1 else 0.0,
-                   "seeds": list(seeds)})
+    group = {**point, "seeds": list(seeds)}
+    for key in ("accuracy", "validation_accuracy"):
+      values = np.asarray([r[key] for r in results if key in r and all(r[k] == v for k, v in point.items())])
+      if len(values):
+        group[f"{key}_mean"] = float(values.mean())
+        group[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    groups.append(group)
   return {"members": results, "groups": groups, "variables": jax.device_get(variables),
           "num_members": num_members, "first_step_seconds": first_step_seconds,
           "train_seconds": train_seconds}

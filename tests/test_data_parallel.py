@@ -28,8 +28,8 @@ SCRIPT = textwrap.dedent("""
           os.path.join(sys.argv[1], f"devices_{d}", stage)).variables) for d in (1, 4))
       differences[stage] = max(float(np.max(np.abs(a - b))) for a, b in
                                zip(jax.tree.leaves(one), jax.tree.leaves(four)))
-      differences[stage + "_accuracy"] = abs(results[(1, stage)]["eval/accuracy"] -
-                                             results[(4, stage)]["eval/accuracy"])
+      differences[stage + "_accuracy"] = abs(results[(1, stage)]["test/accuracy"] -
+                                             results[(4, stage)]["test/accuracy"])
     print("RESULT " + json.dumps(differences))
 """)
 

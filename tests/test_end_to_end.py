@@ -27,7 +27,19 @@ def test_quickstart_smoke_writes_the_report_card(smoke_workdir):
   assert report["baseline"]["params"] == student["params"]
   assert report["kl"] >= 0 and 0 <= report["ece"] <= 1 and 0 <= report["agreement"] <= 1
   with open(os.path.join(smoke_workdir, "report.md")) as f:
-    assert "| student |" in f.read()
+    markdown = f.read()
+  assert "| student |" in markdown
+  # Which split each number comes from: train minus the validation holdout, validation, test.
+  assert report["splits"]["train"]["examples"] + report["splits"]["validation"]["examples"] == 1438
+  assert report["splits"]["test"]["examples"] == 359 == report["examples"]
+  assert ("Splits: train: train minus its 10% validation holdout (1,295 examples); validation: 10% holdout "
+          "of train (143 examples)") in markdown
+  for role in ("teacher", "baseline", "student"):  # Selected on validation, scored on test.
+    with open(os.path.join(smoke_workdir, "seed_0", role, "metrics.jsonl")) as f:
+      evaluations = [row for row in map(json.loads, f) if "validation/accuracy" in row]
+    best = max(evaluations, key=lambda row: (row["validation/accuracy"], -row["step"]))
+    assert report[role]["at_best_validation"] == {"step": best["step"], "test_accuracy": best["test/accuracy"],
+                                                  "validation_accuracy": best["validation/accuracy"]}
   # Every stage left its logs, checkpoints, exported model and provenance.
   for stage in ("teacher", "baseline", "student"):
     stage_dir = os.path.join(smoke_workdir, "seed_0", stage)

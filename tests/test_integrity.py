@@ -100,7 +100,7 @@ def test_flipped_bytes_in_the_latest_checkpoint_fall_back_to_the_one_before(fini
   stage_dir = _copy(finished_teacher, tmp_path)
   _unfinish(stage_dir)
   flipped = _flip_bytes(os.path.join(stage_dir, "checkpoints", "20", "state"))
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger="absl")  # Whatever verbosity an earlier test left.
   result = train.train_stage(_config(), "teacher", os.path.dirname(stage_dir), seed=0)
   assert result["step"] == 20
   relative = os.path.relpath(flipped, os.path.join(stage_dir, "checkpoints", "20"))
@@ -116,7 +116,7 @@ def test_a_checkpoint_without_manifest_is_restored_with_a_warning(finished_teach
   stage_dir = _copy(finished_teacher, tmp_path)
   _unfinish(stage_dir)
   os.remove(os.path.join(stage_dir, "checkpoints", "20", checkpoint.MANIFEST))
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger="absl")
   result = train.train_stage(_config(), "teacher", os.path.dirname(stage_dir), seed=0)
   assert result["step"] == 20
   assert any("step 20" in line and "unverified" in line for line in _warnings(caplog))

@@ -185,7 +185,7 @@ def test_a_teacher_given_as_an_apply_function(tmp_path, teacher, smoke_workdir):
   report = kd.run(_config(teacher="fn"), str(tmp_path / "fn"), teachers={"fn": (apply, teacher.variables, "unit")})
   assert calls and all(dtype == np.float32 for dtype in calls)
   with open(os.path.join(smoke_workdir, "seed_0", "teacher", "result.json")) as f:
-    assert report["teacher"]["accuracy"] == pytest.approx(json.load(f)["eval/accuracy"])
+    assert report["teacher"]["accuracy"] == pytest.approx(json.load(f)["test/accuracy"])
   with pytest.raises(ConfigError, match="states no input preprocessing|does not state the input preprocessing"):
     kd.run(_config(teacher="fn"), str(tmp_path / "unstated"), teachers={"fn": (apply, teacher.variables)})
 
@@ -222,7 +222,7 @@ def test_init_from_starts_a_stage_from_a_checkpoint_and_zero_steps_import_it(tmp
   assert jax.tree.all(jax.tree.map(np.array_equal, jax.device_get(imported.variables),
                                    jax.device_get(baseline.variables)))
   with open(os.path.join(baseline_dir, "result.json")) as f:
-    assert report["baseline"]["accuracy"] == pytest.approx(json.load(f)["eval/accuracy"])
+    assert report["baseline"]["accuracy"] == pytest.approx(json.load(f)["test/accuracy"])
   assert _provenance(str(tmp_path))["sources"]["init_from"]["path"] == f"export:{baseline_dir}"
   # A student started from the baseline's weights differs from both a random start and its start.
   student = kd.load_model(str(tmp_path / "seed_0" / "student"))

@@ -205,5 +205,5 @@ def test_smoke_variant_trains_every_stage_through_kd_main(path, tmp_path):
       with open(os.path.join(workdir, f"seed_{seed}", stage_name, "result.json")) as f:
         result = json.load(f)
       assert result["step"] == config.stages[stage_name].num_steps
-      assert 0.0 <= result["eval/accuracy"] <= 1.0
+      assert 0.0 <= result["test/accuracy"] <= 1.0
       assert os.path.exists(os.path.join(workdir, f"seed_{seed}", stage_name, "model.json"))

@@ -155,7 +155,7 @@ def test_nan_loss_stops_the_run_naming_the_step_and_the_terms(tmp_path):
   config = _config()
   config.nonfinite.inject_at_step = 0
   resumed = train.train_stage(config, "teacher", str(tmp_path / "seed_0"), seed=0)
-  assert resumed is not None and np.isfinite(resumed["eval/loss"])
+  assert resumed is not None and np.isfinite(resumed["test/loss"])
 
 
 def test_nan_loss_under_skip_policy_skips_the_update_and_counts_it(tmp_path):

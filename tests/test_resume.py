@@ -49,7 +49,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(tmp_path):
   expected = _variables(str(tmp_path / "straight" / "teacher"))
   got = _variables(os.path.join(interrupted_dir, "teacher"))
   jax.tree.map(np.testing.assert_array_equal, expected, got)
-  assert resumed["eval/accuracy"] == straight["eval/accuracy"]
+  assert resumed["test/accuracy"] == straight["test/accuracy"]
   # The same losses at every logged step: the data iterator resumed at the right example.
   assert _train_losses(os.path.join(interrupted_dir, "teacher")) == _train_losses(
       str(tmp_path / "straight" / "teacher"))

@@ -103,17 +103,18 @@ def test_local_sweep_runs_skips_resumes_and_reports(tmp_path, capsys):
   assert "lr_high/seed_0: finished, skipped" in result.stdout and "lr_low/seed_0: finished, skipped" in result.stdout
   assert "resuming from step 6" in (workdir / "lr_high/seed_1/run.log").read_text()
 
-  # The table: mean ± std over seeds of the last step and of the best eval step, next to REPORTED.
+  # The table: mean ± std over seeds of the last step's test accuracy and of the test accuracy at the
+  # step of best *validation* accuracy, next to REPORTED.
   assert report_lib.main([str(workdir)]) == 0  # What `python -m kd.report <workdir>` runs.
-  last = [json.loads((workdir / f"lr_high/seed_{s}/teacher/result.json").read_text())["eval/accuracy"]
+  last = [json.loads((workdir / f"lr_high/seed_{s}/teacher/result.json").read_text())["test/accuracy"]
           for s in (0, 1)]
   best, best_steps = [], []
   for s in (0, 1):
     rows = [json.loads(line) for line in (workdir / f"lr_high/seed_{s}/teacher/metrics.jsonl").open()]
-    evals = [row for row in rows if "eval/accuracy" in row]
+    evals = [row for row in rows if "validation/accuracy" in row]
     assert sorted({row["step"] for row in evals}) == [2, 4, 6]  # The resumed run logs step 6 twice.
-    top = max(evals, key=lambda row: row["eval/accuracy"])
-    best.append(top["eval/accuracy"])
+    top = max(evals, key=lambda row: (row["validation/accuracy"], -row["step"]))
+    best.append(top["test/accuracy"])
     best_steps.append(top["step"])
   with open(workdir / "sweep_report.csv") as f:
     rows = {row["variant"]: row for row in csv.DictReader(f)}

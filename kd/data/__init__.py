@@ -9,3 +9,4 @@ from kd.data.pipeline import load_spec
 from kd.data.pipeline import num_examples
 from kd.data.pipeline import OFFLINE_BUILDERS
 from kd.data.pipeline import train_iterator
+from kd.data import splits
