@@ -151,7 +151,7 @@ def _check_writable(workdir: str) -> None:
 
 def run(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str] | None = None, *,
         teachers: dict[str, Any] | None = None, wait_for_lock: bool = False,
-        overwrite: Sequence[str] = ()) -> dict[str, Any] | None:
+        overwrite: Sequence[str] = (), stage_store: str = "") -> dict[str, Any] | None:
   """Runs `stages` (default: `config.stage_order`) for every seed, then the report card.
 
   Each seed's run lives in `<workdir>/seed_<n>/<stage>`; the report averages over seeds.
@@ -169,17 +169,22 @@ def run(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str] |
       raising WorkdirError.
     overwrite: stages whose folders hold results of another config (kd.fingerprint) to move to
       `<workdir>/superseded/` and train again, instead of refusing to run.
+    stage_store: a folder of stages by identity, shared by runs in other workdirs: each stage folder
+      becomes a link to `<stage_store>/<identity digest>`, so a stage another run has trained with the
+      same identity (config, data, seed, teacher) is reused, not trained again (kd.sweep does this
+      within a sweep).
 
   Returns:
     The report (also in `<workdir>/report.json`), or None when a stage the report needs is not
     finished (e.g. when only some stages were asked for).
   """
   with external.memory_teachers(teachers):
-    return _run(config, workdir, stages, wait_for_lock=wait_for_lock, overwrite=overwrite)
+    return _run(config, workdir, stages, wait_for_lock=wait_for_lock, overwrite=overwrite,
+                stage_store=stage_store)
 
 
 def _run(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str] | None, *,
-         wait_for_lock: bool = False, overwrite: Sequence[str] = ()) -> dict[str, Any] | None:
+         wait_for_lock: bool = False, overwrite: Sequence[str] = (), stage_store: str = "") -> dict[str, Any] | None:
   stages = list(stages or config.stage_order)
   for name in overwrite:
     if name not in stages:
@@ -194,7 +199,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str] 
   for seed in config.seeds:
     for name in config.stage_order:
       if name in stages:
-        train.train_stage(config, name, train.seed_dir(workdir, seed), seed=seed, wait_for_lock=wait_for_lock)
+        train.train_stage(config, name, train.seed_dir(workdir, seed), seed=seed, wait_for_lock=wait_for_lock,
+                          store=os.path.abspath(stage_store) if stage_store else "")
   if not all(train.is_finished(os.path.join(train.seed_dir(workdir, seed), config.report[role]))
              for role in report_lib.ROLES for seed in config.seeds
              if config.report[role] in config.stages):

@@ -45,6 +45,9 @@ _WAIT_FOR_LOCK = flags.DEFINE_bool("wait_for_lock", False, "When another process
                                    "workdir, wait for it to end instead of exiting with an error.")
 _OVERWRITE = flags.DEFINE_list("overwrite", [], "Stages whose folders hold results of another config: move "
                                "them to <workdir>/superseded/ and train them again (nothing is deleted).")
+_STAGE_STORE = flags.DEFINE_string("stage_store", "", "A folder of stages by identity shared with other workdirs: "
+                                   "a stage another run trained with the same config, data, seed and teacher "
+                                   "is reused from there instead of trained again.")
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the whole traceback of an error raised in the "
                                "user's code (config file, model module) instead of one line.")
 
@@ -158,7 +161,7 @@ def main(argv: list[str]) -> None:
     distributed.initialize()  # Several processes (Slurm tasks, or KD_COORDINATOR_ADDRESS): one runtime.
     distributed.prepare_dataset(_CONFIG.value)
     experiment.run(_CONFIG.value, _WORKDIR.value, _STAGES.value, wait_for_lock=_WAIT_FOR_LOCK.value,
-                   overwrite=_OVERWRITE.value)
+                   overwrite=_OVERWRITE.value, stage_store=_STAGE_STORE.value)
     distributed.shutdown()
   except UserError as e:
     if _show_tracebacks() and e.__cause__ is not None and errors.user_frame(e.__cause__):

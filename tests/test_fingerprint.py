@@ -82,3 +82,19 @@ def test_an_interrupted_stage_resumed_with_another_config_is_refused(tmp_path):
     kd.run(_config(**{"stages.teacher.optimizer.learning_rate": 1e-3}), str(tmp_path), stages=["teacher"])
   # The same config resumes it.
   assert train.train_stage(config, "teacher", run_dir, seed=0)["step"] == 20
+
+
+def test_runs_in_other_workdirs_reuse_stages_of_the_same_identity_from_a_stage_store(tmp_path):
+  store, first, second = str(tmp_path / "store"), str(tmp_path / "a"), str(tmp_path / "b")
+  kd.run(_config(), first, stage_store=store)
+  # Another workdir, another student temperature: teacher and baseline are the first run's.
+  result = run_main(SMOKE, f"--workdir={second}", f"--stage_store={store}",
+                    "--config.stages.student.method.temperature=2.0")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stderr.count("already finished") == 2  # teacher, baseline
+  for stage in ("teacher", "baseline"):
+    assert os.path.realpath(os.path.join(first, "seed_0", stage)) == os.path.realpath(
+        os.path.join(second, "seed_0", stage))
+  assert os.path.realpath(os.path.join(first, "seed_0", "student")) != os.path.realpath(
+      os.path.join(second, "seed_0", "student"))
+  assert len(os.listdir(store)) == 4  # teacher, baseline and two students: 4 stages trained, not 6.
