@@ -118,8 +118,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.batch_size = batch_size
   config.data.image_size = 224 if dataset == "imagenet2012" else 128
   config.data.augment.update(random_resized_crop=True, flip=True, mixup_alpha=MIXUP_ALPHA, teacher_view="same")
+  # big_vision's AdamW (big_vision/optax.py): wd * w added after the Adam step, scaled by the schedule
+  # only (not by the learning rate), on kernels only (its default wd_mults `.*/kernel$`).
   optimizer = dict(learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup,
-                   grad_clip_norm=1.0, schedule="cosine")
+                   grad_clip_norm=1.0, schedule="cosine", weight_decay_mode="decoupled_schedule",
+                   weight_decay_mask="kernels")
   config.stages.teacher = stage_config(TEACHER, method_config("supervised"), num_steps=num_steps, **optimizer)
   config.stages.baseline = stage_config(STUDENT, method_config("supervised"), num_steps=num_steps, **optimizer)
   # Function matching: KL on the teacher's outputs alone. kd_weight 1 and no label term; the T^2

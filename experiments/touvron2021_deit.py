@@ -123,7 +123,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   steps_per_epoch = TRAIN_EXAMPLES // BATCH_SIZE
   num_steps = EPOCHS * steps_per_epoch
   optimizer = {"name": "adamw", "learning_rate": 5e-4, "lr_scaling": "linear", "base_batch_size": 512,
-               "weight_decay": 0.05, "schedule": "cosine", "warmup_steps": WARMUP_EPOCHS * steps_per_epoch}
+               "weight_decay": 0.05, "schedule": "cosine", "warmup_steps": WARMUP_EPOCHS * steps_per_epoch,
+               # timm's AdamW (torch AdamW: decay times the learning rate) without decay on biases, norms,
+               # pos_embed and the class/distillation tokens (param_groups_weight_decay, no_weight_decay()).
+               "weight_decay_mode": "decoupled", "weight_decay_mask": "kernels"}
   teacher = zoo_model_config("resnet50")
   baseline = zoo_model_config(f"deit_{model}_patch16_224", drop_path_rate=0.1)
   student = zoo_model_config(f"deit_{model}_distilled_patch16_224", drop_path_rate=0.1)

@@ -66,7 +66,9 @@ def steps(epochs: float) -> int:
 
 
 def optimizer() -> dict:
+  # torch.optim.SGD's weight_decay: coupled (in the gradient, before momentum), on every parameter.
   return {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
+          "weight_decay_mode": "coupled", "weight_decay_mask": "all",
           "schedule": "multistep", "decay_boundaries": tuple(steps(e) for e in DECAY_EPOCHS),
           "decay_factor": 0.2}
 

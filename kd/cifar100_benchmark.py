@@ -37,6 +37,8 @@ def steps(epochs: float) -> int:
 def optimizer(model: str) -> dict:
   return {"name": "sgd", "learning_rate": 0.01 if model in LIGHT_STUDENTS else 0.05, "momentum": 0.9,
           "nesterov": False, "weight_decay": 5e-4, "schedule": "multistep",
+          # torch.optim.SGD's weight_decay (RepDistiller, mdistiller): coupled, every parameter.
+          "weight_decay_mode": "coupled", "weight_decay_mask": "all",
           "decay_boundaries": tuple(steps(e) for e in DECAY_EPOCHS), "decay_factor": 0.1}
 
 

@@ -28,6 +28,7 @@ anything is compiled and raises ConfigError with one line that names the key and
 
 import difflib
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -39,6 +40,7 @@ from kd.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "constant", "multistep")
+WEIGHT_DECAY_MODES = ("", "coupled", "decoupled", "decoupled_schedule")
 NONFINITE_POLICIES = ("stop", "skip")
 TEACHER_VIEWS = ("same", "independent")
 HEADLINES = ("last", "best")
@@ -110,6 +112,16 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
       "name": "adamw",
       "learning_rate": 1e-3,  # Peak rate, reached after warmup_steps.
       "weight_decay": 1e-4,
+      # How weight decay enters the update (kd.train.make_optimizer): "coupled" (wd * w added to the
+      # gradient, before momentum or Adam: torch SGD's and torch Adam's weight_decay), "decoupled" (the
+      # update is lr(t) * (step + wd * w): torch AdamW, optax.adamw), or "decoupled_schedule" (wd * w
+      # scaled by the schedule's multiplier lr(t) / peak only, not by the learning rate: big_vision).
+      # "" is the optimizer's own convention: coupled for sgd, decoupled for adamw.
+      "weight_decay_mode": "",
+      # Which parameters decay: "all", "kernels" (Dense/Conv kernels only: no biases, norm scales or
+      # embeddings; big_vision's default `.*/kernel$`), or a regular expression searched in each
+      # parameter's "/"-joined path (e.g. "student/.*kernel$").
+      "weight_decay_mask": "all",
       "momentum": 0.9,  # sgd only.
       "schedule": "cosine",
       "warmup_steps": 0,
@@ -215,6 +227,15 @@ def _check_stage(stage, where: str) -> None:
   optimizer = stage.optimizer
   if optimizer.name not in OPTIMIZERS:
     raise ConfigError(f"{where}.optimizer.name={optimizer.name!r}: choose one of {OPTIMIZERS}")
+  if optimizer.weight_decay_mode not in WEIGHT_DECAY_MODES:
+    raise ConfigError(f"{where}.optimizer.weight_decay_mode={optimizer.weight_decay_mode!r}: choose one of "
+                      f"{WEIGHT_DECAY_MODES} ('' is the optimizer's own: coupled for sgd, decoupled for adamw)")
+  if optimizer.weight_decay_mask not in ("all", "kernels"):
+    try:
+      re.compile(optimizer.weight_decay_mask)
+    except re.error as e:
+      raise ConfigError(f"{where}.optimizer.weight_decay_mask={optimizer.weight_decay_mask!r} is neither 'all', "
+                        f"'kernels' nor a regular expression ({e})") from e
   if optimizer.schedule not in SCHEDULES:
     raise ConfigError(f"{where}.optimizer.schedule={optimizer.schedule!r}: choose one of {SCHEDULES}")
   if optimizer.lr_scaling not in distributed.LR_SCALING_RULES:

@@ -88,15 +88,51 @@ def make_optimizer(optimizer_config: ml_collections.ConfigDict, num_steps: int,
   if warmup:
     learning_rate = optax.join_schedules(
         [optax.linear_schedule(0.0, peak, warmup), learning_rate], [warmup])
-  if optimizer_config.name == "adamw":
-    transform = optax.adamw(learning_rate, weight_decay=optimizer_config.weight_decay)
-  else:
-    transform = optax.chain(optax.add_decayed_weights(optimizer_config.weight_decay),
-                            optax.sgd(learning_rate, momentum=optimizer_config.momentum,
-                                      nesterov=optimizer_config.get("nesterov", True)))
+  transform = _optimizer_transform(optimizer_config, learning_rate, peak)
   if optimizer_config.grad_clip_norm:
     transform = optax.chain(optax.clip_by_global_norm(optimizer_config.grad_clip_norm), transform)
   return transform, learning_rate
+
+
+def _decay_mask(pattern: str):
+  """A callable optax mask: which parameters weight decay applies to (see optimizer.weight_decay_mask)."""
+  if pattern == "all":
+    return None
+  regex = re.compile(r"(^|/)kernel$" if pattern == "kernels" else pattern)
+
+  def mask(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: bool(regex.search("/".join(str(getattr(k, "key", k)) for k in path))), params)
+
+  return mask
+
+
+def _optimizer_transform(optimizer_config, learning_rate: optax.Schedule, peak: float):
+  """The optimizer with its weight decay as `optimizer.weight_decay_mode` says (updates w += u):
+
+    coupled             u = -lr(t) * opt(g + wd * w)           torch SGD / Adam `weight_decay`
+    decoupled           u = -lr(t) * (opt(g) + wd * w)         torch AdamW, optax.adamw
+    decoupled_schedule  u = -(lr(t) / peak) * (peak * opt(g) + wd * w)   big_vision (optax.py `make`:
+                        lr scales the optimizer's step, wd * w is added after it, and both are
+                        multiplied by the schedule, whose base is 1)
+
+  opt is SGD with momentum (PyTorch's form, dampening 0) or Adam's scaled step; wd * w only on the
+  parameters `optimizer.weight_decay_mask` selects.
+  """
+  weight_decay, mask = optimizer_config.weight_decay, _decay_mask(optimizer_config.get("weight_decay_mask", "all"))
+  mode = optimizer_config.get("weight_decay_mode", "") or ("decoupled" if optimizer_config.name == "adamw"
+                                                            else "coupled")
+  if optimizer_config.name == "adamw":
+    step = optax.scale_by_adam()
+  else:
+    step = optax.trace(decay=optimizer_config.momentum, nesterov=optimizer_config.get("nesterov", True))
+  decay = optax.add_decayed_weights(weight_decay, mask) if weight_decay else optax.identity()
+  if mode == "coupled":
+    return optax.chain(decay, step, optax.scale_by_learning_rate(learning_rate))
+  if mode == "decoupled":
+    return optax.chain(step, decay, optax.scale_by_learning_rate(learning_rate))
+  multiplier = lambda count: learning_rate(count) / peak  # The schedule with base 1.
+  return optax.chain(step, optax.scale(peak), decay, optax.scale_by_schedule(multiplier), optax.scale(-1.0))
 
 
 def init_train_state(rng: jax.Array, example_batch, teacher_variables=None, initial_variables=None, *,

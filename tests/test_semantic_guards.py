@@ -75,7 +75,8 @@ def test_report_card_kl_is_kl_teacher_to_student(monkeypatch):
   monkeypatch.setattr(report, "role_model", lambda config, role, run_dir: role)
   monkeypatch.setattr(report, "_measure_model",
                       lambda role, arrays, mesh, batch_size: (dict(measured), role_logits[role]))
-  config = types.SimpleNamespace(data=types.SimpleNamespace(eval_batch_size=8))
+  config = types.SimpleNamespace(data=types.SimpleNamespace(eval_batch_size=8),
+                                 report={role: role for role in role_logits}, stages={})
   card = report.build_run(config, "unused", {}, None)
   np.testing.assert_allclose(card["kl"], KL_P_Q, rtol=1e-9)
 
