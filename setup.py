@@ -28,6 +28,8 @@ setuptools.setup(
         "submitit>=1.5",  # The Slurm backend of kd.sweep.
         "safetensors>=0.4",  # Reading PyTorch-layout checkpoints without torch (kd.convert).
         "ml-dtypes>=0.4",  # bfloat16 tensors in torch.save files (kd.convert.torch_pickle).
+        "tokenizers>=0.20",  # Subword tokenizers: Hugging Face tokenizer.json, BPE training (kd.lm.tokenizer).
+        "jinja2>=3.1",  # Chat templates, rendered as transformers renders them (kd.lm.tokenizer).
     ],
     extras_require={
         "test": ["pytest>=8", "nbclient>=0.11", "ipykernel>=6", "matplotlib>=3.8"],

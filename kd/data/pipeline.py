@@ -25,12 +25,17 @@ from kd.data.mnist1d import Mnist1d
 from kd.data.stdlib_text import StdlibText
 from kd.data.synthetic import Synthetic
 from kd.data.synthetic import SyntheticConfig
+from kd.data import text_files
+from kd.data.text_files import TextFiles
 from kd.errors import DataError
 
 # Datasets that `kd` builds on this machine from packages it installs: no download. A name may
-# carry a config after a slash: `synthetic/32x32x3_100_2048`.
-OFFLINE_BUILDERS = {"digits": Digits, "mnist1d": Mnist1d, "synthetic": Synthetic, "stdlib_text": StdlibText}
-# Token datasets (input "tokens", no "label"): the model predicts the next token over this vocabulary.
+# carry a config after a slash: `synthetic/32x32x3_100_2048`; `text_files/train=a.jsonl,tokenizer=...`
+# (kd.data.text_files) reads local files.
+OFFLINE_BUILDERS = {"digits": Digits, "mnist1d": Mnist1d, "synthetic": Synthetic, "stdlib_text": StdlibText,
+                    "text_files": TextFiles}
+# Token datasets (input "tokens", no "label"): the model predicts the next token over this vocabulary,
+# unless the dataset's metadata names its own (`vocab_size`, a tokenizer's).
 BYTE_VOCAB_SIZE = 256
 
 Batch = dict[str, np.ndarray]
@@ -84,6 +89,8 @@ def _builder(name: str, data_dir: str):
                             else SyntheticConfig(config_name))
       except ValueError as e:
         raise DataError(str(e)) from e
+    if builder_class is TextFiles:  # The config names the files and the tokenizer (DataError if unusable).
+      kwargs["config"] = text_files.builder_config(config_name)
     builder = builder_class(data_dir=data_dir, file_format="array_record", **kwargs)
     builder.download_and_prepare()
     return builder
@@ -125,7 +132,8 @@ def load_spec(name: str, data_dir: str = "", image_size: int = 0) -> DatasetSpec
   features = builder.info.features
   key = _input_key(features)
   if key == "tokens" and "label" not in features:  # A language-modelling dataset.
-    num_classes = BYTE_VOCAB_SIZE
+    metadata = builder.info.metadata or {}
+    num_classes = int(metadata["vocab_size"]) if "vocab_size" in metadata else BYTE_VOCAB_SIZE
   elif "label" not in features:
     raise DataError(f"dataset {name!r} has no 'label' feature; it has {list(features)}")
   input_shape = tuple(features[key].shape)
@@ -171,10 +179,13 @@ def load_arrays(name: str, split: str, data_dir: str = "", image_size: int = 0) 
   """
   spec = load_spec(name, data_dir, image_size)
   check_split(name, split, data_dir, spec)
-  source = _builder(name, data_dir).as_data_source(split=split)
+  builder = _builder(name, data_dir)
+  source = builder.as_data_source(split=split)
   examples = [source[i] for i in range(len(source))]
   if spec.input_key == "tokens" and "label" not in examples[0]:  # Language modelling: tokens, mask.
-    return {key: np.stack([np.asarray(e[key]) for e in examples]) for key in ("tokens", "mask")}
+    features = builder.info.features
+    keys = [key for key in ("tokens", "mask", "prompt_length") if key in examples[0]]
+    return {key: np.stack([np.asarray(e[key], features[key].np_dtype) for e in examples]) for key in keys}
   resize = (lambda image: resize_image(np.asarray(image), image_size)) if image_size else np.asarray
   return {
       spec.input_key: np.stack([resize(e[spec.input_key]) for e in examples]),

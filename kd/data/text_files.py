@@ -1,0 +1,442 @@
+"""Your own text files, tokenized with a given tokenizer, as a TFDS dataset prepared once (ArrayRecord).
+
+The dataset name says everything, so it fits `data.name` like any other dataset:
+
+    data.name = "text_files/train=data/train.jsonl,validation=data/val.jsonl,tokenizer=ckpt,max_length=256"
+    data.name = text_files.dataset_name(files="corpus/*.txt", tokenizer="bpe", max_length=128)
+
+Keys (comma-separated `key=value`; several files or globs in one value are joined with `+`):
+
+    train, validation, test   the files of each split (give at least train), or
+    files                     files split by a fixed hash: a JSONL line by the SHA-256 of its text (so
+                              duplicate lines share a split), a text file by the SHA-256 of its name
+                              (as kd.data.stdlib_text splits: split=80/10/10 over its files gives the
+                              same split);
+    split                     with `files`: train/validation/test percentages, default 90/5/5
+    tokenizer                 a tokenizer.json, or a checkpoint folder holding one (required)
+    max_length                tokens per example, default 128
+    format                    auto (default), text, prompt_completion or chat: how JSONL lines are read
+
+Files:
+
+    .txt     plain text (so is any file not named .jsonl, e.g. .py): each file's tokens (the
+             tokenizer's own specials, e.g. a bos, then the text, then eos) are cut into windows of
+             max_length; the last window is padded
+    .jsonl   one example per line, by its keys: {"text"}, {"prompt", "completion"}, or chat
+             {"messages": [{"role", "content"}, ...]}. With format=auto every line of a file must have
+             the keys its first line has.
+
+Examples (features):
+
+    tokens         int32 [max_length]  the ids, padded at the end with the pad id (else eos, else 0)
+    mask           bool  [max_length]  True where the loss counts: every real token of text; only the
+                                       completion (and its eos) of prompt/completion; only the assistant
+                                       turns of a chat
+    prompt_length  int32 []            tokens before the first masked one (0 for text): where methods
+                                       that generate continue from
+
+A prompt and its completion are tokenized apart and concatenated (the prompt with the tokenizer's
+specials, the completion then eos), so the boundary is exact. A chat is rendered with the tokenizer's
+chat template (`kd.lm.tokenizer`, as transformers renders it; ChatML when it has none) and tokenized
+whole; assistant turns are the template's `{% generation %}` blocks when it has them, else what
+rendering `messages[:i+1]` adds to `messages[:i]` with the generation prompt (the header of turn i
+belongs to the prompt, its content and end-of-turn marker to the loss).
+
+Longer examples are truncated at max_length, never dropped silently: preparing logs how many were
+truncated, and drops (and counts) those left with no token to learn (a prompt that fills the window);
+the counts are in the dataset's metadata (`builder.info.metadata`, also metadata.json in its folder).
+
+Each source gets its own TFDS config, `<first file's stem>_<max_length>_<digest>`, where the digest covers
+the files' names and contents, the tokenizer (its tokenizer.json, special tokens and chat template),
+max_length, format and split: editing a file or changing the tokenizer prepares a new dataset, and two
+sources never share one.
+"""
+
+import dataclasses
+import functools
+import glob
+import hashlib
+import json
+import os
+import re
+from typing import Any, Iterator
+
+from absl import logging
+import numpy as np
+import tensorflow_datasets as tfds
+
+from kd.errors import DataError
+from kd.lm import tokenizer as tokenizer_lib
+
+VERSION = "1.0.0"
+FAMILY = "text_files"
+FORMATS = ("auto", "text", "prompt_completion", "chat")
+SPLITS = ("train", "validation", "test")
+DEFAULT_SPLIT = (90, 5, 5)
+DEFAULT_MAX_LENGTH = 128
+RELEASE_NOTES = {VERSION: ".txt windows and JSONL text, prompt/completion and chat, with a tokenizer.json."}
+KEYS = ("train", "validation", "test", "files", "split", "tokenizer", "max_length", "format")
+# What each JSONL format needs in a line, in the order `auto` tries them.
+FORMAT_KEYS = {"chat": ("messages",), "prompt_completion": ("prompt", "completion"), "text": ("text",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A parsed dataset name: which files, how they split, how they are tokenized."""
+
+  splits: dict[str, tuple[str, ...]]  # Split -> absolute paths; with `fractions`, {"*": all files}.
+  fractions: tuple[int, int, int] | None
+  tokenizer: str  # The tokenizer.json.
+  max_length: int
+  format: str
+
+
+def dataset_name(*, tokenizer: str, train: str = "", validation: str = "", test: str = "", files: str = "",
+                 split: str = "", max_length: int = DEFAULT_MAX_LENGTH, format: str = "auto") -> str:  # pylint: disable=redefined-builtin
+  """The `data.name` of a text source: `text_files/key=value,...` (see the module docstring)."""
+  values = {"train": train, "validation": validation, "test": test, "files": files, "split": split,
+            "tokenizer": tokenizer, "max_length": str(max_length) if max_length != DEFAULT_MAX_LENGTH else "",
+            "format": format if format != "auto" else ""}
+  return f"{FAMILY}/" + ",".join(f"{key}={value}" for key, value in values.items() if value)
+
+
+def _expand(value: str, key: str) -> tuple[str, ...]:
+  paths = []
+  for pattern in filter(None, value.split("+")):
+    pattern = os.path.expanduser(pattern)
+    matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    if not matches:
+      raise DataError(f"{FAMILY}: {key}={pattern} matches no file")
+    for path in matches:
+      if not os.path.isfile(path):
+        raise DataError(f"{FAMILY}: {key}={path}: no such file")
+      paths.append(os.path.abspath(path))
+  return tuple(paths)
+
+
+def parse(config_name: str) -> Source:
+  """Reads the part of a dataset name after `text_files/`; DataError naming the problem and the keys."""
+  usage = (f"name a text dataset as {FAMILY}/train=<files>,tokenizer=<tokenizer.json or folder>[,validation=...]"
+           f"[,test=...][,max_length=N][,format=...] or {FAMILY}/files=<files>,split=90/5/5,tokenizer=...")
+  if not config_name:
+    raise DataError(f"{FAMILY} needs its files and tokenizer: {usage}")
+  values = {}
+  for item in config_name.split(","):
+    key, sep, value = item.partition("=")
+    if not sep or key not in KEYS:
+      raise DataError(f"{FAMILY}: {item!r} is not key=value with a key among {list(KEYS)} (paths cannot hold "
+                      f"',' or '='): {usage}")
+    if key in values:
+      raise DataError(f"{FAMILY}: {key} is given twice")
+    values[key] = value
+  if "tokenizer" not in values:
+    raise DataError(f"{FAMILY}: no tokenizer given: {usage}")
+  tokenizer = tokenizer_lib.tokenizer_file(values["tokenizer"])
+  try:
+    max_length = int(values.get("max_length", DEFAULT_MAX_LENGTH))
+  except ValueError:
+    max_length = 0
+  if max_length < 2:
+    raise DataError(f"{FAMILY}: max_length={values.get('max_length')} must be an integer >= 2")
+  data_format = values.get("format", "auto")
+  if data_format not in FORMATS:
+    raise DataError(f"{FAMILY}: format={data_format!r}: choose one of {list(FORMATS)}")
+  given = [split for split in SPLITS if split in values]
+  if "files" in values:
+    if given:
+      raise DataError(f"{FAMILY}: give either files= (split by hash) or train=/validation=/test=, not both")
+    try:
+      fractions = tuple(int(part) for part in values.get("split", "/".join(map(str, DEFAULT_SPLIT))).split("/"))
+    except ValueError:
+      fractions = ()
+    if len(fractions) != 3 or sum(fractions) != 100 or min(fractions) < 0 or fractions[0] == 0:
+      raise DataError(f"{FAMILY}: split={values.get('split')} must be train/validation/test percentages "
+                      "summing to 100, train > 0 (e.g. 90/5/5)")
+    return Source(splits={"*": _expand(values["files"], "files")}, fractions=fractions, tokenizer=tokenizer,
+                  max_length=max_length, format=data_format)
+  if "split" in values:
+    raise DataError(f"{FAMILY}: split= divides files= by hash; with train=/validation=/test= the files "
+                    "are the splits")
+  if "train" not in values:
+    raise DataError(f"{FAMILY}: no train files given: {usage}")
+  return Source(splits={split: _expand(values[split], split) for split in given}, fractions=None,
+                tokenizer=tokenizer, max_length=max_length, format=data_format)
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_digest(path: str, mtime_ns: int, size: int) -> str:
+  del mtime_ns, size  # Only the cache key.
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _content_digest(path: str) -> str:
+  stat = os.stat(path)
+  return _file_digest(path, stat.st_mtime_ns, stat.st_size)
+
+
+def identity(source: Source, tokenizer: tokenizer_lib.Tokenizer) -> str:
+  """A digest of everything that determines the prepared examples (not where the files lie)."""
+  payload = {
+      "version": VERSION, "max_length": source.max_length, "format": source.format,
+      "fractions": source.fractions, "tokenizer": tokenizer.digest,
+      "splits": {split: sorted([os.path.basename(path), _content_digest(path)] for path in paths)
+                 for split, paths in source.splits.items()},
+  }
+  return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class TextFilesConfig(tfds.core.BuilderConfig):
+  """One text source (see the module docstring), named `<stem>_<max_length>_<digest>`."""
+
+  def __init__(self, config_name: str):
+    source = parse(config_name)
+    tokenizer = tokenizer_lib.load(source.tokenizer)
+    first = next(iter(source.splits.values()))[0]
+    stem = re.sub(r"[^a-z0-9]+", "_", os.path.splitext(os.path.basename(first))[0].lower()).strip("_")[:24]
+    super().__init__(name=f"{stem or 'text'}_{source.max_length}_{identity(source, tokenizer)[:12]}",
+                     version=tfds.core.Version(VERSION), description=config_name, release_notes=RELEASE_NOTES)
+    self.source = source
+    self.tokenizer = tokenizer
+
+
+def builder_config(config_name: str) -> TextFilesConfig:
+  return TextFilesConfig(config_name)
+
+
+def tokenizer_for(name: str) -> tokenizer_lib.Tokenizer:
+  """The tokenizer of a `text_files/...` dataset name (to decode its tokens, or check a model's vocabulary)."""
+  family, _, config_name = name.partition("/")
+  if family != FAMILY:
+    raise DataError(f"{name!r} is not a {FAMILY} dataset")
+  return tokenizer_lib.load(parse(config_name).tokenizer)
+
+
+def _split_of_hash(text: bytes, fractions: tuple[int, int, int]) -> str:
+  bucket = int(hashlib.sha256(text).hexdigest()[:8], 16) % 100
+  low = 0
+  for split, share in zip(SPLITS, fractions):
+    if low <= bucket < low + share:
+      return split
+    low += share
+  raise AssertionError(bucket)
+
+
+@dataclasses.dataclass
+class Counts:
+  """What preparing a split did with its examples."""
+
+  examples: int = 0
+  truncated: int = 0  # Longer than max_length: cut at the end.
+  dropped: int = 0  # Nothing left to learn after truncation (or a chat without an assistant turn).
+
+
+def text_tokens(tokenizer: tokenizer_lib.Tokenizer, text: str) -> list[int]:
+  """A document's ids: the tokenizer's own specials (e.g. bos), the text, then eos when it has one."""
+  ids = tokenizer.encode(text, add_special_tokens=True)
+  if tokenizer.eos_id is not None and (not ids or ids[-1] != tokenizer.eos_id):
+    ids.append(tokenizer.eos_id)
+  return ids
+
+
+def prompt_completion_tokens(tokenizer: tokenizer_lib.Tokenizer, prompt: str,
+                             completion: str) -> tuple[list[int], list[bool]]:
+  """(ids, mask): the prompt (with the tokenizer's specials), then the completion and eos, masked."""
+  prompt_ids = tokenizer.encode(prompt, add_special_tokens=True)
+  completion_ids = tokenizer.encode(completion) + ([tokenizer.eos_id] if tokenizer.eos_id is not None else [])
+  return prompt_ids + completion_ids, [False] * len(prompt_ids) + [True] * len(completion_ids)
+
+
+def _has_generation_blocks(template: str) -> bool:
+  return re.search(r"{%-?\s*generation\s*-?%}", template) is not None
+
+
+def assistant_spans(tokenizer: tokenizer_lib.Tokenizer, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
+  """(text, [start, end) character spans of the assistant turns) of a rendered conversation."""
+  template = tokenizer.chat_template or tokenizer_lib.FALLBACK_CHAT_TEMPLATE
+  variables = tokenizer.template_variables()
+  text, spans = tokenizer_lib.render_chat(template, messages, add_generation_prompt=False, **variables)
+  if _has_generation_blocks(template):
+    return text, spans
+  spans = []
+  for index, message in enumerate(messages):
+    if message["role"] != "assistant":
+      continue
+    before, _ = tokenizer_lib.render_chat(template, messages[:index], add_generation_prompt=True, **variables)
+    through, _ = tokenizer_lib.render_chat(template, messages[:index + 1], add_generation_prompt=False, **variables)
+    if not (through.startswith(before) and text.startswith(through)):
+      raise DataError(
+          "the chat template renders earlier turns differently once later ones follow, so assistant turns "
+          f"cannot be found by prefix (turn {index}): add {{% generation %}}...{{% endgeneration %}} around "
+          "the assistant content in the template (transformers' marker of assistant tokens)")
+    spans.append((len(before), len(through)))
+  return text, spans
+
+
+def chat_tokens(tokenizer: tokenizer_lib.Tokenizer, messages: list[dict[str, Any]]) -> tuple[list[int], list[bool]]:
+  """(ids, mask): the rendered conversation tokenized whole; mask on the assistant turns' tokens."""
+  text, spans = assistant_spans(tokenizer, messages)
+  ids, offsets = tokenizer.encode_with_offsets(text)
+  mask = []
+  for start, end in offsets:
+    mask.append(any((start < span_end and end > span_start) or (start == end and span_start <= start < span_end)
+                    for span_start, span_end in spans))
+  return ids, mask
+
+
+def _check_messages(messages, where: str) -> list[dict[str, Any]]:
+  if not isinstance(messages, list) or not messages:
+    raise DataError(f"{where}: 'messages' must be a non-empty list of {{\"role\", \"content\"}}")
+  for turn, message in enumerate(messages):
+    if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+            and isinstance(message.get("content"), str)):
+      found = sorted(message) if isinstance(message, dict) else type(message).__name__
+      raise DataError(f"{where}: message {turn} must be {{\"role\": str, \"content\": str}}; it is {found}")
+  return messages
+
+
+def _line_format(record: dict[str, Any]) -> str | None:
+  for data_format, keys in FORMAT_KEYS.items():
+    if all(key in record for key in keys):
+      return data_format
+  return None
+
+
+def _jsonl_records(path: str, data_format: str) -> Iterator[tuple[int, bytes, str, dict[str, Any]]]:
+  """(line number, raw line, format, record) of each non-empty line; DataError for a line that does not fit."""
+  file_format = None if data_format == "auto" else data_format
+  first_line = 0
+  with open(path, "rb") as f:
+    for number, raw in enumerate(f, start=1):
+      raw = raw.strip()
+      if not raw:
+        continue
+      where = f"{path}:{number}"
+      try:
+        record = json.loads(raw)
+      except ValueError as e:
+        raise DataError(f"{where}: not a JSON line ({e})") from e
+      if not isinstance(record, dict):
+        raise DataError(f"{where}: a JSONL line must be an object, not {type(record).__name__}")
+      line_format = _line_format(record)
+      if file_format is None:
+        if line_format is None:
+          raise DataError(f"{where}: a JSONL line needs 'text', or 'prompt' and 'completion', or 'messages'; "
+                          f"it has keys {sorted(record)}")
+        file_format, first_line = line_format, number
+      if not all(key in record for key in FORMAT_KEYS[file_format]):
+        needed = " and ".join(repr(key) for key in FORMAT_KEYS[file_format])
+        because = f"its line {first_line} is {file_format}" if first_line else f"format={file_format}"
+        kind = "a list of {role, content}" if file_format == "chat" else "strings"
+        raise DataError(f"{where}: {file_format} data needs {needed} ({kind}) in every line ({because}); this "
+                        f"line has keys {sorted(record)}")
+      for key in FORMAT_KEYS[file_format]:
+        if key != "messages" and not isinstance(record[key], str):
+          raise DataError(f"{where}: {key!r} must be a string, not {type(record[key]).__name__}")
+      if file_format == "chat":
+        _check_messages(record["messages"], where)
+      yield number, raw, file_format, record
+
+
+def fixed_length(ids: list[int], mask: list[bool], max_length: int,
+                 padding_id: int) -> tuple[np.ndarray, np.ndarray, int, bool] | None:
+  """(tokens, mask, prompt_length, truncated) of one example cut or padded to max_length; None if no
+  token is left to learn."""
+  truncated = len(ids) > max_length
+  ids, mask = ids[:max_length], mask[:max_length]
+  if not any(mask):
+    return None
+  tokens = np.full(max_length, padding_id, np.int32)
+  tokens[:len(ids)] = ids
+  full_mask = np.zeros(max_length, bool)
+  full_mask[:len(mask)] = mask
+  return tokens, full_mask, int(np.argmax(full_mask)), truncated
+
+
+class TextFiles(tfds.core.GeneratorBasedBuilder):
+  """Tokenized local text files; see the module docstring."""
+
+  VERSION = tfds.core.Version(VERSION)
+  RELEASE_NOTES = RELEASE_NOTES
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    config = self.builder_config
+    tokenizer = config.tokenizer
+    length = config.source.max_length
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=f"{__doc__}\nSource: {config.description}",
+        features=tfds.features.FeaturesDict({
+            "tokens": tfds.features.Tensor(shape=(length,), dtype=np.int32),
+            "mask": tfds.features.Tensor(shape=(length,), dtype=np.bool_),
+            "prompt_length": tfds.features.Scalar(dtype=np.int32),
+        }),
+        metadata=tfds.core.MetadataDict(
+            vocab_size=tokenizer.vocab_size, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
+            pad_id=tokenizer.pad_id, padding_id=tokenizer.padding_id, tokenizer=tokenizer.path,
+            max_length=length, counts={}),
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Everything is local.
+    source = self.builder_config.source
+    if source.fractions is None:
+      return {split: self._generate_examples(split, paths, None) for split, paths in source.splits.items()}
+    return {split: self._generate_examples(split, source.splits["*"], split) for split in SPLITS
+            if source.fractions[SPLITS.index(split)]}
+
+  def _generate_examples(self, split: str, paths: tuple[str, ...], only_split: str | None):
+    source, tokenizer = self.builder_config.source, self.builder_config.tokenizer
+    counts = Counts()
+    for file_index, path in enumerate(paths):
+      if not path.endswith(".jsonl"):
+        if only_split and _split_of_hash(os.path.basename(path).encode(), source.fractions) != only_split:
+          continue
+        for window, example in enumerate(self._windows(path, tokenizer, source.max_length)):
+          counts.examples += 1
+          yield f"{file_index}:{window}", example
+        continue
+      for number, raw, line_format, record in _jsonl_records(path, source.format):
+        if only_split and _split_of_hash(raw, source.fractions) != only_split:
+          continue
+        if line_format == "text":
+          ids = text_tokens(tokenizer, record["text"])
+          mask = [True] * len(ids)
+        elif line_format == "prompt_completion":
+          ids, mask = prompt_completion_tokens(tokenizer, record["prompt"], record["completion"])
+        else:
+          try:
+            ids, mask = chat_tokens(tokenizer, record["messages"])
+          except DataError as e:
+            raise DataError(f"{path}:{number}: {e}") from e
+        example = fixed_length(ids, mask, source.max_length, tokenizer.padding_id)
+        if example is None:
+          counts.dropped += 1
+          continue
+        tokens, full_mask, prompt_length, truncated = example
+        counts.examples += 1
+        counts.truncated += truncated
+        yield f"{file_index}:{number}", {"tokens": tokens, "mask": full_mask, "prompt_length": prompt_length}
+    self.info.metadata["counts"][split] = dataclasses.asdict(counts)
+    if counts.truncated or counts.dropped:
+      logging.warning("%s split %s: of %d examples, %d were longer than max_length=%d and were truncated, and "
+                      "%d more were dropped (nothing left to learn once truncated)", FAMILY, split,
+                      counts.examples + counts.dropped, counts.truncated, source.max_length, counts.dropped)
+
+  def _windows(self, path: str, tokenizer: tokenizer_lib.Tokenizer, length: int):
+    try:
+      with open(path, encoding="utf-8") as f:
+        text = f.read()
+    except UnicodeDecodeError as e:
+      raise DataError(f"{path}: not UTF-8 text ({e})") from e
+    ids = text_tokens(tokenizer, text)
+    for start in range(0, len(ids), length):
+      window = ids[start:start + length]
+      tokens = np.full(length, tokenizer.padding_id, np.int32)
+      tokens[:len(window)] = window
+      mask = np.zeros(length, bool)
+      mask[:len(window)] = True
+      yield {"tokens": tokens, "mask": mask, "prompt_length": np.int32(0)}
