@@ -4,6 +4,8 @@ The word-level fixture tokenizer (tests/fixtures/text/wordlevel, made by make_wo
 gives one id per word, so expected ids and masks are written out by hand: <pad>=0 <s>=1 </s>=2 <unk>=3,
 then user=4 assistant=5 system=6 :=7 hi=8 hello=9 thanks=10 bye=11 what=12 is=13 two=14 plus=15 four=16
 the=17 cat=18 sat=19 on=20 mat=21 a=22 dog=23 ran=24 be=25 brief=26. Its post-processor prepends <s>.
+The renderings, ids and assistant masks written here also equal transformers 5.24's
+`apply_chat_template(..., return_assistant_tokens_mask=True)` on the same files.
 """
 
 import dataclasses
