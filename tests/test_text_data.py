@@ -200,9 +200,10 @@ def test_each_source_is_its_own_config_named_by_its_contents(tmp_path):
   assert first.name == same.name and first.name.startswith("text_128_") and longer.name.startswith("text_64_")
   copy = tmp_path / "text.jsonl"
   shutil.copy(_fixture("text.jsonl"), copy)
-  assert text_files.builder_config(_name(train=str(copy)).partition("/")[2]).name == first.name  # Contents, not place.
+  assert text_files.prepared_name(_name(train=str(copy))) == f"text_files/{first.name}"  # Contents, not place.
   copy.write_text('{"text": "the dog sat"}\n')
-  assert text_files.builder_config(_name(train=str(copy)).partition("/")[2]).name != first.name
+  assert text_files.prepared_name(_name(train=str(copy))) != f"text_files/{first.name}"
+  assert text_files.tokenizer_for(_name(train=str(copy))).vocab_size == 27
 
 
 def test_files_split_by_a_fixed_hash(tmp_path):

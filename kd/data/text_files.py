@@ -207,6 +207,18 @@ def builder_config(config_name: str) -> TextFilesConfig:
   return TextFilesConfig(config_name)
 
 
+def prepared_name(name: str) -> str:
+  """`text_files/<stem>_<max_length>_<digest>`, the TFDS name a `text_files/...` dataset is prepared under.
+
+  Its identity by content: it changes with the files' contents, the tokenizer, max_length, format and
+  split, not with where the files lie (e.g. for a stage's fingerprint, where `data.name` holds paths).
+  """
+  family, _, config_name = name.partition("/")
+  if family != FAMILY:
+    raise DataError(f"{name!r} is not a {FAMILY} dataset")
+  return f"{FAMILY}/{builder_config(config_name).name}"
+
+
 def tokenizer_for(name: str) -> tokenizer_lib.Tokenizer:
   """The tokenizer of a `text_files/...` dataset name (to decode its tokens, or check a model's vocabulary)."""
   family, _, config_name = name.partition("/")
