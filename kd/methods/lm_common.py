@@ -17,6 +17,8 @@ from kd import losses
 from kd.errors import ConfigError
 from kd.lm import tokens as lm_tokens
 
+DECODINGS = ("sample", "greedy", "beam")
+
 DIVERGENCE_DEFAULTS: dict[str, Any] = {"divergence": "forward_kl", "beta": 0.5, "alpha": 0.1,
                                        "temperature": 1.0, "kd_weight": 1.0, "ce_weight": 0.0}
 
@@ -48,6 +50,17 @@ def check_prompt(params: dict[str, Any], where: str) -> None:
     raise ConfigError(f"{where}.top_k={params['top_k']} must be >= 0 (0: no top-k filter)")
   if not 0 < params["top_p"] <= 1:
     raise ConfigError(f"{where}.top_p={params['top_p']} must be in (0, 1] (1: no nucleus filter)")
+  eos_token = params["eos_token"]
+  if not isinstance(eos_token, int) or isinstance(eos_token, bool) or eos_token < -1:
+    raise ConfigError(f"{where}.eos_token={eos_token!r} must be a token id >= 0, or -1 for none")
+
+
+def check_decoding(params: dict[str, Any], where: str) -> None:
+  if params["decoding"] not in DECODINGS:
+    raise ConfigError(f"{where}.decoding={params['decoding']!r}: choose one of {DECODINGS}")
+  beam_size = params["beam_size"]
+  if not isinstance(beam_size, int) or isinstance(beam_size, bool) or beam_size < 1:
+    raise ConfigError(f"{where}.beam_size={beam_size!r} must be an integer >= 1 (Kim & Rush use 5)")
 
 
 def distillation_loss(student_out, teacher_out, batch, *, divergence: str, beta: float, alpha: float,

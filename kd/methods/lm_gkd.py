@@ -11,9 +11,10 @@ the prompt, with no gradient through the sampling (the paper's Algorithm 1):
 
 Defaults follow the paper's main setting: divergence = generalized JSD with beta = 0.5, lambda = 0.5
 (its mixed on/off-policy setting; lambda = 1 is fully on-policy, 0 is supervised KD), the student
-sampling at temperature 1. With `divergence="skew_forward_kl"` or `"skew_reverse_kl"` and alpha = 0.1
-this is DistiLLM's objective on student-generated outputs with a fixed probability, without its
-adaptive schedule or replay buffer (Ko et al. 2024).
+sampling at temperature 1 (TRL's GKDConfig uses 0.9). `eos_token >= 0` ends a student sample at its
+first EOS: the EOS is a target, the filler after it is not. With `divergence="skew_forward_kl"` or
+`"skew_reverse_kl"` and alpha = 0.1 this is DistiLLM's objective on student-generated outputs with a
+fixed probability, without its adaptive schedule or replay buffer (Ko et al. 2024).
 
 Reference: R. Agarwal, N. Vieillard, Y. Zhou, P. Stanczyk, S. Ramos, M. Geist, O. Bachem, "On-Policy
 Distillation of Language Models: Learning from Self-Generated Mistakes", ICLR 2024, arXiv:2306.13649,
@@ -33,8 +34,8 @@ LANGUAGE_MODEL = True  # Reads next-token targets of a token dataset (kd.lm.chec
 NEEDS_TEACHER = True
 DEFAULTS: dict[str, Any] = {**lm_common.DIVERGENCE_DEFAULTS, "divergence": "jsd",
                             "student_data_fraction": 0.5, "prompt_length": 16, "sample_temperature": 1.0,
-                            "top_k": 0, "top_p": 1.0}
-_SAMPLER = ("prompt_length", "sample_temperature", "top_k", "top_p")
+                            "top_k": 0, "top_p": 1.0, "eos_token": -1}
+_SAMPLER = ("prompt_length", "sample_temperature", "top_k", "top_p", "eos_token")
 
 
 def check(params: dict[str, Any], where: str) -> None:
@@ -75,10 +76,10 @@ def make_prepare_batch(params: dict[str, Any], student_module, teacher_module):
   return prepare
 
 
-def loss(student_out, teacher_out, batch, *, student_data_fraction, prompt_length, sample_temperature,
-         top_k, top_p, **params) -> tuple[Any, dict[str, Any]]:
-  del student_data_fraction, prompt_length, sample_temperature, top_k, top_p  # make_prepare_batch's.
-  total, metrics = lm_common.distillation_loss(student_out, teacher_out, batch, **params)
+def loss(student_out, teacher_out, batch, *, student_data_fraction, **params) -> tuple[Any, dict[str, Any]]:
+  del student_data_fraction  # Used by make_prepare_batch, as are the sampler keys.
+  divergence_params = {key: value for key, value in params.items() if key not in _SAMPLER}
+  total, metrics = lm_common.distillation_loss(student_out, teacher_out, batch, **divergence_params)
   if "on_policy" in batch:
     metrics["on_policy"] = jnp.mean(batch["on_policy"])
   return total, metrics

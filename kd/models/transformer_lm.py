@@ -8,8 +8,8 @@ state after it) is a tap point: `layers_0`, `layers_1`, ..., `final_norm` (see `
 feature losses reach them without editing the model.
 
 `decode(tokens, cache, cache_index)` runs the same weights on new tokens only, reading and writing
-the keys and values of the earlier positions in `cache` (`init_cache`): the function `kd.lm.sampling`
-scans inside `jit`. Its logits equal those of `__call__` on the whole prefix (tested).
+the keys and values of the earlier positions in `cache` (`TransformerLM.init_cache`): the function
+`kd.lm.sampling` scans inside `jit`. Its logits equal those of `__call__` on the whole prefix (tested).
 """
 
 from typing import Any, ClassVar
@@ -150,8 +150,16 @@ class TransformerLM(nn.Module):
       new_cache.append(layer_cache)
     return self.head(self.final_norm(x_BxTxD)), new_cache
 
+  @nn.nowrap  # Reads only the attributes: callable on the unbound module, outside `apply`.
+  def init_cache(self, batch_size: int, length: int, dtype=jnp.float32) -> list[Any]:
+    """An empty KV cache for `length` positions: per layer, (keys, values) [B, length, H, D/H].
+
+    Every leaf has the batch on axis 0 (beam search gathers cache rows by parent beam).
+    """
+    shape = (batch_size, length, self.num_heads, self.width // self.num_heads)
+    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(self.num_layers)]
+
 
 def init_cache(module: TransformerLM, batch_size: int, length: int, dtype=jnp.float32) -> list[Any]:
-  """An empty KV cache for `length` positions: per layer, (keys, values) [B, length, H, D/H]."""
-  shape = (batch_size, length, module.num_heads, module.width // module.num_heads)
-  return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(module.num_layers)]
+  """`TransformerLM.init_cache` as a function, for any module with `num_layers`, `num_heads`, `width`."""
+  return TransformerLM.init_cache(module, batch_size, length, dtype)
