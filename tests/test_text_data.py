@@ -233,6 +233,8 @@ def test_files_split_by_a_fixed_hash(tmp_path):
     ({"train": _fixture("text.jsonl"), "tokenizer": FIXTURES}, r"tokenizer not found: the folder .* has no tokenizer.json"),
     ({"train": _fixture("nothing.jsonl")}, r"train=.*nothing.jsonl: no such file"),
     ({"files": _fixture("text.jsonl"), "split": "50/50"}, r"split=50/50 must be train/validation/test percentages"),
+    ({"train": _fixture("text.jsonl"), "test": _fixture("story.txt") + "+" + _fixture("text.jsonl")},
+     r"text.jsonl \(train\) and .*text.jsonl \(test\) have the same contents"),
 ])
 def test_unusable_sources_are_one_line_errors(source, message):
   name = text_files.dataset_name(**{"tokenizer": WORDS, **source})

@@ -5,7 +5,8 @@ The dataset name says everything, so it fits `data.name` like any other dataset:
     data.name = "text_files/train=data/train.jsonl,validation=data/val.jsonl,tokenizer=ckpt,max_length=256"
     data.name = text_files.dataset_name(files="corpus/*.txt", tokenizer="bpe", max_length=128)
 
-Keys (comma-separated `key=value`; several files or globs in one value are joined with `+`):
+Keys (comma-separated `key=value`; several files or globs in one value are joined with `+`; relative
+paths are from the working directory):
 
     train, validation, test   the files of each split (give at least train), or
     files                     files split by a fixed hash: a JSONL line by the SHA-256 of its text (so
@@ -178,6 +179,16 @@ def _content_digest(path: str) -> str:
   return _file_digest(path, stat.st_mtime_ns, stat.st_size)
 
 
+def _check_disjoint(source: Source) -> None:
+  seen = {}
+  for split, paths in source.splits.items():
+    for path in paths:
+      other = seen.setdefault(_content_digest(path), (split, path))
+      if other[0] != split:
+        raise DataError(f"{FAMILY}: {other[1]} ({other[0]}) and {path} ({split}) have the same contents: a file "
+                        "in two splits would evaluate on training data; give each split its own files")
+
+
 def identity(source: Source, tokenizer: tokenizer_lib.Tokenizer) -> str:
   """A digest of everything that determines the prepared examples (not where the files lie)."""
   payload = {
@@ -194,6 +205,7 @@ class TextFilesConfig(tfds.core.BuilderConfig):
 
   def __init__(self, config_name: str):
     source = parse(config_name)
+    _check_disjoint(source)
     tokenizer = tokenizer_lib.load(source.tokenizer)
     first = next(iter(source.splits.values()))[0]
     stem = re.sub(r"[^a-z0-9]+", "_", os.path.splitext(os.path.basename(first))[0].lower()).strip("_")[:24]
