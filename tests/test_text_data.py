@@ -114,6 +114,8 @@ def test_chat_templates_render_as_transformers_renders_them():
   text, _ = tokenizer_lib.render_chat("{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}"
                                       "{{ m | tojson }}{% endfor %}", [{"role": "user", "content": "<b>&"}] * 2)
   assert text == '{"role": "user", "content": "<b>&"}'
+  # tools and documents are None, as transformers passes them without tools.
+  assert tokenizer_lib.render_chat("{% if tools is not none %}tools {% endif %}ok", CHAT)[0] == "ok"
   # {% generation %} blocks render their body and report where it lies.
   text, spans = tokenizer_lib.render_chat(tokenizer_lib.FALLBACK_CHAT_TEMPLATE, CHAT[:2], add_generation_prompt=False)
   assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n"

@@ -14,8 +14,8 @@ names among the tokenizer's special added tokens (`<|endoftext|>`, `</s>`, `<pad
 Chat templates render as `transformers`' `apply_chat_template` renders them: Jinja2's immutable sandbox
 with `trim_blocks` and `lstrip_blocks`, the `loopcontrols` extension, a `tojson` filter that does not
 escape HTML, `raise_exception` and `strftime_now`, and the variables `messages`,
-`add_generation_prompt` and the special-token strings (`bos_token`, `eos_token`, `pad_token`,
-`unk_token`). `{% generation %}...{% endgeneration %}` blocks (transformers' marker of assistant text)
+`add_generation_prompt`, `tools` and `documents` (None unless given) and the special-token strings
+(`bos_token`, `eos_token`, `pad_token`, `unk_token`). `{% generation %}...{% endgeneration %}` blocks (transformers' marker of assistant text)
 render their body; `render_chat` reports where they lie. A tokenizer without a template gets
 `FALLBACK_CHAT_TEMPLATE` (ChatML: `<|im_start|>role\\ncontent<|im_end|>\\n`).
 
@@ -303,8 +303,9 @@ def render_chat(template: str, messages: Sequence[dict[str, Any]], add_generatio
     if isinstance(content, str) and (_GENERATION_START in content or _GENERATION_END in content):
       raise DataError("a chat message holds U+E000 or U+E001, which mark generation blocks here: remove them")
   try:
-    marked = _compile_template(template).render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                                                **variables)
+    # transformers passes tools and documents as None when there are none (templates test `is not none`).
+    marked = _compile_template(template).render(**{"tools": None, "documents": None, **variables},
+                                                messages=list(messages), add_generation_prompt=add_generation_prompt)
   except jinja2.exceptions.TemplateError as e:
     raise DataError(f"the chat template cannot render this conversation: {e}") from e
   text, spans, start = [], [], None
