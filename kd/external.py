@@ -13,11 +13,17 @@ weights instead of a random initialisation. Checkpoint formats (`read_checkpoint
 folder; an Orbax checkpoint folder of variables or parameters; a Flax `.msgpack` file
 (`flax.serialization`); a `.safetensors` / `.npz` file of Flax-layout arrays ("params/conv0/kernel")
 or of a PyTorch state_dict, converted by the model family's converter (`kd.convert`); a `.pth` / `.pt`
-file, read without unpickling anything but tensors. Shapes are checked against the model before
-anything is compiled, and an error names every array that does not fit.
+file, read without unpickling anything but tensors; a Hugging Face checkpoint folder (config.json and
+safetensors weights, `kd.convert.hf`). Shapes are checked against the model before anything is
+compiled, and an error names every array that does not fit.
 
-Inputs belong to the model: a kd export states its preprocessing; any other checkpoint states none,
-so the config must (`teacher_model.preprocess`, or `model.preprocess` for `init_from`), or the stage
+A Hugging Face folder describes its model: `teacher_checkpoint = "<folder>"` needs no `teacher_model`
+(one given must agree with config.json; its `dtype` is kept), and the teacher's model config records
+the folder's tokenizer.json as `tokenizer`. As `init_from`, the stage's model must be the one
+config.json describes (`kd.convert.hf.read_config(folder)[0]`, with any dropout and dtype).
+
+Inputs belong to the model: a kd export states its preprocessing; a language model's token ids need
+none; any other checkpoint states none, so the config must (`teacher_model.preprocess`, or `model.preprocess` for `init_from`), or the stage
 is refused: a teacher fed other inputs than it was trained on would distil garbage without a word.
 """
 
@@ -217,6 +223,10 @@ def read_checkpoint(path: str, model_config: Mapping[str, Any], module, input_sh
     if os.path.exists(os.path.join(path, checkpoint.MODEL_JSON)):
       exported = checkpoint.load_model(path)
       return fit_variables(exported.variables, abstract, where)
+    if _is_hf_folder(path):
+      from kd.convert import hf  # pylint: disable=g-import-not-at-top
+      own = _matching_hf_config(path, model_config, where)
+      return fit_variables(hf.load(path, where=where, model_config=own)[1], abstract, where)
     try:
       with ocp.StandardCheckpointer() as checkpointer:
         tree = checkpointer.restore(os.path.abspath(path))
@@ -240,6 +250,61 @@ def read_checkpoint(path: str, model_config: Mapping[str, Any], module, input_sh
     return fit_variables(family(arrays, dict(model_config)), abstract, where)
   raise ConfigError(f"{where}: unknown checkpoint format {suffix!r}; kd reads kd exports, Orbax folders, "
                     f".msgpack and {convert.STATE_DICT_SUFFIXES}")
+
+
+# Attributes of a decoder that a config may set otherwise than its Hugging Face checkpoint.
+_FREE_HF_ATTRIBUTES = ("dropout", "dtype")
+
+
+def _matching_hf_config(path: str, model_config: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+  """The model config of the HF folder at `path`, with `model_config`'s free attributes; a ConfigError if
+  `model_config` (when it names a model) describes another architecture."""
+  from kd.convert import hf  # pylint: disable=g-import-not-at-top
+
+  stated, _ = hf.read_config(path, where)
+  if not model_config or not model_config.get("name"):
+    return stated
+  plain = model_config.to_dict() if hasattr(model_config, "to_dict") else dict(model_config)
+  given = {k: tuple(v) if isinstance(v, list) else v for k, v in plain.items()}
+  if given["name"] != stated["name"]:
+    raise ConfigError(f"{where} is a Hugging Face {stated['name']!r} checkpoint, but the model is {given['name']!r}: "
+                      f"use model name {stated['name']!r} (kd.convert.hf.read_config(path)[0] is its whole config)")
+  full = models.model_config(**{k: v for k, v in given.items() if k not in models.CONFIG_KEYS or k == "name"})
+  differing = [f"{key}={full[key]!r} (config.json: {stated[key]!r})" for key in stated
+               if key not in models.CONFIG_KEYS and key not in _FREE_HF_ATTRIBUTES and full.get(key) != stated[key]]
+  if differing:
+    raise ConfigError(f"{where}: the model config differs from the checkpoint's config.json: {', '.join(differing[:4])}"
+                      f"{f' and {len(differing) - 4} more' if len(differing) > 4 else ''}; leave those keys to the "
+                      "checkpoint (kd.convert.hf.read_config(path)[0] is its model config)")
+  return {**stated, **{key: full[key] for key in _FREE_HF_ATTRIBUTES if key in full}}
+
+
+def _from_hf_folder(path: str, teacher_model: Mapping[str, Any] | None, spec: DatasetSpec, where: str) -> Teacher:
+  """A teacher from a Hugging Face checkpoint folder: config.json says the model, the vocabulary its classes."""
+  from kd.convert import hf  # pylint: disable=g-import-not-at-top
+
+  model_config = _matching_hf_config(path, teacher_model, where)
+  _, vocab_size = hf.read_config(path, where)
+  if spec.num_classes > vocab_size:
+    raise ConfigError(f"{where}={path!r} has a vocabulary of {vocab_size} tokens, but {spec.name} has token ids up "
+                      f"to {spec.num_classes - 1}: tokenize the data with the checkpoint's tokenizer")
+  module = models.build_model(model_config, vocab_size)
+  _, variables = hf.load(path, where=f"{where}={path!r}", model_config=model_config)
+  source = {"kind": "checkpoint", "path": os.path.abspath(path), "format": "huggingface"}
+  return Teacher(source, module, variables, models.preprocess_of(model_config), model_config, None)
+
+
+def _hf_module(path: str, teacher_model: Mapping[str, Any] | None, where: str):
+  from kd.convert import hf  # pylint: disable=g-import-not-at-top
+
+  model_config = _matching_hf_config(path, teacher_model, where)
+  return models.build_model(model_config, hf.read_config(path, where)[1])
+
+
+def _is_hf_folder(path: str) -> bool:
+  from kd.convert import hf  # pylint: disable=g-import-not-at-top
+
+  return hf.is_hf_folder(path)
 
 
 def _model_from(model_config: Mapping[str, Any], num_classes: int, where: str):
@@ -305,6 +370,8 @@ def load_teacher(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
   path = stage.teacher_checkpoint
   if os.path.exists(os.path.join(path, checkpoint.MODEL_JSON)):
     return _from_export(path, spec, "checkpoint", f"{where}.teacher_checkpoint")
+  if _is_hf_folder(path):
+    return _from_hf_folder(path, stage.get("teacher_model", None), spec, f"{where}.teacher_checkpoint")
   model_config, module = _model_from(stage.teacher_model, spec.num_classes, f"{where}.teacher_model")
   preprocess = _stated_preprocess(model_config, f"{where}.teacher_model", f"{where}.teacher_checkpoint={path!r}")
   variables = read_checkpoint(path, model_config, module, spec.input_shape, f"{where}.teacher_checkpoint")
@@ -333,6 +400,8 @@ def teacher_module(config: ml_collections.ConfigDict, stage_name: str, spec: Dat
     model_config = {k: tuple(v) if isinstance(v, list) else v for k, v in description["model"].items()}
     models.ensure_importable(model_config["name"], description.get("import_root"))
     return models.build_model(model_config, description["dataset"]["num_classes"])
+  if kind == "checkpoint" and _is_hf_folder(directory):
+    return _hf_module(directory, stage.get("teacher_model", None), f"stages.{stage_name}.teacher_checkpoint")
   if kind == "export":
     raise ConfigError(f"stages.{stage_name}.teacher={stage.teacher!r}: no kd export there (no "
                       f"{checkpoint.MODEL_JSON}): give the folder a stage or python -m kd.convert wrote")
@@ -356,6 +425,6 @@ def initial_variables(config: ml_collections.ConfigDict, stage_name: str, module
     if stated != own:
       raise ConfigError(f"{where}={path!r} was trained on inputs preprocessed as {stated!r}, but "
                         f"stages.{stage_name}.model.preprocess is {own!r}: set it to {stated!r}")
-  else:
+  elif not _is_hf_folder(path):  # A Hugging Face decoder reads token ids: no preprocessing to state.
     _stated_preprocess(stage.model, f"stages.{stage_name}.model", f"{where}={path!r}")
   return read_checkpoint(path, stage.model, module, spec.input_shape, where)

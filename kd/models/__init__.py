@@ -33,6 +33,7 @@ from kd import features
 from kd.models import attributes as model_attributes
 from kd.errors import ConfigError
 from kd.models import cifar_resnet
+from kd.models import hf_decoders
 from kd.models import imagenet_resnet
 from kd.models import mobilenetv2
 from kd.models import nnx_bridge
@@ -62,6 +63,11 @@ MODELS: dict[str, type[nn.Module]] = {
     "nnx_cnn": nnx_cnn.NNXConvNet,  # A Flax NNX model, through kd.models.nnx_bridge.
     "transformer_lm": transformer_lm.TransformerLM,  # Decoder-only LM: logits [B, L, vocabulary].
     "vit": vit.VisionTransformer,  # ViT and DeiT (distilled=True), timm's layout.
+    # Hugging Face decoders, transformers' layouts and config fields (kd.convert.hf reads their folders).
+    "gpt2": hf_decoders.GPT2,
+    "llama": hf_decoders.Llama,  # Llama 2 and 3.
+    "qwen2": hf_decoders.Qwen2,
+    "qwen3": hf_decoders.Qwen3,
 }
 
 # The CIFAR-100 zoo of the CRD benchmark (Tian et al. 2020) and ImageNet ResNets, by their usual
@@ -76,12 +82,13 @@ ApplyFn = Callable[..., dict[str, Any]]
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 
-# Keys of a model config that are not attributes of the module.
-CONFIG_KEYS = ("name", "preprocess")
+# Keys of a model config that are not attributes of the module (`tokenizer`: the tokenizer.json that
+# came with a Hugging Face checkpoint, kept for the tokenizer's users).
+CONFIG_KEYS = ("name", "preprocess", "tokenizer")
 
 
 def model_kwargs(model_config: Mapping[str, Any]) -> dict[str, Any]:
-  """The module's attributes from a model config (everything but `name` and `preprocess`)."""
+  """The module's attributes from a model config (everything but the CONFIG_KEYS)."""
   return {key: value for key, value in dict(model_config).items() if key not in CONFIG_KEYS}
 
 
