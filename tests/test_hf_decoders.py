@@ -136,32 +136,44 @@ def test_kv_cache_decode_equals_the_full_forward(name):
   np.testing.assert_allclose(np.concatenate(steps, axis=1), reference["logits"], atol=TOLERANCE, rtol=0)
 
 
-def _generate_greedy(module, variables, prompt_BxP, num_new_tokens):
-  """kd.lm.sampling.generate's call pattern with the module's own init_cache (greedy)."""
-  batch_size, prompt_length = prompt_BxP.shape
-  cache = module.init_cache(batch_size, prompt_length + num_new_tokens)
-  decode = functools.partial(module.apply, variables, method=module.decode)
-  logits, cache = decode(prompt_BxP, cache, 0)
-  first = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
-
-  def step(carry, _):
-    cache, token, index = carry
-    logits, cache = decode(token[:, None], cache, index)
-    following = jnp.argmax(logits[:, 0], axis=-1).astype(jnp.int32)
-    return (cache, following, index + 1), following
-
-  _, rest = jax.lax.scan(step, (cache, first, jnp.asarray(prompt_length, jnp.int32)), None, length=num_new_tokens - 1)
-  return jnp.concatenate([prompt_BxP, first[:, None], rest.T], axis=1)
-
-
 @pytest.mark.parametrize("name", ["gpt2", "qwen3"])
 def test_generate_with_the_cache_equals_recomputing(name):
+  # kd.lm.sampling builds the cache with the module's init_cache (kv heads only) and scans decode.
   _, variables, module, reference = _loaded(name)
   prompt = jnp.asarray(reference["tokens"][:, :4])
-  cached = jax.jit(_generate_greedy, static_argnums=(0, 3))(module, variables, prompt, 6)
-  recomputed = sampling.generate_recompute(module, variables, prompt, num_new_tokens=6, rng=jax.random.key(0),
-                                           temperature=0)
+  settings = dict(num_new_tokens=6, rng=jax.random.key(0), temperature=0)
+  cached = jax.jit(functools.partial(sampling.generate, module, **settings))(variables, prompt)
+  recomputed = sampling.generate_recompute(module, variables, prompt, **settings)
   np.testing.assert_array_equal(cached, recomputed)
+  assert cached.shape == (2, 10)
+
+
+# Parameter counts of the published models (sum of numel over transformers' parameters, the tied head
+# counted once), from their config.json fields.
+PUBLISHED = {
+    "gpt2 (124M)": ({"model_type": "gpt2", "vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12,
+                     "n_head": 12}, 124_439_808),
+    "Llama-2-7b": ({"model_type": "llama", "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+                    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+                    "max_position_embeddings": 4096, "rms_norm_eps": 1e-5}, 6_738_415_616),
+    "Meta-Llama-3-8B": ({"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
+                         "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+                         "num_key_value_heads": 8, "max_position_embeddings": 8192, "rope_theta": 500000.0},
+                        8_030_261_248),
+}
+
+
+@pytest.mark.parametrize("published", sorted(PUBLISHED))
+def test_full_size_parameter_counts_equal_transformers(published):
+  hf_config, count = PUBLISHED[published]
+  model_config, vocab_size = hf.model_config_from_hf(hf_config, published)
+  module = hf.module_of(model_config, vocab_size)
+  shapes = jax.eval_shape(lambda x: models.init_variables(module, jax.random.key(0), x),
+                          jax.ShapeDtypeStruct((1, 8), jnp.int32))
+  assert models.count_params(shapes["params"]) == count
+  # The layout names every array of the model, once.
+  rows = hf.layout(model_config)
+  assert len({path for path, _, _ in rows}) == len(rows) == len(jax.tree.leaves(shapes))
 
 
 def test_round_trip_to_hf_gives_identical_variables(tmp_path):
