@@ -89,7 +89,8 @@ def _check_identities(config: ml_collections.ConfigDict, workdir: str, stages: S
     for seed in config.seeds:
       resolved = fingerprint.identity(config, name, seed, external_hashes.get)
       stage_dir = os.path.join(train.seed_dir(workdir, seed), name)
-      fingerprint.check(stage_dir, name, resolved, fingerprint.recorded(stage_dir), workdir)
+      fingerprint.check(stage_dir, name, resolved, fingerprint.recorded(stage_dir), workdir,
+                        allow_extension=name in stages)  # A teacher read as it is must be what the config says.
 
 
 def _check_external_weights(config: ml_collections.ConfigDict, stage_name: str, spec) -> str | None:

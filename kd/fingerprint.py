@@ -13,12 +13,17 @@ under `nonfinite.policy=stop` (no checkpoint ever holds its step, so a run resum
 identity reuses a finished stage or resumes an unfinished one; another identity is refused, naming the
 keys that changed (old -> new) and the fixes: another --workdir, or `--overwrite=<stage>`, which moves
 the old folder to `<workdir>/superseded/` (never deleting it). A stage folder without fingerprint.json
-(written by an earlier kd) is not checked.
+(written by an earlier kd) is not checked. One change is not refused: a larger `num_steps` under a
+schedule that does not depend on it (constant, multistep) trains the finished stage on from its last
+checkpoint, exactly as a run of the new length would have (`extension`); its old result and export are
+moved to `superseded/` first.
 """
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
 from typing import Any, Callable, Mapping
 
@@ -29,6 +34,7 @@ from kd.errors import WorkdirError
 FINGERPRINT_JSON = "fingerprint.json"
 SUPERSEDED = "superseded"
 _DATA_KEYS_WITHOUT_EFFECT = ("workers", "prefetch", "eval_batch_size")
+EXTENDABLE_SCHEDULES = ("constant", "multistep")
 
 
 def _plain(value):
@@ -98,9 +104,45 @@ def has_results(stage_dir: str) -> bool:
           or os.path.isdir(os.path.join(stage_dir, "checkpoints")))
 
 
-def check(stage_dir: str, stage_name: str, resolved: dict, old: dict | None, workdir: str) -> None:
-  """Raises WorkdirError if the folder holds results of another identity (see the module docstring)."""
+def extension(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> int | None:
+  """The old `num_steps` when `new` only trains `old`'s stage for longer, else None.
+
+  That is exact (the same parameters, and logs, as a run of the new length from the start) when the
+  learning-rate schedule does not depend on `num_steps`: "constant" and "multistep" (whose boundaries
+  are absolute steps), but not "cosine".
+  """
+  if old is None:
+    return None
+  before, after = _flatten(dict(old)), _flatten(dict(new))
+  differing = {key for key in set(before) | set(after) if before.get(key) != after.get(key)}
+  if differing != {"stage.num_steps"} or after.get("stage.optimizer.schedule") not in EXTENDABLE_SCHEDULES:
+    return None
+  return before["stage.num_steps"] if after["stage.num_steps"] > before["stage.num_steps"] else None
+
+
+def reopen(stage_dir: str, workdir: str, seed: int, old_steps: int) -> str:
+  """Makes a finished stage unfinished, to train it on from its last checkpoint: moves its result, export
+  and a copy of its log to `<workdir>/superseded/` (never deletes); returns that folder."""
+  target = os.path.join(workdir, SUPERSEDED, f"seed_{seed}_{os.path.basename(stage_dir)}_{old_steps}_steps_"
+                        f"{time.strftime('%Y%m%d-%H%M%S')}")
+  os.makedirs(target, exist_ok=True)
+  if os.path.exists(os.path.join(stage_dir, "metrics.jsonl")):
+    shutil.copy2(os.path.join(stage_dir, "metrics.jsonl"), target)
+  for name in ("model", "model.json", "connector", "result.json"):  # result.json last: unfinished only then.
+    if os.path.lexists(os.path.join(stage_dir, name)):
+      os.rename(os.path.join(stage_dir, name), os.path.join(target, name))
+  return target
+
+
+def check(stage_dir: str, stage_name: str, resolved: dict, old: dict | None, workdir: str, *,
+          allow_extension: bool = False) -> None:
+  """Raises WorkdirError if the folder holds results of another identity (see the module docstring).
+
+  With `allow_extension`, a stage that only trains longer (see `extension`) passes: it resumes.
+  """
   if old is None or not has_results(stage_dir) or digest(old) == digest(resolved):
+    return
+  if allow_extension and extension(old, resolved) is not None:
     return
   changed = ["its teacher (the teacher's config or weights changed)" if line.startswith("teacher_identity:") else
              line.replace("stage.", f"stages.{stage_name}.", 1) if line.startswith("stage.") else line
@@ -114,11 +156,17 @@ def check(stage_dir: str, stage_name: str, resolved: dict, old: dict | None, wor
 
 
 def write(stage_dir: str, resolved: dict) -> None:
-  os.makedirs(stage_dir, exist_ok=True)
+  """Writes `<stage_dir>/fingerprint.json`; a write that fails (full or read-only disk) raises WorkdirError."""
   path = os.path.join(stage_dir, FINGERPRINT_JSON)
-  with open(path + ".tmp", "w") as f:
-    json.dump({"digest": digest(resolved), "identity": resolved}, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  try:
+    os.makedirs(stage_dir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      json.dump({"digest": digest(resolved), "identity": resolved}, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      os.remove(path + ".tmp")
+    raise WorkdirError.from_os_error(e, stage_dir) from e
 
 
 def supersede(stage_dir: str, workdir: str, seed: int) -> str | None:

@@ -349,6 +349,7 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
   stage_dir = os.path.join(run_dir, stage_name)
   if store and _link_to_store(config, stage_name, run_dir, seed, store):
     wait_for_lock = True  # Another run may be training the shared stage: reuse it once it is done.
+  _reopen_if_extended(config, stage_name, run_dir, seed, wait_for_lock)
   if is_finished(stage_dir):
     logging.info("[%s] already finished in %s; skipping", stage_name, stage_dir)
     return read_result(stage_dir)
@@ -358,6 +359,28 @@ def train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: str
       logging.info("[%s] finished meanwhile in %s; skipping", stage_name, stage_dir)
       return read_result(stage_dir)
     return _train_stage(config, stage_name, run_dir, seed=seed, stop_after_step=stop_after_step)
+
+
+def _reopen_if_extended(config: ml_collections.ConfigDict, stage_name: str, run_dir: str, seed: int,
+                        wait_for_lock: bool) -> None:
+  """A finished stage whose config now only asks for more steps (kd.fingerprint.extension) is reopened,
+  to resume from its last checkpoint."""
+  stage_dir = os.path.join(run_dir, stage_name)
+  if not is_finished(stage_dir) or os.path.islink(stage_dir):  # A store's stage is shared: never reopened.
+    return
+  old_steps = fingerprint.extension(fingerprint.recorded(stage_dir), fingerprint.identity(config, stage_name, seed))
+  if old_steps is None:
+    return
+  with locks.stage_lock(stage_dir, wait=wait_for_lock):
+    if not is_finished(stage_dir):
+      return
+    moved = fingerprint.reopen(stage_dir, os.path.dirname(run_dir), seed, old_steps)
+  logging.warning("[%s] num_steps %d -> %d: training on from step %d; the old result and export are in %s",
+                  stage_name, old_steps, config.stages[stage_name].num_steps, old_steps, moved)
+  if old_steps % config.log_every_steps:
+    logging.warning("[%s] step %d is not a multiple of log_every_steps=%d: its log row (written because it "
+                    "was the last step) stays, so metrics.jsonl has one row an uninterrupted run would not",
+                    stage_name, old_steps, config.log_every_steps)
 
 
 def _link_to_store(config: ml_collections.ConfigDict, stage_name: str, run_dir: str, seed: int,
@@ -467,7 +490,8 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
 
   # The stage's identity: a folder holding results of another config is refused, never mixed in.
   resolved = fingerprint.identity(config, stage_name, seed, lambda _: teacher.fingerprint())
-  fingerprint.check(stage_dir, stage_name, resolved, fingerprint.recorded(stage_dir), os.path.dirname(run_dir))
+  fingerprint.check(stage_dir, stage_name, resolved, fingerprint.recorded(stage_dir), os.path.dirname(run_dir),
+                    allow_extension=True)
   if distributed.is_primary():
     fingerprint.write(stage_dir, resolved)
 
@@ -477,9 +501,11 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_sharding)
   restored = checkpoint.restore_train_state(manager, abstract_with_shardings)
   log_rows, window = 0, []  # Of metrics.jsonl when the checkpoint was saved; the steps since its last row.
+  evaluated_at_restore = True  # Whether the checkpoint's step, if an eval step, was evaluated before the save.
   if restored is not None:
     state, data_state = restored
     if set(data_state) == {"iterator", "log"}:
+      evaluated_at_restore = data_state["log"].get("evaluated", True)
       data_state, log_rows, window = (data_state["iterator"], data_state["log"]["rows"],
                                       logs.restore_window(data_state["log"]["window"]))
     else:  # A checkpoint of an earlier kd: the iterator's state alone; its logs resume by step.
@@ -504,6 +530,10 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
   predict = evaluation.make_predict(student_apply, mesh)
   if lm.is_language_model(spec):  # Perplexity and next-token accuracy, summed on the device.
     predict = _LanguageModelEval(lm_evaluation.make_evaluate(student_apply, mesh))
+  if not evaluated_at_restore and _is_eval_step(config, step, stage.num_steps):
+    # A stage extended past its old end resumes from that end's checkpoint, where the evaluation of an
+    # eval step was written after the save (as the final one) and so was not kept: write it again.
+    writer.write(step, _eval_scalars(predict, student_variables(state), eval_sets, data_config.eval_batch_size))
   stop_on_nonfinite = config.nonfinite.policy == "stop"
   state_bytes = models.count_bytes(abstract_state)
   # On an accelerator, batches are gathered and copied ahead, in a thread, while the previous step runs.
@@ -532,14 +562,15 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
         window = []
         writer.write(step, scalars)
         progress.log(step, scalars)
-      if config.eval_every_steps and step % config.eval_every_steps == 0 and step < stage.num_steps:
+      if _is_eval_step(config, step, stage.num_steps):
         writer.write(step, _eval_scalars(predict, student_variables(state), eval_sets,
                                          data_config.eval_batch_size))
       if save_now:
         _check_free_space(stage_dir, state_bytes, manager)
         # With the log's position and the steps not yet averaged into a row: a resumed run logs the
         # same rows as an uninterrupted one (see kd.logs.MetricsWriter).
-        log_state = {"rows": writer.rows, "window": logs.window_state(window)}
+        log_state = {"rows": writer.rows, "window": logs.window_state(window),
+                     "evaluated": _is_eval_step(config, step, stage.num_steps)}
         checkpoint.save_train_state(manager, step, state, {"iterator": batches.get_state(), "log": log_state})
       if stop_now and step < stage.num_steps:
         manager.wait_until_finished()
@@ -610,6 +641,12 @@ def _summarize(window: list[dict[str, np.ndarray]]) -> dict[str, float]:
   return {f"train/{key}": float(window[-1][key] if key in _CUMULATIVE_METRICS
                                 else np.mean([metrics[key] for metrics in window]))
           for key in window[0]}
+
+
+def _is_eval_step(config, step: int, num_steps: int) -> bool:
+  """Whether the loop evaluates after `step` (the last step's evaluation is the final one, written after
+  its checkpoint)."""
+  return bool(config.eval_every_steps) and step % config.eval_every_steps == 0 and step < num_steps
 
 
 def _raise_if_nonfinite(window, step: int, stage_name: str, manager) -> None:
