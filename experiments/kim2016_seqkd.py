@@ -15,14 +15,17 @@ How the teacher writes the continuations is the variant `decoding`:
   sample   a fresh draw at `sample_temperature` (0.9, TRL's GKD/seq-KD default) at every step.
 The paper's finding to compare against: Seq-KD beats Word-KD, and the two combine; a Seq-KD student
 decoded greedily comes close to its teacher with beam search. On a small byte-level teacher, greedy
-and beam continuations are far more repetitive than sampled ones (README, "Language models").
+and beam continuations are far more repetitive than sampled ones: with this file's teacher (600
+steps), distinct 8-grams of 256 validation continuations were 4.6% greedy, 2.7% beam 5, 74.0% sampled
+at T = 0.9, 72.1% in the data (`python benchmarks/decode.py --teacher=<workdir>/seed_0/teacher`).
 
     python -m kd.main --config=experiments/kim2016_seqkd.py --workdir=runs/kim2016_seqkd
     python -m kd.main --config=experiments/kim2016_seqkd.py:decoding=sample --workdir=runs/kim2016_sample
 
 The teacher decodes every training batch of the two seq-KD stages (300 steps each, batch 16): with
-greedy or sampled continuations the whole file took about 25 minutes on 2 CPU cores; a beam of 5
-decodes 5x the rows, about 20 more minutes. `:smoke` runs in seconds.
+greedy continuations the whole file took about 25 minutes on 2 CPU cores. Decoding one batch took
+0.13 s greedy, 0.14-0.41 s sampled and 1.5-2.2 s with a beam of 5 (2 busy CPU cores), so the default
+beam adds about 15-20 minutes. `:smoke` runs in seconds.
 """
 
 import ml_collections
