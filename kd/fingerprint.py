@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
+from kd.data import text_files
 from kd.errors import WorkdirError
 
 FINGERPRINT_JSON = "fingerprint.json"
@@ -52,6 +53,8 @@ def identity(config: ml_collections.ConfigDict, stage_name: str, seed: int,
   """
   stage = config.stages[stage_name]
   data = {k: v for k, v in _plain(config.data).items() if k not in _DATA_KEYS_WITHOUT_EFFECT}
+  if data["name"].startswith(text_files.FAMILY + "/"):  # Its name holds paths: add what they hold.
+    data["prepared_as"] = text_files.prepared_name(data["name"])
   nonfinite = _plain(config.nonfinite)
   if nonfinite["policy"] == "stop":  # An injected NaN then never reaches a checkpoint: resuming without it is exact.
     nonfinite["inject_at_step"] = 0

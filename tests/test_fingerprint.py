@@ -98,3 +98,23 @@ def test_runs_in_other_workdirs_reuse_stages_of_the_same_identity_from_a_stage_s
   assert os.path.realpath(os.path.join(first, "seed_0", "student")) != os.path.realpath(
       os.path.join(second, "seed_0", "student"))
   assert len(os.listdir(store)) == 4  # teacher, baseline and two students: 4 stages trained, not 6.
+
+
+def test_a_text_files_stage_is_identified_by_its_files_contents_not_their_paths(tmp_path):
+  fixtures = os.path.join(os.path.dirname(__file__), "fixtures", "text")
+  source = tmp_path / "text.jsonl"
+  shutil.copy(os.path.join(fixtures, "text.jsonl"), source)
+
+  def stage_identity(path):
+    config = _config(**{"data.name": f"text_files/train={path},tokenizer={os.path.join(fixtures, 'wordlevel')}"})
+    return kd.fingerprint.identity(config, "teacher", 0)
+
+  before = stage_identity(source)
+  os.makedirs(tmp_path / "elsewhere")
+  moved = tmp_path / "elsewhere" / "text.jsonl"  # Another folder: the same dataset.
+  shutil.copy(source, moved)
+  assert stage_identity(moved)["data"]["prepared_as"] == before["data"]["prepared_as"]
+  source.write_text('{"text": "the dog sat"}\n')
+  # The same path, other contents: another identity.
+  assert stage_identity(source)["data"]["prepared_as"] != before["data"]["prepared_as"]
+  assert kd.fingerprint.digest(stage_identity(source)) != kd.fingerprint.digest(before)
