@@ -146,6 +146,9 @@ def test_generate_with_the_cache_equals_recomputing(name):
   recomputed = sampling.generate_recompute(module, variables, prompt, **settings)
   np.testing.assert_array_equal(cached, recomputed)
   assert cached.shape == (2, 10)
+  if name == "qwen3":
+    beams, _ = sampling.beam_search(module, variables, prompt, num_new_tokens=6, beam_size=1)
+    np.testing.assert_array_equal(beams[:, 0], cached)  # One beam is greedy decoding.
 
 
 # Parameter counts of the published models (sum of numel over transformers' parameters, the tied head
