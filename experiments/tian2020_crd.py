@@ -50,17 +50,28 @@ import ml_collections
 
 # The CRD benchmark's recipe: 240 epochs of batch 64, SGD 0.05 (0.01 for the light students), decays.
 from kd.cifar100_benchmark import BATCH_SIZE
+from kd.cifar100_benchmark import benchmark_recipe
 from kd.cifar100_benchmark import EPOCHS
+from kd.cifar100_benchmark import model_config
 from kd.cifar100_benchmark import optimizer
 from kd.cifar100_benchmark import parse_arg
+from kd.cifar100_benchmark import recipe_row
 from kd.cifar100_benchmark import steps
 from kd.cifar100_benchmark import use_pretrained_teacher
 from kd.config import base_config
 from kd.config import stage_config
 from kd.methods import method_config
-from kd.models import zoo_model_config
+from kd.models import vgg
 
 FT_PARAPHRASER_EPOCHS = 30  # RepDistiller's init_epochs, at a constant learning rate.
+# RepDistiller's helper/pretrain.py: the FT ("factor") init stage runs at 0.01 for its resnet and wrn
+# students, at the student's own rate (0.05 vgg, 0.01 MobileNetV2 / ShuffleNet) otherwise.
+FT_PARAPHRASER_LR_001 = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+                         "resnet8x4", "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2")
+
+
+def paraphraser_learning_rate(student: str) -> float:
+  return 0.01 if student in FT_PARAPHRASER_LR_001 else optimizer(student)["learning_rate"]
 
 # Test accuracy (%) reported in Tables 1 and 2, by pair "<teacher>_<student>" and stage name:
 # "teacher" and "baseline" are the networks trained alone. FSP is "N/A" for wrn_40_2 -> wrn_40_1
@@ -128,7 +139,9 @@ DEFAULT_PAIR = "resnet32x4_resnet8x4"
 SMOKE_PAIR = "vgg13_vgg8"  # The fastest pair to compile on a CPU.
 
 # RepDistiller's `feat` list of each model (before the pooled embedding), as (tap point, resolution):
-# the stem, then the end of each stage; "pre" are the pre-ReLU maps AB reads where the model has them.
+# the stem, then the end of each stage; "pre" are its `preact=True` maps (AB reads them): the
+# pre-ReLU stage outputs where the model has them, the BatchNorm of the stage output for the
+# pre-activation WRN (models/wrn.py: block2.layer[0].bn1, block3.layer[0].bn1, bn1).
 _RESNET_BLOCKS = {"resnet20": 3, "resnet32": 5, "resnet56": 9, "resnet110": 18, "resnet8x4": 1,
                   "resnet32x4": 5}
 _WRN_BLOCKS = {"wrn_16_1": 2, "wrn_16_2": 2, "wrn_40_1": 6, "wrn_40_2": 6}
@@ -141,11 +154,16 @@ def _features(model: str) -> dict[str, list[tuple[str, int]]]:
     return {"feat": [("stem", 32)] + stages, "pre": [(f"{p}/preact", r) for p, r in stages]}
   if model in _WRN_BLOCKS:
     last = _WRN_BLOCKS[model] - 1
-    stages = [(f"block1_{last}", 32), (f"block2_{last}", 16), ("bn_final", 8)]
-    return {"feat": [("stem", 32)] + stages, "pre": stages}
+    # f3 is block3's raw output (a residual sum); the final BatchNorm and ReLU come after it.
+    stages = [(f"block1_{last}", 32), (f"block2_{last}", 16), (f"block3_{last}", 8)]
+    return {"feat": [("stem", 32)] + stages,
+            "pre": [("block2_0/bn1", 32), ("block3_0/bn1", 16), ("bn_final", 8)]}
   if model.startswith("vgg"):
-    stages = [("block0", 32), ("block1", 16), ("block2", 8), ("block3", 4), ("block4", 4)]
-    return {"feat": stages, "pre": stages[1:]}
+    # Block b's output is after its ReLU (f0 to f4); its last BatchNorm is the pre-ReLU map.
+    last_bn = [len(widths) - 1 for widths in vgg.CONFIGS[int(model[3:])]]
+    resolutions = (32, 16, 8, 4, 4)
+    stages = [(f"block{b}", r) for b, r in enumerate(resolutions)]
+    return {"feat": stages, "pre": [(f"block{b}/bn{last_bn[b]}", resolutions[b]) for b in range(1, 5)]}
   if model == "mobile_half":
     stages = [("stem", 16), ("blocks1_1", 16), ("blocks2_2", 8), ("blocks4_2", 4), ("blocks6_0", 2)]
     return {"feat": stages, "pre": stages[1:]}
@@ -194,7 +212,9 @@ def table_methods(teacher: str, student: str) -> dict[str, dict]:
                               teacher_features=(t["feat"][2][0],), hint_weight=100.0),
       "at": method_config("at", student_features=at_s, teacher_features=at_t, at_weight=1000.0),
       "sp": method_config("sp", student_features=last_s, teacher_features=last_t, sp_weight=3000.0),
-      "cc": method_config("cc", student_features=pool, teacher_features=pool),
+      # RepDistiller's Correlation (LinearEmbed to 128, then -b 0.02), the loss behind the CC rows.
+      "cc": method_config("cc", student_features=pool, teacher_features=pool, variant="repdistiller",
+                          cc_weight=0.02),
       "vid": method_config("vid", student_features=_paths(groups_s), teacher_features=_paths(groups_t)),
       "rkd": method_config("rkd", student_features=pool, teacher_features=pool),
       "pkt": method_config("pkt", student_features=pool, teacher_features=pool, pkt_weight=30000.0),
@@ -253,9 +273,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.augment.crop_padding = 4
   config.data.augment.flip = True
   num_steps = steps(EPOCHS)
-  config.stages.teacher = stage_config(zoo_model_config(teacher), method_config("supervised"),
+  config.stages.teacher = stage_config(model_config(teacher), method_config("supervised"),
                                        num_steps=num_steps, **optimizer(teacher))
-  config.stages.baseline = stage_config(zoo_model_config(student), method_config("supervised"),
+  config.stages.baseline = stage_config(model_config(student), method_config("supervised"),
                                         num_steps=num_steps, **optimizer(student))
   order = ["teacher", "baseline"]
   for name in chosen:
@@ -263,10 +283,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       paraphraser = method_config("ft_paraphraser", teacher_features=methods["ft"]["teacher_features"],
                                   rate=methods["ft"]["rate"])
       config.stages.paraphraser = stage_config(
-          zoo_model_config(student), paraphraser, teacher="teacher", num_steps=steps(FT_PARAPHRASER_EPOCHS),
-          **{**optimizer(student), "schedule": "constant"})
+          model_config(student), paraphraser, teacher="teacher", num_steps=steps(FT_PARAPHRASER_EPOCHS),
+          **{**optimizer(student), "learning_rate": paraphraser_learning_rate(student), "schedule": "constant",
+             "decay_boundaries": ()})
       order.append("paraphraser")
-    config.stages[name] = stage_config(zoo_model_config(student), methods[name], teacher="teacher",
+    config.stages[name] = stage_config(model_config(student), methods[name], teacher="teacher",
                                        num_steps=num_steps, **optimizer(student))
     order.append(name)
   config.stage_order = tuple(order)
@@ -300,3 +321,189 @@ def sweep(add) -> None:
     for method in table_methods(teacher, student):
       if method in REPORTED[pair]:
         add(f"pair={pair},method={method}")
+
+
+# --- The recipe, row by row, with its source: tests/test_recipes.py checks every sweep point against it.
+_REPO = "HobbitLong/RepDistiller"
+_TRAIN, _SCRIPT, _LOOPS = f"{_REPO}/train_student.py", f"{_REPO}/scripts/run_cifar_distill.sh", f"{_REPO}/helper/loops.py"
+_PRETRAIN, _ZOO = f"{_REPO}/helper/pretrain.py", f"{_REPO}/distiller_zoo"
+
+# RepDistiller's `model(x, is_feat=True)` lists (models/resnet.py, wrn.py, vgg.py, mobilenetv2.py,
+# ShuffleNetv1.py, ShuffleNetv2.py), without the pooled embedding, as kd tap points: "feat" (preact=False)
+# and "preact" (preact=True, the maps after the stem).
+REFERENCE_FEATURES = {
+    "resnet20": {"feat": ("stem", "layer1_2", "layer2_2", "layer3_2"),
+                 "preact": ("layer1_2/preact", "layer2_2/preact", "layer3_2/preact")},
+    "resnet32": {"feat": ("stem", "layer1_4", "layer2_4", "layer3_4"),
+                 "preact": ("layer1_4/preact", "layer2_4/preact", "layer3_4/preact")},
+    "resnet56": {"feat": ("stem", "layer1_8", "layer2_8", "layer3_8"),
+                 "preact": ("layer1_8/preact", "layer2_8/preact", "layer3_8/preact")},
+    "resnet110": {"feat": ("stem", "layer1_17", "layer2_17", "layer3_17"),
+                  "preact": ("layer1_17/preact", "layer2_17/preact", "layer3_17/preact")},
+    "resnet8x4": {"feat": ("stem", "layer1_0", "layer2_0", "layer3_0"),
+                  "preact": ("layer1_0/preact", "layer2_0/preact", "layer3_0/preact")},
+    "resnet32x4": {"feat": ("stem", "layer1_4", "layer2_4", "layer3_4"),
+                   "preact": ("layer1_4/preact", "layer2_4/preact", "layer3_4/preact")},
+    # f3 is block3's raw output; preact=True BatchNorms f1, f2, f3 (block2.layer[0].bn1, block3.layer[0].bn1, bn1).
+    "wrn_16_2": {"feat": ("stem", "block1_1", "block2_1", "block3_1"),
+                 "preact": ("block2_0/bn1", "block3_0/bn1", "bn_final")},
+    "wrn_40_1": {"feat": ("stem", "block1_5", "block2_5", "block3_5"),
+                 "preact": ("block2_0/bn1", "block3_0/bn1", "bn_final")},
+    "wrn_40_2": {"feat": ("stem", "block1_5", "block2_5", "block3_5"),
+                 "preact": ("block2_0/bn1", "block3_0/bn1", "bn_final")},
+    # f0 to f4 after F.relu; f1_pre to f4_pre are the blocks' last BatchNorms.
+    "vgg8": {"feat": ("block0", "block1", "block2", "block3", "block4"),
+             "preact": ("block1/bn0", "block2/bn0", "block3/bn0", "block4/bn0")},
+    "vgg13": {"feat": ("block0", "block1", "block2", "block3", "block4"),
+              "preact": ("block1/bn1", "block2/bn1", "block3/bn1", "block4/bn1")},
+    # MobileNetV2's preact=True list is its feat list.
+    "mobile_half": {"feat": ("stem", "blocks1_1", "blocks2_2", "blocks4_2", "blocks6_0"),
+                    "preact": ("blocks1_1", "blocks2_2", "blocks4_2", "blocks6_0")},
+    "ShuffleV1": {"feat": ("stem", "layer1_3", "layer2_7", "layer3_3"),
+                  "preact": ("layer1_3/preact", "layer2_7/preact", "layer3_3/preact")},
+    "ShuffleV2": {"feat": ("stem", "layer1_3", "layer2_7", "layer3_3"),
+                  "preact": ("layer1_3/preact", "layer2_7/preact", "layer3_3/preact")},
+}
+
+
+def _taps(table: str, of: str, start: int, stop: int | None = None) -> dict:
+  return {"features": table, "of": of, "from": start, "to": stop}
+
+
+_POOL = ("pool",)  # feat[-1], the pooled embedding.
+_CROSS_FAMILY = "kd's at and ab compare maps of equal resolution; RepDistiller pools the larger map (AT.py, AB's ConvReg)"
+_ONE_STAGE = ("RepDistiller runs {name} in two stages: 30 init_epochs of the {name} loss alone on the student's "
+              "feature modules (helper/pretrain.py), then 240 epochs of CE only (helper/loops.py: loss_kd = 0); "
+              "kd runs CE + the loss in one stage (an init stage needs a stage to start from an earlier stage's "
+              "weights, which init_from does not take)")
+
+
+def _method_rows(stage: str, name: str, rows: list[tuple]) -> list[dict]:
+  """recipe_row(setting, "method." + key, value, source, stages=(stage,), **extra) for each
+  (setting, key, value, source[, extra])."""
+  out = [recipe_row(f"--distill for {stage}", "method.name", name, _TRAIN, stages=(stage,))]
+  for entry in rows:
+    setting, key, value, source = entry[:4]
+    extra = entry[4] if len(entry) > 4 else {}
+    out.append(recipe_row(setting, f"method.{key}", value, source, stages=(stage,), **extra))
+  return out
+
+
+def _pair_taps(table: str, start: int, cross_student: dict, cross_teacher: dict) -> list[tuple]:
+  departs = {"departs": _CROSS_FAMILY}
+  return [(f"{table}[{start}:-1] of the student", "student_features",
+           {"*": _taps(table, "student", start), **cross_student}, _LOOPS, {"by": "pair", **departs}),
+          (f"{table}[{start}:-1] of the teacher", "teacher_features",
+           {"*": _taps(table, "teacher", start), **cross_teacher}, _LOOPS, {"by": "pair", **departs})]
+
+
+_NO_TOKENS = ("(kd only: no class tokens in a CNN)",)
+RECIPE = [
+    *benchmark_recipe(train=_TRAIN, data=f"{_REPO}/dataset/cifar100.py", light_rate=_TRAIN),
+    recipe_row("report the last epoch (RepDistiller also prints the best test epoch)", "report.headline", "last",
+               _TRAIN, stages=None),
+    *_method_rows("kd", "hinton_kd", [
+        ("--kd_T 4", "temperature", 4.0, _TRAIN), ("-a 0.9", "kd_weight", 0.9, _SCRIPT),
+        ("-r 0.1", "ce_weight", 0.1, _SCRIPT)]),
+    *_method_rows("fitnet", "fitnets", [
+        ("--hint_layer 2: feat[2] of the student", "student_features", _taps("feat", "student", 2, 3), _TRAIN),
+        ("--hint_layer 2: feat[2] of the teacher", "teacher_features", _taps("feat", "teacher", 2, 3), _TRAIN),
+        ("ConvReg", "regressor", True, f"{_REPO}/models/util.py"), ("-b 100", "hint_weight", 100.0, _SCRIPT),
+        ("-r 1", "ce_weight", 1.0, _TRAIN), ("-a 0", "kd_weight", 0.0, _SCRIPT),
+        ("--kd_T 4 (unused at -a 0)", "temperature", 4.0, _TRAIN),
+        (*_NO_TOKENS, "student_special_tokens", 0, _TRAIN), (*_NO_TOKENS, "teacher_special_tokens", 0, _TRAIN)]),
+    *_method_rows("at", "at", [
+        *_pair_taps("feat", 1,
+                    {"vgg13_mobile_half": ("blocks1_1", "blocks2_2", "blocks4_2"),
+                     "resnet32x4_ShuffleV1": ("layer1_3", "layer2_7"), "resnet32x4_ShuffleV2": ("layer1_3", "layer2_7"),
+                     "wrn_40_2_ShuffleV1": ("layer1_3", "layer2_7")},
+                    {"vgg13_mobile_half": ("block1", "block2", "block3"),
+                     "resnet32x4_ShuffleV1": ("layer2_4", "layer3_4"), "resnet32x4_ShuffleV2": ("layer2_4", "layer3_4"),
+                     "wrn_40_2_ShuffleV1": ("block2_5", "block3_5")}),
+        ("Attention(p=2)", "p", 2.0, f"{_ZOO}/AT.py"), ("-b 1000", "at_weight", 1000.0, _SCRIPT),
+        ("-r 1", "ce_weight", 1.0, _TRAIN),
+        (*_NO_TOKENS, "student_special_tokens", 0, _TRAIN), (*_NO_TOKENS, "teacher_special_tokens", 0, _TRAIN)]),
+    *_method_rows("sp", "sp", [
+        ("feat[-2] of the student", "student_features", _taps("feat", "student", -1), _LOOPS),
+        ("feat[-2] of the teacher", "teacher_features", _taps("feat", "teacher", -1), _LOOPS),
+        ("-b 3000", "sp_weight", 3000.0, _SCRIPT), ("-r 1", "ce_weight", 1.0, _TRAIN)]),
+    *_method_rows("cc", "cc", [
+        ("feat[-1] of the student", "student_features", _POOL, _LOOPS),
+        ("feat[-1] of the teacher", "teacher_features", _POOL, _LOOPS),
+        ("Correlation on LinearEmbed projections", "variant", "repdistiller", f"{_ZOO}/CC.py"),
+        ("--feat_dim 128 (LinearEmbed)", "embed_dim", 128, _TRAIN), ("-b 0.02", "cc_weight", 0.02, _SCRIPT),
+        ("-r 1", "ce_weight", 1.0, _TRAIN),
+        ("(unused by variant repdistiller)", "gamma", 0.4, f"{_ZOO}/CC.py"),
+        ("(unused by variant repdistiller)", "taylor_order", 2, f"{_ZOO}/CC.py")]),
+    *_method_rows("vid", "vid", [
+        ("feat[1:-1] of the student", "student_features", _taps("feat", "student", 1), _LOOPS),
+        ("feat[1:-1] of the teacher", "teacher_features", _taps("feat", "teacher", 1), _LOOPS),
+        ("-b 1", "vid_weight", 1.0, _SCRIPT), ("-r 1", "ce_weight", 1.0, _TRAIN),
+        ("VIDLoss init_pred_var=5.0", "init_variance", 5.0, f"{_ZOO}/VID.py"),
+        ("VIDLoss eps=1e-5", "variance_epsilon", 1e-5, f"{_ZOO}/VID.py")]),
+    *_method_rows("rkd", "rkd", [
+        ("feat[-1] of the student", "student_features", _POOL, _LOOPS),
+        ("feat[-1] of the teacher", "teacher_features", _POOL, _LOOPS),
+        ("RKDLoss w_d=25 (with -b 1)", "distance_weight", 25.0, f"{_ZOO}/RKD.py"),
+        ("RKDLoss w_a=50 (with -b 1)", "angle_weight", 50.0, f"{_ZOO}/RKD.py"), ("-r 1", "ce_weight", 1.0, _TRAIN)]),
+    *_method_rows("pkt", "pkt", [
+        ("feat[-1] of the student", "student_features", _POOL, _LOOPS),
+        ("feat[-1] of the teacher", "teacher_features", _POOL, _LOOPS),
+        ("-b 30000", "pkt_weight", 30000.0, _SCRIPT), ("-r 1", "ce_weight", 1.0, _TRAIN)]),
+    *_method_rows("ab", "ab", [
+        *_pair_taps("preact", 0,
+                    {"vgg13_mobile_half": ("blocks1_1", "blocks2_2", "blocks4_2"),
+                     "resnet32x4_ShuffleV1": ("layer1_3/preact", "layer2_7/preact"),
+                     "resnet32x4_ShuffleV2": ("layer1_3/preact", "layer2_7/preact"),
+                     "wrn_40_2_ShuffleV1": ("layer1_3/preact", "layer2_7/preact")},
+                    {"vgg13_mobile_half": ("block1/bn1", "block2/bn1", "block3/bn1"),
+                     "resnet32x4_ShuffleV1": ("layer2_4/preact", "layer3_4/preact"),
+                     "resnet32x4_ShuffleV2": ("layer2_4/preact", "layer3_4/preact"),
+                     "wrn_40_2_ShuffleV1": ("block3_0/bn1", "bn_final")}),
+        ("ABLoss margin=1.0", "margin", 1.0, f"{_ZOO}/AB.py"), ("Connector (ConvReg)", "connector", True, _TRAIN),
+        ("ABLoss: loss / 1000 * 3 (init stage)", "ab_weight", 3e-3, f"{_ZOO}/AB.py",
+         {"departs": _ONE_STAGE.format(name="AB"), "reference": "AB loss only in the 30-epoch init stage"}),
+        ("-r 1", "ce_weight", 1.0, _TRAIN)]),
+    *_method_rows("nst", "nst", [
+        ("feat[1:-1] of the student", "student_features", _taps("feat", "student", 1), _LOOPS),
+        ("feat[1:-1] of the teacher", "teacher_features", _taps("feat", "teacher", 1), _LOOPS),
+        ("-b 50", "nst_weight", 50.0, _SCRIPT), ("-r 1", "ce_weight", 1.0, _TRAIN),
+        (*_NO_TOKENS, "student_special_tokens", 0, _TRAIN), (*_NO_TOKENS, "teacher_special_tokens", 0, _TRAIN)]),
+    *[row for stage, kd_weight, script in (("crd", 0.0, "-a 0"), ("crd_kd", 1.0, "-a 1")) for row in _method_rows(
+        stage, "crd", [
+            ("feat[-1] of the student", "student_features", _POOL, _LOOPS),
+            ("feat[-1] of the teacher", "teacher_features", _POOL, _LOOPS),
+            ("--feat_dim 128", "feat_dim", 128, _TRAIN), ("--nce_k 16384", "nce_k", 16384, _TRAIN),
+            ("--nce_t 0.07", "nce_t", 0.07, _TRAIN), ("--nce_m 0.5", "nce_momentum", 0.5, _TRAIN),
+            ("-b 0.8", "crd_weight", 0.8, _SCRIPT), ("-r 1", "ce_weight", 1.0, _TRAIN),
+            (script, "kd_weight", kd_weight, _SCRIPT), ("--kd_T 4", "temperature", 4.0, _TRAIN)])],
+    # FT: the paraphraser's init stage, then the translator stage.
+    recipe_row("init_epochs 30", "num_steps", steps(FT_PARAPHRASER_EPOCHS), _TRAIN, stages=("paraphraser",)),
+    recipe_row("init(): a constant rate", "optimizer.schedule", "constant", _PRETRAIN, stages=("paraphraser",)),
+    recipe_row("init(): no decay", "optimizer.decay_boundaries", (), _PRETRAIN, stages=("paraphraser",)),
+    recipe_row("init(): lr 0.01 for resnet and wrn students with --distill factor, else --learning_rate",
+               "optimizer.learning_rate", {"*": 0.05, "mobile_half": 0.01, "ShuffleV1": 0.01, "ShuffleV2": 0.01,
+                                           **{name: 0.01 for name in FT_PARAPHRASER_LR_001}},
+               _PRETRAIN, stages=("paraphraser",), by="student"),
+    *_method_rows("paraphraser", "ft_paraphraser", [
+        ("feat[-2] of the teacher", "teacher_features", _taps("feat", "teacher", -1), _TRAIN),
+        ("Paraphraser k=0.5", "rate", 0.5, f"{_REPO}/models/util.py"),
+        ("nn.MSELoss reconstruction", "reconstruction_weight", 1.0, _TRAIN)]),
+    *_method_rows("ft", "ft", [
+        ("feat[-2] of the student", "student_features", _taps("feat", "student", -1), _LOOPS),
+        ("feat[-2] of the teacher", "teacher_features", _taps("feat", "teacher", -1), _LOOPS),
+        ("the paraphraser of the init stage", "paraphraser_stage", "paraphraser", _TRAIN),
+        ("Paraphraser / Translator k=0.5", "rate", 0.5, f"{_REPO}/models/util.py"),
+        ("-b 200 on FactorTransfer", "beta", 1.0, _SCRIPT,
+         {"departs": "kd's ft is the paper's loss (beta * mean ||F_T/|F_T| - F_S/|F_S| ||_p); RepDistiller's "
+                     "FactorTransfer compares channel means of squared factors, weighted 200", "reference": 200.0}),
+        ("FactorTransfer p1=2, p2=1", "p", 1.0, f"{_ZOO}/FT.py",
+         {"departs": "the paper's p = 1 on the normalised factors (see beta)", "reference": "p1=2, p2=1"}),
+        ("-r 1", "ce_weight", 1.0, _TRAIN)]),
+    *_method_rows("fsp", "fsp", [
+        ("feat[:-1] of the student", "student_features", _taps("feat", "student", 0), _TRAIN),
+        ("feat[:-1] of the teacher", "teacher_features", _taps("feat", "teacher", 0), _TRAIN),
+        ("-b 50", "fsp_weight", 50.0, _SCRIPT,
+         {"departs": _ONE_STAGE.format(name="FSP"), "reference": "FSP loss only in the 30-epoch init stage"}),
+        ("-r 1", "ce_weight", 1.0, _TRAIN)]),
+]

@@ -1,8 +1,11 @@
 """Batch augmentation on the device, inside the jitted train step.
 
 Views of a batch of images [B, H, W, C] or signals [B, L, C]:
-  - random crop after zero padding (`crop_padding` pixels or samples on each side), the CIFAR recipe
-    (He et al. 2016) and its 1-D form (a random shift, as MNIST-1D's translations);
+  - random crop after padding (`crop_padding` pixels or samples on each side), the CIFAR recipe
+    (He et al. 2016) and its 1-D form (a random shift, as MNIST-1D's translations); the padding is
+    zeros (`crop_padding_mode="zero"`, torchvision's `RandomCrop(padding=4)`) or the mirror image
+    without the edge (`"reflect"`, torchvision's `Pad(4, padding_mode="reflect")`, as the
+    attention-transfer code pads);
   - ImageNet-style random-resized crop ("inception crop", Szegedy et al. 2015): a box of random
     area and aspect ratio, resized back to a fixed size (images only);
   - random horizontal flip (images only);
@@ -40,16 +43,24 @@ def as_float(inputs: jax.Array) -> jax.Array:
   return inputs
 
 
-def random_crop(inputs_BxSxC: jax.Array, rng: jax.Array, padding: int) -> jax.Array:
-  """Pads every spatial axis by `padding` zeros on each side, then crops back at a random offset.
+CROP_PADDING_MODES = ("zero", "reflect")
+
+
+def random_crop(inputs_BxSxC: jax.Array, rng: jax.Array, padding: int, mode: str = "zero") -> jax.Array:
+  """Pads every spatial axis by `padding` on each side, then crops back at a random offset.
 
   Works for [B, H, W, C] and [B, L, C]: each example gets its own offset per spatial axis.
+  `mode` "zero" pads with zeros; "reflect" mirrors the border without repeating the edge
+  (numpy's and torchvision's "reflect": [a b c] padded by 2 is [c b a b c b a]), which needs
+  padding < each spatial size.
   """
   if padding == 0:
     return inputs_BxSxC
+  if mode not in CROP_PADDING_MODES:
+    raise ValueError(f"crop padding mode {mode!r}: choose one of {CROP_PADDING_MODES}")
   spatial = inputs_BxSxC.ndim - 2
   pad = [(0, 0)] + [(padding, padding)] * spatial + [(0, 0)]
-  padded = jnp.pad(inputs_BxSxC, pad)
+  padded = jnp.pad(inputs_BxSxC, pad, mode="reflect" if mode == "reflect" else "constant")
   offsets = jax.random.randint(rng, (inputs_BxSxC.shape[0], spatial), 0, 2 * padding + 1)
   sizes = inputs_BxSxC.shape[1:]
 
@@ -208,7 +219,7 @@ def mix(batch, rng: jax.Array, *, input_key: str, mixup_alpha: float, cutmix_alp
 
 
 def augment(batch, rng: jax.Array, *, input_key: str, crop_padding: int, flip: bool,
-            random_resized_crop_size: tuple[int, int] | None = None,
+            crop_padding_mode: str = "zero", random_resized_crop_size: tuple[int, int] | None = None,
             rrc_scale: tuple[float, float] = DEFAULT_RRC_SCALE,
             rrc_ratio: tuple[float, float] = DEFAULT_RRC_RATIO,
             mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0):
@@ -218,7 +229,7 @@ def augment(batch, rng: jax.Array, *, input_key: str, crop_padding: int, flip: b
   `random_resized_crop_size` None leaves the inception crop out.
   """
   crop_rng, rrc_rng, flip_rng, mix_rng = jax.random.split(rng, 4)
-  inputs = random_crop(batch[input_key], crop_rng, crop_padding)
+  inputs = random_crop(batch[input_key], crop_rng, crop_padding, crop_padding_mode)
   if random_resized_crop_size is not None:
     inputs = random_resized_crop(inputs, rrc_rng, random_resized_crop_size, rrc_scale, rrc_ratio)
   if flip and inputs.ndim == 4:
@@ -233,7 +244,7 @@ def views(batch, rng: jax.Array, *, input_key: str, crop_padding: int, flip: boo
           teacher_view: str, **augment_kwargs) -> tuple[dict, dict]:
   """(student batch, teacher batch): the same view, or two independent ones.
 
-  `augment_kwargs` are `augment`'s inception-crop and mixing arguments.
+  `augment_kwargs` are `augment`'s padding-mode, inception-crop and mixing arguments.
   """
   if not is_active(crop_padding=crop_padding, flip=flip, **augment_kwargs):
     return batch, batch
@@ -270,7 +281,14 @@ def views_from_config(augment_config, input_key: str,
     raise ConfigError(f"data.augment.cutmix_alpha={augment_config.cutmix_alpha} needs images [H, W, C], "
                       f"but the dataset's {input_key!r} has shape {tuple(input_shape)}: set it to 0 "
                       "(mixup_alpha works on any input)")
-  kwargs = dict(crop_padding=augment_config.crop_padding, flip=augment_config.flip,
+  mode = augment_config.get("crop_padding_mode", "zero")
+  if mode not in CROP_PADDING_MODES:
+    raise ConfigError(f"data.augment.crop_padding_mode={mode!r}: choose one of {CROP_PADDING_MODES}")
+  if mode == "reflect" and augment_config.crop_padding >= min(input_shape[:-1]):
+    raise ConfigError(f"data.augment.crop_padding={augment_config.crop_padding} with crop_padding_mode='reflect' "
+                      f"must be smaller than the inputs' spatial size {tuple(input_shape[:-1])}: lower it, or "
+                      "use crop_padding_mode='zero'")
+  kwargs = dict(crop_padding=augment_config.crop_padding, flip=augment_config.flip, crop_padding_mode=mode,
                 random_resized_crop_size=tuple(input_shape[:2]) if augment_config.random_resized_crop else None,
                 rrc_scale=tuple(augment_config.rrc_scale), rrc_ratio=tuple(augment_config.rrc_ratio),
                 mixup_alpha=float(augment_config.mixup_alpha), cutmix_alpha=float(augment_config.cutmix_alpha))

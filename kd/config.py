@@ -43,6 +43,7 @@ SCHEDULES = ("cosine", "constant", "multistep")
 WEIGHT_DECAY_MODES = ("", "coupled", "decoupled", "decoupled_schedule")
 NONFINITE_POLICIES = ("stop", "skip")
 TEACHER_VIEWS = ("same", "independent")
+CROP_PADDING_MODES = ("zero", "reflect")  # kd.augment.CROP_PADDING_MODES
 HEADLINES = ("last", "best")
 
 
@@ -69,12 +70,14 @@ def base_config() -> ml_collections.ConfigDict:
       # the same for any number), and batches prepared ahead of the step.
       "workers": 0,
       "prefetch": 2,
-      # Training views, made on the device (kd.augment): random crop after zero padding, random
-      # horizontal flip; the teacher sees the "same" view as the student or an "independent" one.
+      # Training views, made on the device (kd.augment): random crop after padding (crop_padding_mode
+      # "zero", or "reflect": mirrored borders), random horizontal flip; the teacher sees the "same"
+      # view as the student or an "independent" one.
       # random_resized_crop: ImageNet-style inception crop (area fraction in rrc_scale, aspect ratio
       # in rrc_ratio) resized back to the dataset's size; mixup_alpha / cutmix_alpha > 0 mix each
       # example with its neighbour (one of the two per batch when both are set), labels weighted.
-      "augment": ml_collections.ConfigDict({"crop_padding": 0, "flip": False, "teacher_view": "same",
+      "augment": ml_collections.ConfigDict({"crop_padding": 0, "crop_padding_mode": "zero", "flip": False,
+                                            "teacher_view": "same",
                                             "random_resized_crop": False, "rrc_scale": (0.08, 1.0),
                                             "rrc_ratio": (3 / 4, 4 / 3), "mixup_alpha": 0.0,
                                             "cutmix_alpha": 0.0}),
@@ -322,6 +325,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   augment = data.augment
   if augment.crop_padding < 0:
     raise ConfigError(f"data.augment.crop_padding={augment.crop_padding} must be >= 0")
+  if augment.crop_padding_mode not in CROP_PADDING_MODES:
+    raise ConfigError(f"data.augment.crop_padding_mode={augment.crop_padding_mode!r}: choose one of "
+                      f"{CROP_PADDING_MODES} (zeros, or the mirror image without the edge)")
   if augment.teacher_view not in TEACHER_VIEWS:
     raise ConfigError(f"data.augment.teacher_view={augment.teacher_view!r}: choose one of {TEACHER_VIEWS}")
   _check_augment_ranges(augment)

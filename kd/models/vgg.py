@@ -11,8 +11,10 @@ layers replaced by global average pooling and one linear layer, and the fourth m
 "S", one convolution per block. Parameter counts equal the reference's.
 
 Tap points for feature distillation (module outputs, as `capture_intermediates` records them):
-  block{b}      block b (0 to 4) before its final ReLU, as the reference leaves it; the reference's
-                `preact` f1 to f4 are block1 to block4, and its f0 to f4 are their ReLUs.
+  block{b}      block b (0 to 4), after its final ReLU: the reference's f0 to f4 (its `feat` list).
+  block{b}/bn{n}
+                the block's last BatchNorm (n = its number of convolutions - 1), before that ReLU:
+                the reference's `preact` f1 to f4 (block1 to block4) and its `get_bn_before_relu`.
   pool          the global-average-pooled feature (the reference's f5).
   head          the logits.
 """
@@ -39,10 +41,10 @@ CONFIGS = {
 
 
 class VGGBlock(nn.Module):
-  """3x3 conv, BatchNorm and ReLU for each width, without the last ReLU.
+  """3x3 conv, BatchNorm and ReLU for each width.
 
-  The last ReLU is left to the caller so that the block's output is the pre-activation feature
-  that some distillation methods need.
+  The block's output is the reference's post-ReLU feature; its last BatchNorm (`bn{n}`) is the
+  pre-activation feature that some distillation methods need.
 
   Attributes:
     widths: output channels of each convolution.
@@ -53,11 +55,9 @@ class VGGBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     for index, features in enumerate(self.widths):
-      if index > 0:
-        x = nn.relu(x)
       x = nn.Conv(features, (3, 3), padding=1, kernel_init=he_normal_fan_out,
                   name=f"conv{index}")(x)
-      x = batch_norm(train)(name=f"bn{index}")(x)
+      x = nn.relu(batch_norm(train)(name=f"bn{index}")(x))
     return x
 
 
@@ -86,7 +86,7 @@ class VGG(nn.Module):
     x = images_BxHxWxC
     for block, widths in enumerate(CONFIGS[self.depth]):
       widths = tuple(width * self.base_width // 64 for width in widths)
-      x = nn.relu(VGGBlock(widths, name=f"block{block}")(x, train))
+      x = VGGBlock(widths, name=f"block{block}")(x, train)
       # The reference pools after blocks 0 to 2 always, after block 3 only for 64x64 inputs.
       if block < 3 or (block == 3 and height == 64):
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
