@@ -272,7 +272,10 @@ def _has_external_teacher(config, stage, memory_teachers: tuple[str, ...]) -> bo
 
 
 def _is_export(path: str) -> bool:
-  return os.path.exists(os.path.join(path, "model.json"))
+  """A folder that says which model reads it: a kd export (model.json) or a Hugging Face checkpoint."""
+  from kd.convert import hf  # pylint: disable=g-import-not-at-top  # kd.convert imports kd.config.
+
+  return os.path.exists(os.path.join(path, "model.json")) or hf.is_hf_folder(path)
 
 
 def _check_augment_ranges(augment) -> None:
@@ -370,7 +373,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     if stage.teacher_checkpoint and not stage.teacher_model.name and not _is_export(stage.teacher_checkpoint):
       raise ConfigError(f"stages.{name}.teacher_checkpoint={stage.teacher_checkpoint!r} needs the model that "
                         f"reads it: set stages.{name}.teacher_model (e.g. kd.models.model_config('wrn', depth=40, "
-                        "widen_factor=2, preprocess='cifar100')), or give a kd export as teacher='export:<dir>'")
+                        "widen_factor=2, preprocess='cifar100')), or give a kd export as teacher='export:<dir>' or a Hugging "
+                        "Face checkpoint folder")
     if methods.needs_teacher(stage.method):
       if not stage.teacher and not stage.teacher_checkpoint:
         raise ConfigError(f"stages.{name}.method {stage.method.name!r} needs a teacher: set "

@@ -345,3 +345,20 @@ def test_init_from_a_hf_folder():
   other = _stage_config(init_from=_folder("gpt2"), model={"name": "llama"})
   with pytest.raises(ConfigError, match="is a Hugging Face 'gpt2' checkpoint, but the model is 'llama'"):
     external.initial_variables(other, "distil", module, _token_spec(96))
+
+
+def test_kd_load_model_reads_a_hf_folder_and_a_config_takes_it_as_a_teacher_checkpoint():
+  import kd  # pylint: disable=g-import-not-at-top
+  from kd import config as config_lib  # pylint: disable=g-import-not-at-top
+
+  loaded = kd.load_model(_folder("qwen3"))
+  reference = _loaded("qwen3")[3]
+  logits = loaded.apply(loaded.variables, {"tokens": reference["tokens"]}, train=False)["logits"]
+  assert np.abs(np.asarray(logits) - reference["logits"]).max() < TOLERANCE
+  config = config_lib.base_config()
+  config.data.name = "stdlib_text"
+  config.stages.student = config_lib.stage_config({"name": "transformer_lm"}, {"name": "lm_kd"},
+                                                  teacher_checkpoint=_folder("qwen3"), num_steps=1)
+  config.stage_order = ("student",)
+  config.report.update(teacher="student", baseline="student", student="student")
+  config_lib.validate(config)  # No teacher_model needed: config.json says which model reads it.
