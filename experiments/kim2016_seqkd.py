@@ -41,7 +41,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                              "experiments/kim2016_seqkd.py")
   if values["decoding"] not in DECODINGS:
     raise ValueError(f"decoding={values['decoding']!r} of experiments/kim2016_seqkd.py: choose one of {DECODINGS}")
-  decoder = {"prompt_length": 16, "decoding": values["decoding"], "beam_size": values["beam_size"],
+  # Smoke runs keep 2 beams: the beam search compiles once per stage, and its size sets the compile time.
+  beam_size = min(values["beam_size"], 2) if values["smoke"] else values["beam_size"]
+  decoder = {"prompt_length": 16, "decoding": values["decoding"], "beam_size": beam_size,
              "sample_temperature": values["sample_temperature"]}
   students = {
       "word_kd": method_config("lm_kd", divergence="forward_kl", kd_weight=1.0, ce_weight=0.0),

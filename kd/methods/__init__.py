@@ -35,7 +35,7 @@ Two more optional hooks:
     before the forward passes, e.g. to generate the batch with the teacher or the current student
     (sequence-level and on-policy distillation of language models);
   - `init_from_teacher(params, student_params, teacher_params, where) -> student_params`, applied to a
-    fresh student's parameters (e.g. DistilBERT's every-other-layer initialisation).
+    fresh student's parameters (e.g. DistilBERT's initialisation from teacher layers).
 A method whose connector is trained in a stage of its own (FT's paraphraser) has, in that stage,
 `EXPORTS_CONNECTOR = True` (the connector's variables are exported with the stage,
 `<stage>/connector/`) and, in the stage that uses it, `connector_source(params) -> stage name`: the trainer puts that stage's exported
