@@ -30,6 +30,7 @@ on one GPU (36,000 steps of small dense layers).
 
 import ml_collections
 
+from kd.cifar100_benchmark import recipe_row
 from kd.config import base_config
 from kd.config import stage_config
 from kd.methods import method_config
@@ -96,3 +97,39 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def sweep(add) -> None:
   """The paper's MNIST result: the 800-800 net at T = 20."""
   add("hidden=800,temperature=20")
+
+
+# --- The recipe, row by row, with its source: tests/test_recipes.py checks every sweep point against it.
+_PAPER = "arXiv:1503.02531, Section 3"
+_CHOSEN = "the paper does not give it; chosen here"
+_OPTIMIZER = {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0,
+              "weight_decay_mode": "", "weight_decay_mask": "all", "schedule": "cosine", "decay_boundaries": (),
+              "decay_factor": 0.1, "warmup_steps": 0, "grad_clip_norm": 0.0, "lr_scaling": "none",
+              "base_batch_size": 256}
+RECIPE = [
+    recipe_row("MNIST, all 60,000 training cases", "data.validation_split", "", _PAPER, stages=None),
+    recipe_row("test errors of the final nets", "report.headline", "last", _PAPER, stages=None),
+    recipe_row("batch size", "data.batch_size", BATCH_SIZE, _PAPER, stages=None, departs=_CHOSEN),
+    recipe_row("input jitter of up to 2 pixels (the large net)", "data.augment.crop_padding", 0, _PAPER, stages=None,
+               departs="one augmentation block serves every stage, and the 800-800 baseline trains on unjittered "
+                       "digits", reference="2-pixel jitter for the teacher"),
+    recipe_row("training length (60 epochs of batch 100)", "num_steps", EPOCHS * TRAIN_EXAMPLES // BATCH_SIZE,
+               _PAPER, departs=_CHOSEN),
+    *[recipe_row(f"optimizer {key}", f"optimizer.{key}", value, _PAPER, departs=_CHOSEN)
+      for key, value in _OPTIMIZER.items()],
+    recipe_row("a net of two hidden layers of 1200 rectified linear units", "model.hidden", (1200, 1200), _PAPER,
+               stages=("teacher",)),
+    recipe_row("strongly regularized using dropout", "model.dropout", 0.5, _PAPER, stages=("teacher",),
+               departs="the paper gives no rate or weight constraints; dropout 0.5, no constraints",
+               reference="dropout and weight constraints"),
+    recipe_row("two hidden layers of 800 rectified linear units, no regularization", "model.hidden", (800, 800),
+               _PAPER, stages=("baseline", "kd")),
+    recipe_row("no regularization", "model.dropout", 0.0, _PAPER, stages=("baseline", "kd")),
+    recipe_row("trained on the labels", "method.name", "supervised", _PAPER, stages=("teacher", "baseline")),
+    recipe_row("matching the soft targets", "method.name", "hinton_kd", _PAPER, stages=("kd",)),
+    recipe_row("a temperature of 20", "method.temperature", 20.0, _PAPER, stages=("kd",)),
+    recipe_row("soft targets, gradients scaled by T^2", "method.kd_weight", 0.9, "arXiv:1503.02531, Section 2.1",
+               stages=("kd",), departs="\"a considerably lower weight on the second objective\": 0.9 / 0.1 chosen here"),
+    recipe_row("hard targets at a lower weight", "method.ce_weight", 0.1, "arXiv:1503.02531, Section 2.1",
+               stages=("kd",), departs="the paper gives no number"),
+]

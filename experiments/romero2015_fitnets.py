@@ -7,10 +7,10 @@ The paper distils maxout-network teachers into thin, deep maxout students in two
 from the student's guided layer to the teacher's hint layer, then KD). kd has no maxout networks, so
 PAPER_REPORTED keeps the paper's numbers as data only, and the runnable table is FitNets as the CRD
 benchmark reimplements it (Tian et al., ICLR 2020, arXiv:1910.10699, Tables 1 and 2, RepDistiller):
-one stage of CE + 100 * the hint loss, the student's second-stage output regressed (RepDistiller's
-ConvReg) onto the teacher's, on the teacher/student pairs of `tian2020_crd.py`, with its recipe
+one stage of CE + 100 * the hint loss, the student's second-stage output (RepDistiller's feat[2],
+after the ReLU) regressed (RepDistiller's ConvReg) onto the teacher's, on the teacher/student pairs of `tian2020_crd.py`, with its recipe
 (240 epochs of SGD at 0.05, decayed by 0.1 at epochs 150, 180, 210, batch 64, weight decay 5e-4,
-crop and flip; the teacher trained first as stage `teacher` of the same workdir).
+crop and flip, CIFAR-100 mean/std normalisation; see RECIPE; the teacher trained first as stage `teacher` of the same workdir).
 
     python -m kd.main --config=experiments/romero2015_fitnets.py:pair=resnet32x4_resnet8x4 \
         --workdir=runs/tian2020_crd/resnet32x4_resnet8x4
@@ -44,6 +44,13 @@ PAPER_REPORTED = {
                 "FitNet 4 (19 layers, 2.5M)": 91.61},
     "cifar100": {"teacher": 63.54, "FitNet": 64.96},
 }
+PAIRS = _CRD.PAIRS
+DEFAULT_PAIR = _CRD.DEFAULT_PAIR
+REFERENCE_FEATURES = _CRD.REFERENCE_FEATURES
+# The CRD benchmark's rows for its stages teacher, baseline and fitnet (RepDistiller's code, with
+# sources; tests/test_recipes.py checks every sweep point against them).
+RECIPE = [row for row in _CRD.RECIPE
+          if row["stages"] in (None, "*") or set(row["stages"]) & {"teacher", "baseline", "fitnet"}]
 # The CRD benchmark's FitNet row, by pair (with the teacher and the student alone).
 REPORTED = {pair: {key: numbers[key] for key in ("teacher", "baseline", "fitnet")}
             for pair, numbers in _CRD.REPORTED.items()}

@@ -21,8 +21,11 @@ Recipe (mdistiller's CIFAR-100 KD configs): 240 epochs of SGD, momentum 0.9 (no 
 learning rate 0.05 (0.01 for ShuffleNet and MobileNetV2 students) decayed by 0.1 at epochs 150, 180,
 210, weight decay 5e-4, random crop (padding 4) and horizontal flip; epochs become steps as
 epochs * 50000 / 64. KD + logit standardization: CE weight 0.1, KD weight 9, base temperature 2
-(3 for the pairs in BASE_TEMPERATURE; ResNet50 -> MobileNetV2 uses KD weight 1), as the repository's
-README commands and log names give them. KD: 0.1 CE + 0.9 KD at T 4. Runtime (an estimate, not
+(3 for the pairs in BASE_TEMPERATURE; ResNet110 -> ResNet20 uses 4 and KD weight 12, ResNet50 ->
+MobileNetV2 KD weight 1), as the repository's README commands and log names give them; inputs
+normalised with CIFAR-100's mean and std (mdistiller/dataset/cifar100.py). RECIPE lists each
+setting with its source. The README's numbers are each log's best test epoch (`best_acc`, e.g.
+71.4662 for ResNet110 -> ResNet20, whose last epoch reads 71.22); kd reports the last epoch. KD: 0.1 CE + 0.9 KD at T 4. Runtime (an estimate, not
 measured here): hours per run on one GPU (187,500 steps); the smoke variant takes about half a
 minute of CPU per stage here (compilation).
 """
@@ -67,16 +70,18 @@ PAIRS = {
     "vgg13_mobile_half": ("vgg13", "mobile_half"),
 }
 NOT_RUNNABLE = {"ResNet50_mobile_half": "no CIFAR ResNet50 in kd.models"}
-# Base temperature 3 where the repository's logs use it; 2 elsewhere.
+# `--base-temp` and `--kd-weight` of each KD + Ours run, as its log is named in the README
+# (logs/KD/kd,<teacher>,<student>,<base temp>,<kd weight>.txt); 2 and 9 (tools/train.py's defaults) elsewhere.
 BASE_TEMPERATURE = {"vgg13_vgg8": 3.0, "resnet32x4_wrn_16_2": 3.0, "resnet32x4_wrn_40_2": 3.0,
-                    "wrn_40_2_mobile_half": 3.0, "vgg13_mobile_half": 3.0}
+                    "wrn_40_2_mobile_half": 3.0, "vgg13_mobile_half": 3.0, "resnet110_resnet20": 4.0}
+KD_WEIGHT = {"resnet110_resnet20": 12.0}
 DEFAULT_PAIR = "resnet32x4_resnet8x4"
 SMOKE_PAIR = "vgg13_vgg8"
 
 
 def methods_for(pair: str) -> dict[str, dict]:
   return {"logit_std": method_config("logit_std", temperature=BASE_TEMPERATURE.get(pair, 2.0),
-                                     kd_weight=9.0, ce_weight=0.1),
+                                     kd_weight=KD_WEIGHT.get(pair, 9.0), ce_weight=0.1),
           "kd": method_config("hinton_kd", temperature=4.0, kd_weight=0.9, ce_weight=0.1)}
 
 
@@ -91,3 +96,34 @@ def sweep(add) -> None:
   for pair in PAIRS:
     for method in ("kd", "logit_std"):
       add(f"pair={pair},method={method}")
+
+
+# --- The recipe, row by row, with its source: tests/test_recipes.py checks every sweep point against it.
+_REPO = "sunshangquan/logit-standardization-KD"
+_CRD_SCRIPT = "HobbitLong/RepDistiller/scripts/run_cifar_distill.sh"
+RECIPE = [
+    *cifar100_benchmark.benchmark_recipe(train=f"{_REPO}/configs/cifar100/kd/<pair>.yaml",
+                                         data=f"{_REPO}/mdistiller/dataset/cifar100.py",
+                                         light_rate=f"{_REPO}/configs/cifar100/kd/<pair>.yaml (LR 0.01)"),
+    cifar100_benchmark.recipe_row("the last epoch (the README's numbers are each log's best epoch)",
+                                  "report.headline", "last", f"{_REPO}/README.md", stages=None,
+                                  departs="kd reports the last epoch, the README the best test epoch of each log "
+                                          "(no validation split to select on)", reference="best"),
+    cifar100_benchmark.recipe_row("--logit-stand", "method.name", "logit_std", f"{_REPO}/tools/train.py",
+                                  stages=("logit_std",)),
+    cifar100_benchmark.recipe_row(
+        "--base-temp (the log names in the README)", "method.temperature",
+        {"*": 2.0, "vgg13_vgg8": 3.0, "resnet32x4_wrn_16_2": 3.0, "resnet32x4_wrn_40_2": 3.0,
+         "wrn_40_2_mobile_half": 3.0, "vgg13_mobile_half": 3.0, "resnet110_resnet20": 4.0},
+        f"{_REPO}/README.md", stages=("logit_std",), by="pair"),
+    cifar100_benchmark.recipe_row("--kd-weight (the log names in the README)", "method.kd_weight",
+                                  {"*": 9.0, "resnet110_resnet20": 12.0}, f"{_REPO}/README.md",
+                                  stages=("logit_std",), by="pair"),
+    cifar100_benchmark.recipe_row("CFG.KD.LOSS.CE_WEIGHT 0.1", "method.ce_weight", 0.1,
+                                  f"{_REPO}/mdistiller/engine/cfg.py", stages=("logit_std",)),
+    cifar100_benchmark.recipe_row("--distill kd (the CRD benchmark's KD row)", "method.name", "hinton_kd",
+                                  _CRD_SCRIPT, stages=("kd",)),
+    cifar100_benchmark.recipe_row("--kd_T 4", "method.temperature", 4.0, _CRD_SCRIPT, stages=("kd",)),
+    cifar100_benchmark.recipe_row("-a 0.9", "method.kd_weight", 0.9, _CRD_SCRIPT, stages=("kd",)),
+    cifar100_benchmark.recipe_row("-r 0.1", "method.ce_weight", 0.1, _CRD_SCRIPT, stages=("kd",)),
+]

@@ -28,17 +28,19 @@ cheapest pair unless `pair=` is given.
 
 Recipe (RepDistiller, both tables): 240 epochs of SGD (momentum 0.9, no Nesterov), batch 64, learning
 rate 0.05 (0.01 for MobileNetV2 and ShuffleNet students), multiplied by 0.1 at epochs 150, 180, 210,
-weight decay 5e-4, random crop with 4 pixels of padding and horizontal flip; epochs are converted to
-steps as epochs * 50000 / 64. Loss weights are RepDistiller's (`-r`, `-a`, `-b` of its scripts):
-CE + KD: 0.1 CE + 0.9 KD at T = 4; every other method CE + beta * its loss (FitNet 100, AT 1000,
-SP 3000, CC 0.02 (ours: the method's default), VID 1, RKD 25/50, PKT 30000, AB, FSP 50,
-NST 50, CRD 0.8, CRD+KD 0.8 + 1.0 KD); the feature taps mirror RepDistiller's `feat` lists (see
-`_features`). FT first trains its paraphraser for 30 epochs at a constant rate (stage
-`paraphraser`, RepDistiller's init_epochs), then the FT stage with kd's `ft` (the paper's loss, not
-RepDistiller's variant, so its beta differs from the benchmark's 200). Departures: inputs are
-scaled to [0, 1] without CIFAR mean/std normalisation; AB and FSP run in their one-stage form (no
-initialisation stage); AT and AB pair maps of equal resolution (in the cross-family pairs, a student
-stage with the teacher's map of its resolution). The two ResNet50 pairs of Table 2 are listed in
+weight decay 5e-4, random crop with 4 pixels of padding and horizontal flip, inputs normalised with
+CIFAR-100's mean and std; epochs are converted to steps as epochs * 50000 / 64. Loss weights are
+RepDistiller's (`-r`, `-a`, `-b` of its scripts): CE + KD: 0.1 CE + 0.9 KD at T = 4; every other
+method CE + beta * its loss (FitNet 100, AT 1000, SP 3000, CC 0.02 on RepDistiller's Correlation,
+VID 1, RKD 25/50, PKT 30000, AB, FSP 50, NST 50, CRD 0.8, CRD+KD 0.8 + 1.0 KD); the feature taps are
+RepDistiller's `feat` lists (REFERENCE_FEATURES: post-ReLU maps, WRN's raw block3 output; `preact`
+maps for AB). FT first trains its paraphraser for 30 epochs at a constant rate (stage
+`paraphraser`, RepDistiller's init_epochs, at 0.01 for resnet and wrn students as its
+helper/pretrain.py), then the FT stage with kd's `ft` (the paper's loss, not RepDistiller's variant,
+so its beta differs from the benchmark's 200). RECIPE lists every setting with its source.
+Departures (the RECIPE rows that say so): AB and FSP run in a one-stage form (RepDistiller: 30 epochs
+of the loss alone, then CE only); AT and AB pair maps of equal resolution (in the cross-family
+pairs, a student stage with the teacher's map of its resolution; RepDistiller pools the larger). The two ResNet50 pairs of Table 2 are listed in
 REPORTED but not run: kd.models has no CIFAR ResNet50.
 
 Runtime (an estimate, not measured here): hours per method and pair on one GPU (187,500 steps each),

@@ -15,17 +15,24 @@ Arguments (comma-separated key=value): `pair=<teacher>_<student>` (see PAIRS), `
 pair: `teacher` (trained on labels first, with the same recipe, as in the paper), `baseline` (the
 student on labels), then the method; finished stages are skipped.
 
-Recipe (the paper and its code, `cifar.py`): 200 epochs of SGD, momentum 0.9 (no Nesterov), batch 128,
-learning rate 0.1 multiplied by 0.2 at epochs 60, 120, 160, weight decay 5e-4, random crop (padding 4)
-and horizontal flip; epochs become steps as epochs * 50000 / 128. AT: CE + beta/2 * sum over the
-three groups of mean((Q_s/|Q_s| - Q_t/|Q_t|)^2) with beta = 1000, so at_weight = 500. KD: T = 4,
-alpha = 0.9 (0.1 CE + 0.9 KD). Departure: inputs are scaled to [0, 1] without mean/std normalisation.
+Recipe (the released code, `cifar.py` and `utils.py`; RECIPE lists each setting with its source):
+200 epochs of SGD, momentum 0.9 (no Nesterov), batch 128, learning rate 0.1 multiplied by 0.2 when
+epochs 60, 120 and 160 start (after 59, 119 and 159 epochs: `on_start_epoch` rebuilds the optimizer
+when `state['epoch'] + 1` is in `epoch_step`), weight decay 5e-4, reflect padding by 4, horizontal
+flip and a random 32x32 crop, inputs normalised with the code's CIFAR-10 statistics; epochs become
+steps as epochs * 50000 / 128. AT: CE + beta * sum over the three groups of
+mean((Q_s/|Q_s| - Q_t/|Q_t|)^2) with `--beta 1e+3`: the code has no 1/2 (the paper writes beta/2), so
+at_weight = 1000. KD: T = 4, alpha = 0.9 (0.1 CE + 0.9 KD). Departures (see RECIPE): the code's
+optimizer is rebuilt at each decay, so its momentum restarts from zero, where kd's keeps its
+momentum; the code initialises convolutions and the classifier with kaiming_normal_ (fan-in) and
+BatchNorm scales with U(0, 1), where kd's WRN uses RepDistiller's fan-out init and scales of 1.
 Runtime (an estimate, not measured here): about an hour per run on one GPU (78,125 steps); the
 smoke variant takes about half a minute of CPU per stage here (compilation).
 """
 
 import ml_collections
 
+from kd.cifar100_benchmark import recipe_row
 from kd.config import base_config
 from kd.config import stage_config
 from kd.methods import method_config
@@ -34,7 +41,11 @@ from kd.models import zoo_model_config
 TRAIN_EXAMPLES = 50_000  # CIFAR-10's train split.
 BATCH_SIZE = 128
 EPOCHS = 200
-DECAY_EPOCHS = (60, 120, 160)
+# cifar.py's epoch_step [60, 120, 160]: the rate drops as epoch 60 (1-based) starts, after 59 epochs.
+DECAY_EPOCHS = (59, 119, 159)
+# cifar.py: T.Normalize(np.array([125.3, 123.0, 113.9]) / 255.0, np.array([63.0, 62.1, 66.7]) / 255.0).
+PREPROCESS = ("range=0:1 mean=" + ",".join(f"{v / 255:.6f}" for v in (125.3, 123.0, 113.9))
+              + " std=" + ",".join(f"{v / 255:.6f}" for v in (63.0, 62.1, 66.7)))
 BLOCKS_PER_GROUP = {"wrn_16_1": 2, "wrn_16_2": 2, "wrn_40_1": 6, "wrn_40_2": 6}
 
 # Table 1, CIFAR-10 test accuracy (%) = 100 - the reported error: the student alone ("baseline"),
@@ -57,7 +68,7 @@ def group_outputs(model: str) -> tuple[str, ...]:
 
 def methods_for(teacher: str, student: str) -> dict[str, dict]:
   return {"at": method_config("at", student_features=group_outputs(student),
-                              teacher_features=group_outputs(teacher), p=2.0, at_weight=500.0, ce_weight=1.0),
+                              teacher_features=group_outputs(teacher), p=2.0, at_weight=1000.0, ce_weight=1.0),
           "kd": method_config("hinton_kd", temperature=4.0, kd_weight=0.9, ce_weight=0.1)}
 
 
@@ -107,14 +118,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.validation_split = ""
   config.data.batch_size = BATCH_SIZE
   config.data.augment.crop_padding = 4
+  config.data.augment.crop_padding_mode = "reflect"  # T.Pad(4, padding_mode='reflect')
   config.data.augment.flip = True
   num_steps = steps(EPOCHS)
-  config.stages.teacher = stage_config(zoo_model_config(teacher), method_config("supervised"),
+  config.stages.teacher = stage_config(zoo_model_config(teacher, preprocess=PREPROCESS), method_config("supervised"),
                                        num_steps=num_steps, **optimizer())
-  config.stages.baseline = stage_config(zoo_model_config(student), method_config("supervised"),
+  config.stages.baseline = stage_config(zoo_model_config(student, preprocess=PREPROCESS), method_config("supervised"),
                                         num_steps=num_steps, **optimizer())
   for name in chosen:
-    config.stages[name] = stage_config(zoo_model_config(student), methods[name], teacher="teacher",
+    config.stages[name] = stage_config(zoo_model_config(student, preprocess=PREPROCESS), methods[name], teacher="teacher",
                                        num_steps=num_steps, **optimizer())
   config.stage_order = ("teacher", "baseline") + tuple(chosen)
   config.report.student = chosen[0]
@@ -138,3 +150,62 @@ def sweep(add) -> None:
   for pair in PAIRS:
     for method in ("at", "kd"):
       add(f"pair={pair},method={method}")
+
+
+# --- The recipe, row by row, with its source: tests/test_recipes.py checks every sweep point against it.
+_CODE, _UTILS, _README = ("szagoruyko/attention-transfer/cifar.py", "szagoruyko/attention-transfer/utils.py",
+                          "szagoruyko/attention-transfer/README.md")
+_MOMENTUM_RESET = ("cifar.py's create_optimizer builds a new SGD at each decay, so momentum restarts at zero; kd's "
+                   "optimizer keeps its momentum (a reset needs kd.train to restart the optimizer state)")
+_INIT = ("cifar.py's resnet(): kaiming_normal_ (fan-in) convolutions and classifier, BatchNorm weight ~ U(0, 1); "
+         "kd's WRN keeps RepDistiller's init (fan-out normal, BatchNorm weight 1): the model has no init option")
+RECIPE = [
+    recipe_row("--batch_size 128", "data.batch_size", BATCH_SIZE, _CODE, stages=None),
+    recipe_row("T.Pad(4)", "data.augment.crop_padding", 4, _CODE, stages=None),
+    recipe_row("T.Pad(padding_mode='reflect')", "data.augment.crop_padding_mode", "reflect", _CODE, stages=None),
+    recipe_row("T.RandomHorizontalFlip()", "data.augment.flip", True, _CODE, stages=None),
+    recipe_row("CIFAR10(train=True): all 50,000 images", "data.validation_split", "", _CODE, stages=None),
+    recipe_row("the last epoch's test error (the paper's Table 1)", "report.headline", "last", _CODE, stages=None),
+    recipe_row("T.Normalize(mean=[125.3, 123.0, 113.9] / 255, std=[63.0, 62.1, 66.7] / 255)", "model.preprocess",
+               PREPROCESS, _CODE),
+    recipe_row("--epochs 200", "num_steps", steps(EPOCHS), _CODE),
+    recipe_row("SGD", "optimizer.name", "sgd", _CODE),
+    recipe_row("--lr 0.1", "optimizer.learning_rate", 0.1, _CODE),
+    recipe_row("momentum=0.9", "optimizer.momentum", 0.9, _CODE, departs=_MOMENTUM_RESET,
+               reference="0.9, reset at each decay"),
+    recipe_row("torch SGD nesterov=False", "optimizer.nesterov", False, _CODE),
+    recipe_row("--weight_decay 0.0005", "optimizer.weight_decay", 5e-4, _CODE),
+    recipe_row("torch.optim.SGD weight_decay: added to the gradient", "optimizer.weight_decay_mode", "coupled", _CODE),
+    recipe_row("every parameter with requires_grad (BatchNorm weights and biases too)", "optimizer.weight_decay_mask",
+               "all", _CODE),
+    recipe_row("--epoch_step [60,120,160]", "optimizer.schedule", "multistep", _CODE),
+    recipe_row("--epoch_step [60,120,160]: at the start of those epochs, after 59, 119, 159",
+               "optimizer.decay_boundaries", tuple(steps(e) for e in (59, 119, 159)), _CODE),
+    recipe_row("--lr_decay_ratio 0.2", "optimizer.decay_factor", 0.2, _CODE),
+    recipe_row("no warmup", "optimizer.warmup_steps", 0, _CODE),
+    recipe_row("no gradient clipping", "optimizer.grad_clip_norm", 0.0, _CODE),
+    recipe_row("the rate as given, at batch 128", "optimizer.lr_scaling", "none", _CODE),
+    recipe_row("(unused: lr_scaling none)", "optimizer.base_batch_size", 256, _CODE),
+    recipe_row("resnet(depth, width): WRN init", "model.name", "wrn", _CODE, departs=_INIT,
+               reference="kaiming_normal_ fan-in, BatchNorm weight ~ U(0, 1)"),
+    recipe_row("the teacher and the student alone: F.cross_entropy", "method.name", "supervised", _CODE,
+               stages=("teacher", "baseline")),
+    recipe_row("--teacher_id, --beta 1e+3: attention transfer", "method.name", "at", _README, stages=("at",)),
+    recipe_row("f() returns (g0, g1, g2): each group's output, before the final BatchNorm",
+               "method.student_features", {"wrn_16_1": ("block1_1", "block2_1", "block3_1"),
+                                           "wrn_16_2": ("block1_1", "block2_1", "block3_1")},
+               _CODE, stages=("at",), by="student"),
+    recipe_row("f() returns (g0, g1, g2) of the teacher", "method.teacher_features",
+               {"wrn_40_1": ("block1_5", "block2_5", "block3_5"), "wrn_40_2": ("block1_5", "block2_5", "block3_5")},
+               _CODE, stages=("at",), by="teacher"),
+    recipe_row("at(x) = normalize(x.pow(2).mean(1))", "method.p", 2.0, _UTILS, stages=("at",)),
+    recipe_row("--beta 1e+3 times sum of at_loss = (at(x) - at(y)).pow(2).mean()", "method.at_weight", 1000.0, _CODE,
+               stages=("at",)),
+    recipe_row("--alpha 0: distillation() is 1.0 * cross-entropy", "method.ce_weight", 1.0, _UTILS, stages=("at",)),
+    recipe_row("(kd only: no class tokens in a CNN)", "method.student_special_tokens", 0, _CODE, stages=("at",)),
+    recipe_row("(kd only: no class tokens in a CNN)", "method.teacher_special_tokens", 0, _CODE, stages=("at",)),
+    recipe_row("--alpha 0.9: distillation()", "method.name", "hinton_kd", _README, stages=("kd",)),
+    recipe_row("--temperature 4", "method.temperature", 4.0, _CODE, stages=("kd",)),
+    recipe_row("--alpha 0.9: KL * T^2 * alpha", "method.kd_weight", 0.9, _UTILS, stages=("kd",)),
+    recipe_row("--alpha 0.9: CE * (1 - alpha)", "method.ce_weight", 0.1, _UTILS, stages=("kd",)),
+]

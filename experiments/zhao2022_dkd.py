@@ -22,8 +22,10 @@ rate 0.05 (0.01 for ShuffleNet and MobileNetV2 students) decayed by 0.1 at epoch
 weight decay 5e-4, random crop (padding 4) and horizontal flip; epochs become steps as
 epochs * 50000 / 64. DKD: CE weight 1, alpha 1, T 4, beta per pair (BETA below: 2 for the
 resnet56/110 pairs, 6 for the WRN and VGG pairs, 8 for the rest). KD: 0.1 CE + 0.9 KD at T 4.
-Departure: mdistiller ramps the DKD term up linearly over the first 20 epochs; kd's `dkd` has no
-warmup. Runtime (an estimate, not measured here): hours per run on one GPU (187,500 steps); the smoke
+Inputs are normalised with CIFAR-100's mean and std (mdistiller/dataset/cifar100.py). RECIPE lists
+each setting with its source. Departure: mdistiller scales the DKD term by min(epoch / 20, 1)
+(`CFG.DKD.WARMUP`, epochs counted from 1); kd's `dkd` has no warmup, because a method's loss does not
+see the training step. Runtime (an estimate, not measured here): hours per run on one GPU (187,500 steps); the smoke
 variant takes about half a minute of CPU per stage here (compilation).
 """
 
@@ -85,3 +87,33 @@ def sweep(add) -> None:
   for pair in PAIRS:
     for method in ("kd", "dkd"):
       add(f"pair={pair},method={method}")
+
+
+# --- The recipe, row by row, with its source: tests/test_recipes.py checks every sweep point against it.
+_REPO = "megvii-research/mdistiller"
+_CFG, _CRD_SCRIPT = f"{_REPO}/mdistiller/engine/cfg.py", "HobbitLong/RepDistiller/scripts/run_cifar_distill.sh"
+_YAML = f"{_REPO}/configs/cifar100/dkd/<pair>.yaml"
+RECIPE = [
+    *cifar100_benchmark.benchmark_recipe(train=_YAML, data=f"{_REPO}/mdistiller/dataset/cifar100.py",
+                                         light_rate=f"{_YAML} (LR 0.01)"),
+    cifar100_benchmark.recipe_row("the last epoch (mdistiller logs both; the paper's tables are RepDistiller's "
+                                  "protocol)", "report.headline", "last", f"{_REPO}/mdistiller/engine/trainer.py",
+                                  stages=None),
+    cifar100_benchmark.recipe_row("DISTILLER.TYPE DKD", "method.name", "dkd", _YAML, stages=("dkd",)),
+    cifar100_benchmark.recipe_row("CFG.DKD.ALPHA 1.0", "method.alpha", 1.0, _CFG, stages=("dkd",)),
+    cifar100_benchmark.recipe_row(
+        "DKD.BETA (the yaml's, else CFG.DKD.BETA 8.0)", "method.beta",
+        {"*": 8.0, "resnet56_resnet20": 2.0, "resnet110_resnet32": 2.0, "wrn_40_2_wrn_16_2": 6.0,
+         "wrn_40_2_wrn_40_1": 6.0, "vgg13_vgg8": 6.0, "vgg13_mobile_half": 6.0}, _YAML, stages=("dkd",), by="pair"),
+    cifar100_benchmark.recipe_row("CFG.DKD.T 4.0", "method.temperature", 4.0, _CFG, stages=("dkd",)),
+    cifar100_benchmark.recipe_row("CFG.DKD.CE_WEIGHT 1.0", "method.ce_weight", 1.0, _CFG, stages=("dkd",)),
+    cifar100_benchmark.recipe_row("CFG.DKD.WARMUP 20: min(epoch / 20, 1) on the DKD term", "method.name", "dkd",
+                                  f"{_REPO}/mdistiller/distillers/DKD.py", stages=("dkd",),
+                                  departs="kd's dkd has no warmup: a method's loss does not see the step",
+                                  reference="min(epoch / 20, 1) * (alpha TCKD + beta NCKD)"),
+    cifar100_benchmark.recipe_row("--distill kd (the CRD benchmark's KD row)", "method.name", "hinton_kd",
+                                  _CRD_SCRIPT, stages=("kd",)),
+    cifar100_benchmark.recipe_row("--kd_T 4", "method.temperature", 4.0, _CRD_SCRIPT, stages=("kd",)),
+    cifar100_benchmark.recipe_row("-a 0.9", "method.kd_weight", 0.9, _CRD_SCRIPT, stages=("kd",)),
+    cifar100_benchmark.recipe_row("-r 0.1", "method.ce_weight", 0.1, _CRD_SCRIPT, stages=("kd",)),
+]

@@ -37,6 +37,35 @@ def test_random_crop_is_a_window_of_the_padded_input():
   np.testing.assert_array_equal(augment.random_crop(images, jax.random.PRNGKey(0), 0), images)
 
 
+def test_reflect_padding_mirrors_without_the_edge_as_torchvision():
+  # torchvision's Pad(padding_mode="reflect") is numpy's "reflect": [1 2 3] padded by 2 is [3 2 1 2 3 2 1].
+  row = np.array([1, 2, 3], np.float32).reshape(1, 3, 1)
+  padded = {tuple(np.asarray(augment.random_crop(row, jax.random.PRNGKey(seed), 2, "reflect"))[0, :, 0])
+            for seed in range(40)}
+  assert padded <= {(3, 2, 1), (2, 1, 2), (1, 2, 3), (2, 3, 2)}  # The windows of [3 2 1 2 3 2 1].
+  assert (2, 1, 2) in padded and (2, 3, 2) in padded  # Windows that only reflection (no zeros) gives.
+  images, padding = _images(), 2
+  cropped = np.asarray(augment.random_crop(images, jax.random.PRNGKey(0), padding, "reflect"))
+  reflected = np.pad(images, [(0, 0), (padding, padding), (padding, padding), (0, 0)], mode="reflect")
+  for example, crop in zip(reflected, cropped):
+    assert any(np.array_equal(example[dy:dy + 6, dx:dx + 6], crop)
+               for dy in range(2 * padding + 1) for dx in range(2 * padding + 1))
+  assert (cropped > 0).all()  # _images has no zeros, and reflection adds none.
+
+
+def test_crop_padding_mode_is_checked_before_compiling():
+  config = config_lib.base_config().data.augment
+  config.crop_padding, config.crop_padding_mode = 8, "reflect"
+  with pytest.raises(ConfigError, match="smaller than the inputs' spatial size"):
+    augment.views_from_config(config, "image", (8, 8, 1))
+  config.crop_padding = 4
+  assert augment.views_from_config(config, "image", (8, 8, 1)) is not None
+  quickstart = experiment.load_config(os.path.join(REPO, "experiments", "quickstart.py"), "smoke", validate=False)
+  quickstart.data.augment.crop_padding_mode = "edge"
+  with pytest.raises(ConfigError, match=re.escape("data.augment.crop_padding_mode='edge': choose one of")):
+    config_lib.validate(quickstart)
+
+
 def test_random_crop_of_signals_shifts_along_the_length():
   signals = np.arange(2 * 10, dtype=np.float32).reshape(2, 10, 1) + 1
   cropped = np.asarray(augment.random_crop(signals, jax.random.PRNGKey(3), 3))
