@@ -271,3 +271,58 @@ def test_the_module_level_init_cache_still_works():
   assert len(cache) == 3 and cache[0][0].shape == (2, 5, 2, 4)
   assert jax.tree.map(jnp.shape, module.init_cache(2, 5)) == jax.tree.map(jnp.shape, cache)
   assert lm_common.DECODINGS == ("sample", "greedy", "beam")
+
+
+# Prompts of different lengths in one batch (prompt/completion data): each row keeps its own prompt,
+# including a forced token (row 2's 3) the script would not have chosen.
+OWN_PROMPTS = [[1, 2, 0, 0, 0, 0, 0, 0], [5, 0, 0, 0, 0, 0, 0, 0], [9, 8, 3, 0, 0, 0, 0, 0]]
+OWN_PROMPT_LENGTHS = [2, 1, 3]
+OWN_EXPECTED = [[1, 2, 3, 4, EOS, EOS, EOS, EOS], [5, 6, EOS, EOS, EOS, EOS, EOS, EOS],
+                [9, 8, 3, 4, EOS, EOS, EOS, EOS]]
+OWN_MASK = [[0, 0, 1, 1, 1, 0, 0, 0], [0, 1, 1, 0, 0, 0, 0, 0], [0, 0, 0, 1, 1, 0, 0, 0]]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_each_row_continues_its_own_prompt(temperature):
+  tokens = jit(functools.partial(sampling.generate_after_prompts, ScriptedLM(SCRIPT), rng=jax.random.key(0),
+                                 temperature=temperature, eos_token=EOS))(
+                                     {}, jnp.asarray(OWN_PROMPTS), jnp.asarray(OWN_PROMPT_LENGTHS))
+  np.testing.assert_array_equal(tokens, OWN_EXPECTED)
+  np.testing.assert_array_equal(sampling.generated_mask(tokens, jnp.asarray(OWN_PROMPT_LENGTHS), EOS),
+                                np.asarray(OWN_MASK, bool))
+
+
+def test_own_prompts_equal_generating_each_row_alone_on_a_transformer():
+  module = transformer_lm.TransformerLM(num_classes=16, num_layers=1, width=16, num_heads=2, max_len=8)
+  tokens = jax.random.randint(jax.random.key(3), (3, 8), 0, 16)
+  variables = module.init(jax.random.key(4), tokens)
+  together = sampling.generate_after_prompts(module, variables, tokens, jnp.asarray([2, 5, 1]), rng=jax.random.key(0),
+                                             temperature=0.0)
+  for row, length in enumerate([2, 5, 1]):
+    alone = sampling.generate(module, variables, tokens[row:row + 1, :length], num_new_tokens=8 - length,
+                              rng=jax.random.key(0), temperature=0.0)
+    np.testing.assert_array_equal(together[row], alone[0])
+
+
+@pytest.mark.parametrize("method_name,params", [("lm_seqkd", {}), ("lm_gkd", {"student_data_fraction": 1.0})])
+def test_seqkd_and_gkd_read_each_examples_prompt_length_from_the_batch(method_name, params):
+  method = methods.method_config(method_name, prompt_length=PROMPT_LENGTH, eos_token=EOS, **params)
+  prepare = methods.build_prepare_batch(method, ScriptedLM(SCRIPT), ScriptedLM(SCRIPT))
+  tokens = np.asarray(OWN_PROMPTS, np.int32)
+  batch = {"tokens": tokens, "mask": np.ones_like(tokens, bool), "prompt_length": np.asarray(OWN_PROMPT_LENGTHS)}
+  prepared = prepare({}, {}, batch, jax.random.key(0))
+  np.testing.assert_array_equal(prepared["tokens"], OWN_EXPECTED)
+  np.testing.assert_array_equal(prepared["loss_mask"], np.asarray(OWN_MASK, bool))
+  in_prompt = np.arange(8)[None] < np.asarray(OWN_PROMPT_LENGTHS)[:, None]
+  np.testing.assert_array_equal(prepared["mask"], np.asarray(OWN_MASK, bool) | in_prompt)
+
+
+def test_gkd_data_batches_count_the_tokens_after_each_examples_prompt():
+  method = methods.method_config("lm_gkd", prompt_length=PROMPT_LENGTH, student_data_fraction=0.0)
+  prepare = methods.build_prepare_batch(method, ScriptedLM(SCRIPT), ScriptedLM(SCRIPT))
+  tokens = np.asarray(OWN_PROMPTS, np.int32)
+  completion = np.arange(8)[None] >= np.asarray(OWN_PROMPT_LENGTHS)[:, None]
+  batch = {"tokens": tokens, "mask": completion, "prompt_length": np.asarray(OWN_PROMPT_LENGTHS)}
+  prepared = prepare({}, {}, batch, jax.random.key(0))
+  np.testing.assert_array_equal(prepared["tokens"], tokens)
+  np.testing.assert_array_equal(prepared["loss_mask"], completion)

@@ -66,17 +66,60 @@ def _check_length(module, total: int) -> None:
     raise ValueError(f"{total} tokens exceed the model's max_len={max_len} (learned positions)")
 
 
-def generated_mask(tokens_BxT: jax.Array, prompt_length: int, eos_token: int = -1) -> jax.Array:
+def generated_mask(tokens_BxT: jax.Array, prompt_length, eos_token: int = -1) -> jax.Array:
   """[B, T] bool: the positions after the prompt up to and including each row's first `eos_token`.
 
-  With `eos_token < 0` (none), every position after the prompt.
+  `prompt_length`: one length for every row, or each row's [B]. With `eos_token < 0` (none), every
+  position after the prompt.
   """
-  generated_T = jnp.arange(tokens_BxT.shape[1]) >= prompt_length
+  prompt_Bx1 = jnp.reshape(jnp.asarray(prompt_length), (-1, 1))
+  generated_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1])[None] >= prompt_Bx1, tokens_BxT.shape)
   if eos_token < 0:
-    return jnp.broadcast_to(generated_T, tokens_BxT.shape)
-  is_eos_BxT = (tokens_BxT == eos_token) & generated_T
+    return generated_BxT
+  is_eos_BxT = (tokens_BxT == eos_token) & generated_BxT
   eos_before_BxT = jnp.cumsum(is_eos_BxT, axis=1) - is_eos_BxT  # EOS strictly before each position.
-  return generated_T & (eos_before_BxT == 0)
+  return generated_BxT & (eos_before_BxT == 0)
+
+
+def generate_after_prompts(module, variables, tokens_BxL: jax.Array, prompt_lengths_B: jax.Array, *,
+                           rng: jax.Array, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                           eos_token: int = -1, cache_dtype=jnp.float32) -> jax.Array:
+  """Each row's first `prompt_lengths_B[b]` tokens kept, the rest of its L positions sampled, [B, L].
+
+  Prompts of different lengths in one batch (prompt/completion or chat data): the first token is
+  prefilled, then one position per scan step; a position inside its row's prompt takes the data's
+  token (filling the cache with it), one after it the sampled token. Every row thus costs L - 1
+  decode steps whatever its prompt; with one prompt length for all rows `generate` is cheaper.
+  """
+  batch_size, length = tokens_BxL.shape
+  _check_length(module, length)
+  tokens_BxL = jnp.asarray(tokens_BxL, jnp.int32)
+  prompt_lengths_B = jnp.maximum(jnp.asarray(prompt_lengths_B, jnp.int32), 1)  # Position 0 is always given.
+  sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+  cache = make_cache(module, batch_size, length, cache_dtype)
+  decode = functools.partial(module.apply, variables, method=module.decode)
+  logits_Bx1xV, cache = decode(tokens_BxL[:, :1], cache, 0)
+
+  def choose(position, logits_BxV, step_rng, ended_B):
+    generated_B = position >= prompt_lengths_B
+    token_B = jnp.where(generated_B, sample(logits_BxV, step_rng), tokens_BxL[:, position])
+    if eos_token >= 0:
+      token_B = jnp.where(generated_B & ended_B, eos_token, token_B)
+      ended_B = ended_B | (generated_B & (token_B == eos_token))
+    return token_B, ended_B
+
+  rngs = jax.random.split(rng, length - 1)
+  first_B, ended_B = choose(1, logits_Bx1xV[:, 0], rngs[0], jnp.zeros((batch_size,), bool))
+
+  def step(carry, step_rng):
+    cache, token_B, ended_B, position = carry  # token_B sits at position - 1.
+    logits_Bx1xV, cache = decode(token_B[:, None], cache, position - 1)
+    next_B, ended_B = choose(position, logits_Bx1xV[:, 0], step_rng, ended_B)
+    return (cache, next_B, ended_B, position + 1), next_B
+
+  carry = (cache, first_B, ended_B, jnp.asarray(2, jnp.int32))
+  _, rest_NxB = jax.lax.scan(step, carry, rngs[1:])
+  return jnp.concatenate([tokens_BxL[:, :1], first_B[:, None], rest_NxB.T], axis=1)
 
 
 def generate(module, variables, prompt_BxP: jax.Array, *, num_new_tokens: int, rng: jax.Array,

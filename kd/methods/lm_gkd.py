@@ -63,7 +63,9 @@ def make_prepare_batch(params: dict[str, Any], student_module, teacher_module):
 
     def from_data(batch):
       # The same targets as on-policy batches: the tokens after the prompt.
-      after_prompt = jnp.broadcast_to(jnp.arange(length) >= sampler["prompt_length"], (batch_size, length))
+      prompt_Bx1 = (batch["prompt_length"][:, None] if "prompt_length" in batch  # Each example's own prompt.
+                    else sampler["prompt_length"])
+      after_prompt = jnp.broadcast_to(jnp.arange(length)[None] >= prompt_Bx1, (batch_size, length))
       mask = batch["mask"] if "mask" in batch else jnp.ones((batch_size, length), bool)
       return {**batch, "mask": mask, "loss_mask": after_prompt, "on_policy": jnp.zeros((batch_size,), jnp.float32)}
 

@@ -16,7 +16,9 @@ How the teacher decodes (`decoding`):
   "beam"    the paper's approximation of the teacher's mode: beam search with `beam_size` beams (5,
             the paper's), the best hypothesis by log P / length ** `length_penalty`.
 With `eos_token >= 0`, a continuation ends at its first EOS: the EOS is a target, the tokens after it
-(EOS filler) count neither as targets nor as real tokens.
+(EOS filler) count neither as targets nor as real tokens. A batch with `prompt_length` per example
+(prompt/completion or chat data, kd.data.text_files) keeps each example's own prompt and continues it
+to the window's end (sampling and greedy; beam search uses the fixed `prompt_length`).
 
 Reference: Y. Kim, A. M. Rush, "Sequence-Level Knowledge Distillation", EMNLP 2016, arXiv:1606.07947,
 Section 3.2, eq. 5-6; its experiments decode the teacher with a beam of 5.
@@ -55,6 +57,10 @@ def continue_prompts(module, variables, batch, rng, *, prompt_length: int, decod
   """
   tokens_BxL = batch["tokens"]
   length = tokens_BxL.shape[1]
+  if "prompt_length" in batch and decoding != "beam":  # Each example's own prompt (prompt/completion data).
+    return _continue_own_prompts(module, variables, batch, rng, decoding=decoding,
+                                 sample_temperature=sample_temperature, top_k=top_k, top_p=top_p,
+                                 eos_token=eos_token)
   prompt_BxP = tokens_BxL[:, :prompt_length]
   num_new_tokens = length - prompt_length
   if decoding == "beam":
@@ -73,6 +79,20 @@ def continue_prompts(module, variables, batch, rng, *, prompt_length: int, decod
   return {**batch, "tokens": generated_BxL.astype(tokens_BxL.dtype),
           "mask": jnp.where(after_prompt_L[None], generated_mask_BxL, prompt_mask_BxL),
           "loss_mask": generated_mask_BxL}
+
+
+def _continue_own_prompts(module, variables, batch, rng, *, decoding, sample_temperature, top_k, top_p, eos_token):
+  """`continue_prompts` when the batch says where each example's prompt ends (`prompt_length` [B], as
+  kd.data.text_files gives for prompt/completion and chat data): each row keeps its own prompt."""
+  prompt_lengths_B = batch["prompt_length"]
+  temperature = 0.0 if decoding == "greedy" else sample_temperature
+  generated_BxL = sampling.generate_after_prompts(module, variables, batch["tokens"], prompt_lengths_B, rng=rng,
+                                                  temperature=temperature, top_k=top_k, top_p=top_p,
+                                                  eos_token=eos_token)
+  generated_mask_BxL = sampling.generated_mask(generated_BxL, prompt_lengths_B, eos_token)
+  in_prompt_BxL = jnp.arange(generated_BxL.shape[1])[None] < prompt_lengths_B[:, None]
+  return {**batch, "tokens": generated_BxL.astype(batch["tokens"].dtype),
+          "mask": in_prompt_BxL | generated_mask_BxL, "loss_mask": generated_mask_BxL}
 
 
 def make_prepare_batch(params: dict[str, Any], student_module, teacher_module):
