@@ -23,10 +23,18 @@ a corrupt checkpoint is set aside and the one before it restored; a corrupt expo
 """
 
 import dataclasses
+import errno
 import hashlib
 import json
+import logging as std_logging
 import os
+import re
+import shutil
+import sys
+import threading
 import time
+import traceback
+import warnings
 from typing import Any
 
 from absl import logging
@@ -161,11 +169,53 @@ def write_checkpoint_manifest(step_dir: str) -> None:
 
 
 def train_manager(stage_dir: str, *, keep: int) -> ocp.CheckpointManager:
+  """The stage's checkpoint manager; close it however the stage ends (kd.train does)."""
+  _quiet_failed_write_callbacks()
   return _ManifestCheckpointManager(
       os.path.abspath(os.path.join(stage_dir, "checkpoints")),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+      # Folders are created in `save`, on the calling thread: a full or read-only disk fails the save
+      # there, at once. Created in the background, a failure leaves Orbax's other save threads waiting
+      # for the folder for its 20-minute timeout, and the process cannot exit until then.
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=keep, create=True,
+          async_options=ocp.AsyncOptions(create_directories_asynchronously=False)),
       item_names=("state", "data"),
   )
+
+
+def _quiet_failed_write_callbacks() -> None:
+  """Drops the "Event loop is closed" errors that a failed save or restore leaves behind.
+
+  When one read or write of a save or restore fails (a full disk, a file cut short), Orbax closes its
+  event loop while TensorStore still completes the other reads and writes; each completion then calls
+  back into the closed loop and Python prints that error, as unraisable, once per array. The failure
+  itself is raised by Orbax (and reported by kd as one line); these add nothing. Other unraisable
+  errors pass through.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "_kd_quiet_closed_loop", False):
+    return
+
+  def hook(unraisable):
+    if (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+        and any(frame.name == "call_soon_threadsafe" for frame in traceback.extract_tb(unraisable.exc_traceback))):
+      return
+    previous(unraisable)
+
+  hook._kd_quiet_closed_loop = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+  # The same writes' errors, once their tasks are garbage-collected, are logged by asyncio.
+  std_logging.getLogger("asyncio").addFilter(_not_a_failed_save_task)
+
+
+def _not_a_failed_save_task(record: std_logging.LogRecord) -> bool:
+  """False for asyncio's "exception was never retrieved" of an Orbax or TensorStore write (see above)."""
+  if "exception was never retrieved" not in str(record.msg) or not record.exc_info:
+    return True
+  _, error, error_traceback = record.exc_info
+  frames = traceback.extract_tb(error_traceback)
+  return not ("tensorstore_spec=" in str(error)
+              or any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames))
 
 
 def save_train_state(manager: ocp.CheckpointManager, step: int, state, data_state: dict) -> None:
@@ -174,6 +224,66 @@ def save_train_state(manager: ocp.CheckpointManager, step: int, state, data_stat
   # written, and a checkpoint asked for (e.g. on SIGTERM) must exist.
   manager.save(step, force=True, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+
+
+def remove_partial_checkpoints(checkpoints_dir: str, *, failed: bool = False) -> list[str]:
+  """Removes the `<step>.orbax-checkpoint-tmp*` folders of saves that did not complete; their names.
+
+  Orbax renames a step's folder to `<step>` only once it is complete, so these are never a checkpoint:
+  what a save cut short by a full disk or a crash leaves. Call it only while no save is in flight (after
+  the manager is closed, or before restoring). On processes other than the primary one, does nothing.
+  With `failed` (a save of this process failed), the warnings that Python would print at exit for that
+  save's coroutines, abandoned by Orbax, are silenced too: the failure is reported once, by the caller.
+  """
+  if failed:
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
+    _join_save_threads()
+  if not _is_primary() or not os.path.isdir(checkpoints_dir):
+    return []
+  removed = []
+  for name in sorted(os.listdir(checkpoints_dir)):
+    if _ORBAX_TMP in name:
+      shutil.rmtree(os.path.join(checkpoints_dir, name), ignore_errors=True)  # A read-only disk keeps it.
+      removed.append(name)
+  return removed
+
+
+def vanished_path(error: BaseException | None, stage_dir: str,
+                  manager: ocp.CheckpointManager) -> OSError | None:
+  """An ENOENT OSError when `error` came from files of the stage removed while it ran; else None.
+
+  Orbax and TensorStore report a file that vanished under a save in many ways (TensorStore's NOT_FOUND,
+  Orbax's "No ArrayMetadata found", ...), so the folder is looked at: the stage's `fingerprint.json`
+  (written when the stage started) or the latest checkpoint the manager committed is gone.
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    found = re.match(r'NOT_FOUND: .*? local file "([^"]+)"', str(error))
+    if found:
+      return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), found.group(1))
+    error = error.__cause__ or error.__context__
+  latest = manager.latest_step()
+  expected = [os.path.join(stage_dir, "fingerprint.json")]
+  if latest is not None:
+    expected.append(os.path.join(str(manager.directory), str(latest)))
+  for path in expected:
+    if not os.path.exists(path):
+      return FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+  return None
+
+
+def _join_save_threads(timeout_seconds: float = 30.0) -> None:
+  """Waits (a bounded time) for the background threads of Orbax's saves to end.
+
+  When one part of a save fails, the manager reports it while the save's other threads may still be
+  writing their files (`_sharding`, metadata) into the partial folder: they must end before it is removed.
+  """
+  deadline = time.monotonic() + timeout_seconds
+  for thread in threading.enumerate():
+    if thread is not threading.current_thread() and type(thread).__module__.startswith("orbax."):
+      # The base class's join: Orbax's re-raises the thread's error, which the manager has reported.
+      threading.Thread.join(thread, max(deadline - time.monotonic(), 0.0))
 
 
 def restore_train_state(manager: ocp.CheckpointManager, abstract_state):
@@ -185,8 +295,12 @@ def restore_train_state(manager: ocp.CheckpointManager, abstract_state):
   with a warning, never deleted, and the one before it is tried. A checkpoint without a manifest
   (written before kd wrote them, or by a run that stopped between Orbax finishing the step and its
   manifest) is restored with a logged warning: Orbax's commit is atomic (a step folder gets its name
-  only once complete), so it is whole, only unverified.
+  only once complete), so it is whole, only unverified. The partial folders of saves that never
+  completed are removed first, with a warning (`remove_partial_checkpoints`).
   """
+  for name in remove_partial_checkpoints(str(manager.directory)):
+    logging.warning("removed %s from %s: a save that did not complete (never a checkpoint)", name,
+                    manager.directory)
   for step in sorted(manager.all_steps(), reverse=True):
     checkpoints = str(manager.directory)
     step_dir = os.path.join(checkpoints, str(step))
@@ -256,6 +370,17 @@ def _check_export(stage_dir: str, folder: str, what: str) -> None:
                     what, export_dir, detail)
 
 
+def _unreadable_export(error: Exception, export_dir: str, what: str) -> UserError | None:
+  """The error for an export whose files are missing or cut short (Orbax's OSError, or TensorStore's
+  status text: `NOT_FOUND: ...`, `FAILED_PRECONDITION: ...`); None for other errors."""
+  text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  if not isinstance(error, OSError) and not re.match(r"[A-Z_]+: ", text):
+    return None
+  text = text.split(" [", 1)[0]  # TensorStore appends its spec and source locations.
+  return UserError(f"the {what} exported in {export_dir} is incomplete or unreadable ({text[:300]}): re-export "
+                   "or retrain that stage in a fresh workdir; nothing was changed")
+
+
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
   """An exported model, ready to apply: `apply(variables, batch, train=False)["logits"]`."""
@@ -288,6 +413,10 @@ def load_model(stage_dir: str) -> LoadedModel:
   (older kd) is loaded with a logged warning.
   """
   description = read_model_description(stage_dir)  # A missing export is named as such, first.
+  model_dir = os.path.join(stage_dir, MODEL_DIR)
+  if not os.path.isdir(model_dir):
+    raise UserError(f"the model exported in {stage_dir} is incomplete: {MODEL_DIR}/ is missing (its {MODEL_JSON} "
+                    "is there); re-export or retrain that stage in a fresh workdir; nothing was changed")
   _check_export(stage_dir, MODEL_DIR, "model")
   spec_dict = description["dataset"]
   spec = DatasetSpec(**{**spec_dict, "input_shape": tuple(spec_dict["input_shape"])})
@@ -297,10 +426,14 @@ def load_model(stage_dir: str) -> LoadedModel:
   module = models.build_model(model_config, spec.num_classes)
   example = jax.ShapeDtypeStruct((1,) + spec.input_shape, spec.input_dtype)
   abstract = jax.eval_shape(lambda x: models.init_variables(module, jax.random.key(0), x), example)
+  _quiet_failed_write_callbacks()
   with ocp.StandardCheckpointer() as checkpointer:
     try:
-      variables = checkpointer.restore(os.path.abspath(os.path.join(stage_dir, MODEL_DIR)), abstract)
-    except (ValueError, KeyError) as e:
+      variables = checkpointer.restore(os.path.abspath(model_dir), abstract)
+    except (OSError, ValueError, KeyError) as e:
+      unreadable = _unreadable_export(e, model_dir, "model")
+      if unreadable:
+        raise unreadable from e
       raise UserError(f"the model in {stage_dir} does not match its {MODEL_JSON} ({e}); "
                       "retrain that stage in a fresh workdir") from e
   apply = models.make_apply(module, spec.input_key, preprocess=models.preprocess_of(model_config))
@@ -322,9 +455,13 @@ def load_connector(stage_dir: str, abstract_variables):
   if not os.path.isdir(path):
     raise UserError(f"no exported connector in {stage_dir}: run that stage to the end first")
   _check_export(stage_dir, CONNECTOR_DIR, "connector")
+  _quiet_failed_write_callbacks()
   with ocp.StandardCheckpointer() as checkpointer:
     try:
       return checkpointer.restore(path, abstract_variables)
-    except (ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError) as e:
+      unreadable = _unreadable_export(e, path, "connector")
+      if unreadable:
+        raise unreadable from e
       raise UserError(f"the connector exported in {stage_dir} does not fit this stage's ({e}): the two "
                       "stages must read the same teacher feature with the same method parameters") from e

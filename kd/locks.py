@@ -91,6 +91,9 @@ def _try_create(path: str) -> dict[str, Any] | None:
     descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
   except FileExistsError:
     return None
+  except FileNotFoundError:  # Its holder left the folder empty and removed it: make it and try again.
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return None
   holder = _holder()
   with os.fdopen(descriptor, "w") as f:
     json.dump(holder, f)
@@ -157,6 +160,7 @@ def stage_lock(stage_dir: str, *, wait: bool = False, timeout_s: float | None = 
 
 @contextlib.contextmanager
 def _lock(stage_dir: str, wait: bool, timeout_s: float | None) -> Iterator[None]:
+  created = not os.path.isdir(stage_dir)
   os.makedirs(stage_dir, exist_ok=True)
   path = os.path.join(stage_dir, LOCK_FILE)
   deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -185,3 +189,6 @@ def _lock(stage_dir: str, wait: bool, timeout_s: float | None) -> Iterator[None]
     with contextlib.suppress(FileNotFoundError):
       if _read(path) == mine:  # Never remove a lock that is not this one.
         os.remove(path)
+    if created:  # A stage that failed before writing anything (e.g. its teacher is corrupt) leaves no folder.
+      with contextlib.suppress(OSError):
+        os.rmdir(stage_dir)  # Only if empty.

@@ -133,6 +133,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     if isinstance(e, AttributeError) and "get_config" in str(e):
       _fail(f"config file {path} defines no get_config(arg=None): an experiment file returns its "
             "config from get_config (see experiments/quickstart.py)")
+    refused = errors.refused_variant(e, path)
+    if refused:
+      spec = next(a.split("=", 1)[1] for a in argv if a.startswith("--config="))
+      _fail(f"--config={spec}: {refused}")
     _fail(_bad_override(argv) or errors.user_code_error(e) or _one_line(e))
   if len(remaining) > 1:
     _fail(f"unexpected arguments {remaining[1:]}: {USAGE}")
@@ -174,6 +178,9 @@ def main(argv: list[str]) -> None:
     print(f"{e}; run the same command again to resume", file=sys.stderr)
     sys.exit(128 + e.signum)  # The shell's convention for "ended by signal N".
   except Exception as e:  # pylint: disable=broad-except
+    disk_error = None if _show_tracebacks() else errors.workdir_error_for(e, _WORKDIR.value)
+    if disk_error is not None:  # A write outside kd's handlers on a full, read-only or vanished path.
+      _fail(str(disk_error))
     line = None if _show_tracebacks() else errors.user_code_error(e)
     if line is None:  # kd's own error, or a traceback asked for: show it whole.
       raise

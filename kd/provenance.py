@@ -1,5 +1,6 @@
 """What produced a run: resolved config, code version, packages, devices, seeds."""
 
+import contextlib
 import datetime
 import importlib.metadata
 import json
@@ -9,6 +10,8 @@ import subprocess
 import sys
 
 import jax
+
+from kd.errors import WorkdirError
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tensorflow-datasets",
             "ml-collections", "numpy", "absl-py", "kd")
@@ -61,7 +64,7 @@ def record(directory: str, config_dict: dict, seed: int, sources: dict | None = 
   """Writes `<directory>/provenance.json`; a resumed run appends itself to its `resumes` list.
 
   `sources` says where weights from outside the run came from (an external teacher, `init_from`),
-  with the SHA-256 of their variables.
+  with the SHA-256 of their variables. A write that fails (full or read-only disk) raises WorkdirError.
   """
   path = os.path.join(directory, "provenance.json")
   entry = collect(config_dict, seed)
@@ -72,7 +75,12 @@ def record(directory: str, config_dict: dict, seed: int, sources: dict | None = 
       existing = json.load(f)
     existing.setdefault("resumes", []).append(entry)
     entry = existing
-  os.makedirs(directory, exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(entry, f, indent=2, default=str)
-  os.replace(path + ".tmp", path)
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+      json.dump(entry, f, indent=2, default=str)
+    os.replace(path + ".tmp", path)
+  except OSError as e:  # A full or read-only disk: the previous record stays as it was.
+    with contextlib.suppress(OSError):
+      os.remove(path + ".tmp")
+    raise WorkdirError.from_os_error(e, directory) from e

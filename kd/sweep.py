@@ -41,6 +41,7 @@ import time
 from typing import Any, Callable
 
 from kd.errors import ConfigError
+from kd.errors import refused_variant
 from kd.errors import UserError
 
 MANIFEST = "sweep.json"
@@ -188,6 +189,11 @@ def expand(config_spec: str, grid: list[tuple[str, list[Any]]] = (),
     try:
       config = experiment.load_config(path, arg, validate=False, **overrides)
     except (KeyError, AttributeError, TypeError, ValueError) as e:
+      refused = refused_variant(e, path)
+      if refused and arg == default_arg:  # The command line's :arg.
+        raise ConfigError(f"--config={config_spec}: {refused}") from e
+      if refused:
+        raise ConfigError(f"sweep variant {variant!r}, add({arg!r}) in sweep() of {path}: {refused}") from e
       raise ConfigError(f"sweep variant {variant!r}: {e}; check the keys and value types given to "
                         "add() and --grid") from e
     if seeds is not None:

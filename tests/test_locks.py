@@ -2,7 +2,6 @@
 never outlives its run."""
 
 import json
-import logging
 import os
 import re
 import signal
@@ -14,7 +13,6 @@ import time
 import pytest
 
 from conftest import REPO
-from conftest import run_main
 from kd import experiment
 from kd import locks
 from kd import train
@@ -54,34 +52,6 @@ def _errors(stderr: str) -> list[str]:
 def _start(workdir, *extra):
   return subprocess.Popen([sys.executable, "-m", "kd.main", *STAGE_FLAGS, f"--workdir={workdir}", *extra],
                           cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-
-
-def test_a_second_run_on_a_locked_stage_exits_2_naming_the_holder(tmp_path):
-  _write_lock(tmp_path, os.getpid())  # This test's process: alive, on this host.
-  with open(_lock_path(tmp_path)) as f:
-    lock_before = f.read()
-  result = run_main(*STAGE_FLAGS, f"--workdir={tmp_path}")
-  assert result.returncode == 2, result.stderr[-3000:]
-  errors = _errors(result.stderr)
-  assert len(errors) == 1, result.stderr[-3000:]
-  assert f"process {os.getpid()} on {socket.gethostname()} (since " in errors[0]
-  assert "--wait_for_lock" in errors[0] and "another --workdir" in errors[0]
-  assert "Traceback" not in result.stderr
-  assert os.listdir(_teacher_dir(tmp_path)) == [locks.LOCK_FILE]  # Nothing written, lock untouched.
-  with open(_lock_path(tmp_path)) as f:
-    assert f.read() == lock_before
-
-
-def test_a_stale_lock_is_taken_over_and_released_after_the_run(tmp_path, caplog):
-  finished = subprocess.Popen(["true"])
-  finished.wait()
-  _write_lock(tmp_path, finished.pid)
-  caplog.set_level(logging.WARNING)
-  result = train.train_stage(_config(), "teacher", str(tmp_path / "seed_0"), seed=0)
-  assert result is not None and result["step"] == 20
-  assert any("taking over" in record.getMessage() and str(finished.pid) in record.getMessage()
-             for record in caplog.records)
-  assert not os.path.exists(_lock_path(tmp_path))
 
 
 def test_the_lock_is_released_after_an_error(tmp_path):
