@@ -1,26 +1,16 @@
-"""The logs of an interrupted run equal an uninterrupted run's: metrics.jsonl row for row, and the
-scalars TensorBoard reads from the event files (purges applied), however the run was interrupted.
-
-Logs every 4 steps and checkpoints every 6, so a checkpoint falls between log steps and a log row
-averages steps from both sides of an interruption; evaluates every 10 steps and at the end."""
+"""The logs of a stage trained on for more steps equal those of a run of the new length: metrics.jsonl
+row for row, and the scalars TensorBoard reads from the event files (purges applied). The logs of
+interrupted runs (kills, signals, a kill during the export) are compared by the fault battery,
+tests/test_faults.py."""
 
 import glob
 import json
 import os
-import signal
-import shutil
 import struct
-import subprocess
-import sys
 
-import pytest
 from tensorboardX.proto import event_pb2
 
-from conftest import REPO
 from conftest import run_main
-
-FLAGS = ["--config=experiments/quickstart.py:smoke", "--stages=teacher", "--config.stages.teacher.num_steps=30",
-         "--config.log_every_steps=4", "--config.checkpoint.every_steps=6", "--config.eval_every_steps=10"]
 
 
 def _stage(workdir) -> str:
@@ -50,59 +40,9 @@ def _tensorboard_scalars(workdir) -> list[tuple[str, int, float]]:
   return sorted(scalars)
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("straight")
-  result = run_main(*FLAGS, f"--workdir={workdir}")
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir
-
-
 def _assert_same_logs(expected, got):
   assert _rows(got) == _rows(expected)
   assert _tensorboard_scalars(got) == _tensorboard_scalars(expected)
-
-
-def _run_until(workdir, stop_at_step: int, signum: int) -> None:
-  process = subprocess.Popen([sys.executable, "-m", "kd.main", *FLAGS, f"--workdir={workdir}"], cwd=REPO,
-                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-  for line in process.stderr:
-    if f"[teacher] step {stop_at_step}/30" in line:
-      process.send_signal(signum)
-      break
-  process.communicate(timeout=120)
-
-
-def test_sigterm_between_log_steps_then_resume_logs_the_same_rows(straight, tmp_path):
-  # Progress lines come at log steps; step 8 is one, and the stop lands a few steps after it.
-  _run_until(tmp_path, 8, signal.SIGTERM)
-  rows = _rows(tmp_path)
-  assert rows and rows[-1]["step"] < 30  # Interrupted mid-run.
-  result = run_main(*FLAGS, f"--workdir={tmp_path}")
-  assert result.returncode == 0 and "resuming from step" in result.stderr, result.stderr[-3000:]
-  _assert_same_logs(straight, tmp_path)
-
-
-def test_kill_before_the_first_checkpoint_then_rerun_starts_the_logs_afresh(straight, tmp_path):
-  _run_until(tmp_path, 4, signal.SIGKILL)
-  assert not glob.glob(os.path.join(_stage(tmp_path), "checkpoints", "[0-9]*"))
-  assert _rows(tmp_path)  # The killed run had logged a row.
-  result = run_main(*FLAGS, f"--workdir={tmp_path}")
-  assert result.returncode == 0, result.stderr[-3000:]
-  _assert_same_logs(straight, tmp_path)
-
-
-def test_kill_during_the_export_then_rerun_writes_the_final_evaluation_once(straight, tmp_path):
-  shutil.copytree(str(straight), str(tmp_path), dirs_exist_ok=True)
-  stage = _stage(tmp_path)
-  # What a kill between the final evaluation row and result.json leaves: the last checkpoint, the
-  # evaluation row, and an export cut short.
-  os.remove(os.path.join(stage, "result.json"))
-  shutil.rmtree(os.path.join(stage, "model"))
-  result = run_main(*FLAGS, f"--workdir={tmp_path}")
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert [row["step"] for row in _rows(tmp_path)].count(30) == 2  # The train row and one evaluation row.
-  _assert_same_logs(straight, tmp_path)
 
 
 # Training a finished stage for longer: under a schedule that does not depend on num_steps, the stage
