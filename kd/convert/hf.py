@@ -456,7 +456,14 @@ def main(argv: list[str]) -> None:
   args = parser.parse_args(argv)
   try:
     loaded = checkpoint.load_model(args.source)
-    to_hf(loaded.model_config, loaded.variables, args.destination)
+    model_config = dict(loaded.model_config)
+    if not model_config.get("tokenizer") and loaded.spec.name.startswith("text_files/"):
+      from kd.data import text_files  # pylint: disable=g-import-not-at-top  # Its tokenizer goes along.
+      try:
+        model_config["tokenizer"] = text_files.parse(loaded.spec.name[len("text_files/"):]).tokenizer
+      except UserError:  # The data's files or tokenizer have moved: the weights still convert.
+        pass
+    to_hf(model_config, loaded.variables, args.destination)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

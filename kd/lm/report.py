@@ -45,11 +45,15 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   seed = config.seeds[0]
   run_dir = train.seed_dir(workdir, seed)
   batch_size = config.data.eval_batch_size
-  teacher_model = checkpoint.load_model(os.path.join(run_dir, config.report.teacher))
+  from kd import report as report_lib  # pylint: disable=g-import-not-at-top  # It imports this module.
+
+  # A stage's export, or (when the report's teacher is no stage) the student's teacher_checkpoint.
+  teacher_model = report_lib.role_model(config, "teacher", run_dir)
   reference = lm_evaluation.predictions(teacher_model.apply, teacher_model.variables, arrays, batch_size, mesh)
   measured = {}
   for stage_name in dict.fromkeys([config.report[role] for role in ROLES] + list(config.report.compare)):
-    loaded = checkpoint.load_model(os.path.join(run_dir, stage_name))
+    loaded = (checkpoint.load_model(os.path.join(run_dir, stage_name)) if stage_name in config.stages
+              else teacher_model)
     measured[stage_name] = _measure(loaded, arrays, mesh, batch_size, reference)
     if stage_name in [config.report[role] for role in ROLES]:
       for decode_batch in DECODE_BATCH_SIZES:
