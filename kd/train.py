@@ -232,7 +232,8 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
                                 rngs={"dropout": jax.random.fold_in(rng, 1)}, mutable=mutable or False)
       connector_out, model_state["connector"] = outputs if mutable else (outputs, {})
       student_out = {**student_out, "connector": connector_out}
-    loss, terms = loss_fn(student_out, teacher_out, batch)
+    # The step (0 for the first update) lets a method schedule its terms (DKD's warmup).
+    loss, terms = loss_fn(student_out, teacher_out, {**batch, "step": state.step})
     return loss, (student_out, terms, model_state)
 
   (loss, (student_out, terms, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
@@ -541,7 +542,7 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
   # step (benchmarks/pipeline.py measures both).
   batches = data.DevicePrefetch(iterator, functools.partial(shard_batch, sharding=batch_sharding),
                                 enabled=jax.default_backend() != "cpu")
-  with _StopSignals() as signals, _disk_errors(manager, stage_dir), contextlib.closing(batches):
+  with _StopSignals() as signals, _disk_errors(manager, stage_dir, writer), contextlib.closing(batches):
     while step < stage.num_steps:
       batch = next(batches)
       state, metrics = step_fn(state, teacher_variables, batch)
@@ -592,7 +593,7 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
                          **{role: data.num_examples(arrays) for role, arrays in eval_sets.items()}},
             "train_seconds": seconds, "peak_learning_rate": peak_learning_rate,
             "train_examples_per_second": (step - start_step) * data_config.batch_size / max(seconds, 1e-9)}
-  with _disk_errors(manager, stage_dir):
+  with _disk_errors(manager, stage_dir, writer):
     writer.write(step, eval_scalars)
     writer.close()
     checkpoint.export_model(stage_dir, stage.model.to_dict(), spec, jax.device_get(variables))
@@ -718,22 +719,35 @@ def _check_free_space(stage_dir: str, state_bytes: int, manager) -> None:
 
 
 @contextlib.contextmanager
-def _disk_errors(manager, stage_dir: str):
-  """Turns a failed write (full or read-only disk) into a WorkdirError that says what is intact."""
+def _disk_errors(manager, stage_dir: str, writer=None):
+  """Closes the checkpoint manager however the block ends; a failed write is one line (a WorkdirError).
+
+  On an error, the metrics writer is closed too, and the partial folders of a checkpoint that was being
+  written are removed (kd.checkpoint.remove_partial_checkpoints); an OSError behind it (a full, read-only
+  or vanished path), or stage files removed under the run even if it went on, become a WorkdirError that
+  says what happened and what is intact (WorkdirError.from_os_error).
+  """
   try:
     yield
-  except Exception as e:  # pylint: disable=broad-except
-    cause = _disk_error(e)
+    manager.close()  # Waits for a save in flight: its failure is this block's.
+    vanished = checkpoint.vanished_path(None, stage_dir, manager)  # Removed under a run that went on.
+    if vanished:
+      raise WorkdirError.from_os_error(vanished, stage_dir)
+  except BaseException as e:  # pylint: disable=broad-except
+    for resource in (writer, manager):  # Their threads would otherwise fail or hang at exit.
+      try:
+        if resource is not None:
+          resource.close()
+      except Exception:  # pylint: disable=broad-except  # The first error is the one to report.
+        pass
+    cause = None
+    if isinstance(e, Exception) and not isinstance(e, (WorkdirError, TrainingError, Interrupted)):
+      # Orbax reports a file removed under it in many ways, not all of them an OSError.
+      cause = _disk_error(e) or checkpoint.vanished_path(e, stage_dir, manager)
+    checkpoint.remove_partial_checkpoints(str(manager.directory), failed=cause is not None)
     if cause is None:
       raise
-    try:
-      latest = manager.latest_step()
-    except Exception:  # pylint: disable=broad-except
-      latest = None
-    raise WorkdirError(
-        f"cannot write to {stage_dir} ({cause.strerror or cause}): the checkpoints already there are "
-        f"intact (latest: step {latest}); free space or make it writable, then run the same command "
-        "again to resume") from e
+    raise WorkdirError.from_os_error(cause, stage_dir) from e
 
 
 class _LanguageModelEval:

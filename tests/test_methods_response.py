@@ -82,6 +82,20 @@ def test_dkd_matches_hand_computation():
                              rtol=1e-5)
 
 
+@pytest.mark.parametrize("step, factor", [(0, 1 / 20), (780, 1 / 20), (782, 2 / 20), (14844, 20 / 20),
+                                          (100_000, 1.0)])
+def test_dkd_warmup_scales_the_dkd_term_by_the_epoch_counted_from_one(step, factor):
+  # mdistiller: min(epoch / 20, 1) * (alpha TCKD + beta NCKD), epochs from 1; CE unscaled.
+  student, teacher, labels = _batch(3)
+  params = {**dkd.DEFAULTS, "warmup_epochs": 20, "steps_per_epoch": 50000 / 64}
+  loss, metrics = dkd.loss({"logits": student}, {"logits": teacher}, {"label": labels, "step": int(step)}, **params)
+  dkd_term = params["alpha"] * metrics["tckd"] + params["beta"] * metrics["nckd"]
+  np.testing.assert_allclose(metrics["warmup"], factor, rtol=1e-6)
+  np.testing.assert_allclose(loss, factor * dkd_term + metrics["ce"], rtol=1e-5)
+  with pytest.raises(ValueError, match="needs the batch's 'step'"):
+    dkd.loss({"logits": student}, {"logits": teacher}, {"label": labels}, **params)
+
+
 def test_tckd_of_a_two_point_example():
   # Three classes, label 0. Teacher p = (1/2, 1/4, 1/4): b_T = (1/2, 1/2).
   # Student p = (1/4, 1/2, 1/4): b_S = (1/4, 3/4). TCKD = 1/2 log 2 + 1/2 log(2/3).

@@ -107,3 +107,15 @@ def test_the_step_is_deterministic():
   out_a, _ = step(state_a, teacher_variables, _batch())
   out_b, _ = step(state_b, teacher_variables, _batch())
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(out_a.params), jax.device_get(out_b.params))
+
+
+def test_a_methods_loss_sees_the_number_of_updates_done_before_its_step():
+  # DKD's warmup reads it: 0 at the first update, then 1, 2, ...
+  state, teacher_variables, step = _setup(STUDENT, TEACHER, method=methods.method_config(
+      "dkd", warmup_epochs=2, steps_per_epoch=2.0))
+  step = jax.jit(step, donate_argnums=0)
+  warmups = []
+  for _ in range(5):
+    state, metrics = step(state, teacher_variables, _batch())
+    warmups.append(float(metrics["warmup"]))
+  np.testing.assert_allclose(warmups, [0.5, 0.5, 1.0, 1.0, 1.0])  # Epochs 1, 1, 2, 2, 3 of 2 steps.
