@@ -173,13 +173,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 def run_all(root: str = DEFAULT_ROOT, smoke: bool = False) -> dict:
   """Every step of the module docstring, in order; a step whose output exists is not run again."""
   from kd import experiment  # pylint: disable=g-import-not-at-top
+  from kd import train  # pylint: disable=g-import-not-at-top
   from kd.convert import hf  # pylint: disable=g-import-not-at-top
   from kd.lm import students  # pylint: disable=g-import-not-at-top
 
   where = paths(root, smoke)
   variant = f"root={root}" + (",smoke" if smoke else "")
   train_tokenizer(root, smoke)
-  experiment.run(get_config(f"stage=teacher,{variant}"), where["teacher"])
+  teacher_config = get_config(f"stage=teacher,{variant}")
+  # Its stage only: the students' report card measures the teacher (a teacher-only run's card compares
+  # the teacher with itself).
+  experiment.check(teacher_config, where["teacher"], ["teacher"], ())
+  train.train_stage(teacher_config, "teacher", train.seed_dir(where["teacher"], 0), seed=0)
   if not os.path.exists(os.path.join(where["teacher_hf"], hf.CONFIG_JSON)):
     hf.main([where["teacher_export"], where["teacher_hf"], "--to=hf"])
   if not os.path.exists(os.path.join(where["student_hf"], hf.CONFIG_JSON)):

@@ -155,7 +155,7 @@ def importance(model_config: Mapping[str, Any], variables: Mapping[str, Any], to
   mask_BxT = np.ones(tokens_BxT.shape, bool) if mask_BxT is None else np.asarray(mask_BxT, bool)
   if tokens_BxT.ndim != 2 or mask_BxT.shape != tokens_BxT.shape or not mask_BxT.any():
     raise ConfigError(f"calibration tokens must be [batch, length] with some real tokens; got {tokens_BxT.shape}")
-  vocab = hf_vocab_size(variables)
+  vocab = vocab_size_of(variables)
   if tokens_BxT.max() >= vocab:
     raise ConfigError(f"calibration token id {int(tokens_BxT.max())} is outside the teacher's vocabulary of "
                       f"{vocab}: tokenize the calibration text with the teacher's tokenizer")
@@ -170,7 +170,7 @@ def importance(model_config: Mapping[str, Any], variables: Mapping[str, Any], to
   return {key: value / count for key, value in totals.items()}
 
 
-def hf_vocab_size(variables: Mapping[str, Any]) -> int:
+def vocab_size_of(variables: Mapping[str, Any]) -> int:
   params = variables["params"]
   for table in ("wte", "embed_tokens", "embed"):
     if table in params:
