@@ -33,7 +33,11 @@ EXPERIMENTS = sorted(glob.glob(os.path.join(REPO, "experiments", "*.py")))
 SMOKE_RUN_ELSEWHERE = {"quickstart.py": "tests/test_end_to_end.py and conftest.smoke_workdir",
                        "methods_digits.py": "tests/test_end_to_end.py (with the methods notebook)",
                        "methods_mnist1d.py": "tests/test_end_to_end.py (the methods notebook runs it)",
-                       "lm_stdlib.py": "tests/test_lm_end_to_end.py (with the language-model notebook)"}
+                       "lm_stdlib.py": "tests/test_lm_end_to_end.py (with the language-model notebook)",
+                       # Their smoke variants read a tokenizer and a Hugging Face teacher made by an earlier
+                       # step (not a stage), on real text: mock data cannot stand in.
+                       "qwen3_stdlib.py": "tests/test_lm_students.py (every step of the experiment)",
+                       "hf_distill.py": "tests/test_lm_students.py (on the qwen3 fixture checkpoint)"}
 MOCK_EXAMPLES = 24  # Per split: enough for batches of 8 and CRD's negatives.
 
 
