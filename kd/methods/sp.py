@@ -23,8 +23,8 @@ headline pair, teacher resnet32x4 and student resnet8x4. For the other zoo model
 
     resnet8/8x4 layer3_0, resnet20 layer3_2, resnet32/32x4 layer3_4, resnet56 layer3_8,
     resnet110 layer3_17, wrn_16_x block3_1, wrn_40_x block3_5, ShuffleV1/ShuffleV2 layer3_3,
-    mobile_half blocks6_0, vgg{8,11,13,16,19} block4 (before its ReLU; the reference's f4 is
-    after it).
+    mobile_half blocks6_0, vgg{8,11,13,16,19} block4 (after its ReLU, as the reference's f4; the
+    map before it is block4/bn<last>).
 
 Token features [B, N, C] (a ViT's or MLP-Mixer's blocks) are flattened per example to [B, N*C],
 as a map is to [B, h*w*c]: the paper's Q is any activation flattened per example, and G~ = Q Q^T
