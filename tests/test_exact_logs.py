@@ -3,41 +3,13 @@ row for row, and the scalars TensorBoard reads from the event files (purges appl
 interrupted runs (kills, signals, a kill during the export) are compared by the fault battery,
 tests/test_faults.py."""
 
-import glob
 import json
 import os
-import struct
-
-from tensorboardX.proto import event_pb2
 
 from conftest import run_main
-
-
-def _stage(workdir) -> str:
-  return os.path.join(str(workdir), "seed_0", "teacher")
-
-
-def _rows(workdir) -> list[dict]:
-  with open(os.path.join(_stage(workdir), "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f]
-
-
-def _tensorboard_scalars(workdir) -> list[tuple[str, int, float]]:
-  """(tag, step, value) as TensorBoard shows them: files in order, a purge drops earlier events from its step."""
-  scalars = []
-  for path in sorted(glob.glob(os.path.join(_stage(workdir), "tensorboard", "events.*"))):
-    with open(path, "rb") as f:
-      data = f.read()
-    offset = 0
-    while offset < len(data):  # TFRecord: length, its CRC, the record, its CRC.
-      (length,) = struct.unpack("<Q", data[offset:offset + 8])
-      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
-      offset += 16 + length
-      if event.HasField("session_log") and event.session_log.status == event.session_log.START:
-        scalars = [s for s in scalars if s[1] < event.step]
-      for value in event.summary.value:
-        scalars.append((value.tag, event.step, round(float(value.simple_value), 6)))
-  return sorted(scalars)
+from test_faults import _rows  # metrics.jsonl and TensorBoard's scalars, wall-clock fields aside.
+from test_faults import _stage
+from test_faults import _tensorboard_scalars
 
 
 def _assert_same_logs(expected, got):

@@ -217,6 +217,14 @@ def resolve_layer_map(num_teacher_layers: int, num_layers: int | None = None,
   return default_layer_map(num_teacher_layers, count)
 
 
+def _sliced(dense, rows, columns):
+  """A Dense's kernel [in, out] cut to `rows` x `columns`, and its bias (if any) to `columns`."""
+  sliced = {"kernel": _take(_take(dense["kernel"], 0, rows), 1, columns)}
+  if "bias" in dense:
+    sliced["bias"] = _take(dense["bias"], 0, columns)
+  return sliced
+
+
 def _take(array: np.ndarray, axis: int, indices: np.ndarray) -> np.ndarray:
   return np.take(np.asarray(array), indices, axis=axis)
 
@@ -323,15 +331,10 @@ def derive_student(teacher_config: Mapping[str, Any], teacher_variables: Mapping
     head_dim = teacher["head_dim"]
     q_columns, kv_columns = _head_columns(query_heads, head_dim), _head_columns(groups, head_dim)
     attention = layer["self_attn"]
-    new_attention = {}
-    for projection, columns in (("q_proj", q_columns), ("k_proj", kv_columns), ("v_proj", kv_columns)):
-      dense = {"kernel": _take(_take(attention[projection]["kernel"], 0, channels), 1, columns)}
-      if "bias" in attention[projection]:
-        dense["bias"] = _take(attention[projection]["bias"], 0, columns)
-      new_attention[projection] = dense
-    new_attention["o_proj"] = {"kernel": _take(_take(attention["o_proj"]["kernel"], 0, q_columns), 1, channels)}
-    if "bias" in attention["o_proj"]:
-      new_attention["o_proj"]["bias"] = _take(attention["o_proj"]["bias"], 0, channels)
+    new_attention = {projection: _sliced(attention[projection], channels, columns)
+                     for projection, columns in (("q_proj", q_columns), ("k_proj", kv_columns),
+                                                 ("v_proj", kv_columns))}
+    new_attention["o_proj"] = _sliced(attention["o_proj"], q_columns, channels)
     for norm in ("q_norm", "k_norm"):  # Qwen3: over one head's channels, which head pruning keeps whole.
       if norm in attention:
         new_attention[norm] = attention[norm]
@@ -339,13 +342,8 @@ def derive_student(teacher_config: Mapping[str, Any], teacher_variables: Mapping
                  "input_layernorm": {"scale": _take(layer["input_layernorm"]["scale"], 0, channels)},
                  "post_attention_layernorm": {"scale": _take(layer["post_attention_layernorm"]["scale"], 0, channels)}}
     for projection in ("gate_proj", "up_proj"):
-      dense = {"kernel": _take(_take(layer[projection]["kernel"], 0, channels), 1, neurons)}
-      if "bias" in layer[projection]:
-        dense["bias"] = _take(layer[projection]["bias"], 0, neurons)
-      new_layer[projection] = dense
-    new_layer["down_proj"] = {"kernel": _take(_take(layer["down_proj"]["kernel"], 0, neurons), 1, channels)}
-    if "bias" in layer["down_proj"]:
-      new_layer["down_proj"]["bias"] = _take(layer["down_proj"]["bias"], 0, channels)
+      new_layer[projection] = _sliced(layer[projection], channels, neurons)
+    new_layer["down_proj"] = _sliced(layer["down_proj"], neurons, channels)
     new_params[f"layers_{index}"] = new_layer
 
   if name in ROTARY:
