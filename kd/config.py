@@ -115,7 +115,7 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
       "name": "adamw",
       "learning_rate": 1e-3,  # Peak rate, reached after warmup_steps.
       "weight_decay": 1e-4,
-      # How weight decay enters the update (kd.train.make_optimizer): "coupled" (wd * w added to the
+      # How weight decay enters the update (kd.optimizer.make_optimizer): "coupled" (wd * w added to the
       # gradient, before momentum or Adam: torch SGD's and torch Adam's weight_decay), "decoupled" (the
       # update is lr(t) * (step + wd * w): torch AdamW, optax.adamw), or "decoupled_schedule" (wd * w
       # scaled by the schedule's multiplier lr(t) / peak only, not by the learning rate: big_vision).
