@@ -62,9 +62,12 @@ from kd.methods import fsp
 from kd.methods import ft
 from kd.methods import lm_distilbert
 from kd.methods import lm_gkd
+from kd.methods import lm_hidden
 from kd.methods import lm_kd
+from kd.methods import lm_minilm
 from kd.methods import lm_seqkd
 from kd.methods import lm_supervised
+from kd.methods import lm_tinybert
 from kd.methods import hinton_kd
 from kd.methods import logit_mse
 from kd.methods import logit_std
@@ -107,6 +110,9 @@ METHODS = {
     "lm_seqkd": lm_seqkd,
     "lm_gkd": lm_gkd,
     "lm_distilbert": lm_distilbert,
+    "lm_hidden": lm_hidden,  # Hidden states through a layer map and learned projections.
+    "lm_minilm": lm_minilm,  # Self-attention relations (q, k, v) per relation head.
+    "lm_tinybert": lm_tinybert,  # Embedding, attention-score, hidden-state and prediction layers.
 }
 
 PRETRAINED = ft.PRETRAINED  # The connector collection filled from connector_source.
