@@ -22,10 +22,11 @@ when `state['epoch'] + 1` is in `epoch_step`), weight decay 5e-4, reflect paddin
 flip and a random 32x32 crop, inputs normalised with the code's CIFAR-10 statistics; epochs become
 steps as epochs * 50000 / 128. AT: CE + beta * sum over the three groups of
 mean((Q_s/|Q_s| - Q_t/|Q_t|)^2) with `--beta 1e+3`: the code has no 1/2 (the paper writes beta/2), so
-at_weight = 1000. KD: T = 4, alpha = 0.9 (0.1 CE + 0.9 KD). Departures (see RECIPE): the code's
-optimizer is rebuilt at each decay, so its momentum restarts from zero, where kd's keeps its
-momentum; the code initialises convolutions and the classifier with kaiming_normal_ (fan-in) and
-BatchNorm scales with U(0, 1), where kd's WRN uses RepDistiller's fan-out init and scales of 1.
+at_weight = 1000. KD: T = 4, alpha = 0.9 (0.1 CE + 0.9 KD). The code builds a new SGD at each decay
+(`create_optimizer` in `on_start_epoch`), so its momentum restarts from zero there:
+optimizer.reset_momentum_at_decays. Its WRN (`resnet()` and `utils.py`) initialises convolutions and the
+classifier with kaiming_normal_ (fan-in) and BatchNorm scales with U(0, 1): model.init_scheme =
+"attention_transfer" (kd's WRN otherwise starts as RepDistiller's).
 Runtime (an estimate, not measured here): about an hour per run on one GPU (78,125 steps); the
 smoke variant takes about half a minute of CPU per stage here (compilation).
 """
@@ -77,11 +78,17 @@ def steps(epochs: float) -> int:
 
 
 def optimizer() -> dict:
-  # torch.optim.SGD's weight_decay: coupled (in the gradient, before momentum), on every parameter.
+  # torch.optim.SGD's weight_decay: coupled (in the gradient, before momentum), on every parameter; a new
+  # SGD at each decay: the momentum restarts there.
   return {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
           "weight_decay_mode": "coupled", "weight_decay_mask": "all",
           "schedule": "multistep", "decay_boundaries": tuple(steps(e) for e in DECAY_EPOCHS),
-          "decay_factor": 0.2}
+          "decay_factor": 0.2, "reset_momentum_at_decays": True}
+
+
+def model_config(zoo_name: str) -> dict:
+  """The zoo WRN with the code's normalisation and initialisation (utils.py conv_params, bnparams)."""
+  return zoo_model_config(zoo_name, preprocess=PREPROCESS, init_scheme="attention_transfer")
 
 
 def parse_arg(arg: str | None) -> dict[str, str]:
@@ -121,12 +128,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.augment.crop_padding_mode = "reflect"  # T.Pad(4, padding_mode='reflect')
   config.data.augment.flip = True
   num_steps = steps(EPOCHS)
-  config.stages.teacher = stage_config(zoo_model_config(teacher, preprocess=PREPROCESS), method_config("supervised"),
+  config.stages.teacher = stage_config(model_config(teacher), method_config("supervised"),
                                        num_steps=num_steps, **optimizer())
-  config.stages.baseline = stage_config(zoo_model_config(student, preprocess=PREPROCESS), method_config("supervised"),
+  config.stages.baseline = stage_config(model_config(student), method_config("supervised"),
                                         num_steps=num_steps, **optimizer())
   for name in chosen:
-    config.stages[name] = stage_config(zoo_model_config(student, preprocess=PREPROCESS), methods[name], teacher="teacher",
+    config.stages[name] = stage_config(model_config(student), methods[name], teacher="teacher",
                                        num_steps=num_steps, **optimizer())
   config.stage_order = ("teacher", "baseline") + tuple(chosen)
   config.report.student = chosen[0]
@@ -155,10 +162,6 @@ def sweep(add) -> None:
 # --- The recipe, row by row, with its source: tests/test_recipes.py checks every sweep point against it.
 _CODE, _UTILS, _README = ("szagoruyko/attention-transfer/cifar.py", "szagoruyko/attention-transfer/utils.py",
                           "szagoruyko/attention-transfer/README.md")
-_MOMENTUM_RESET = ("cifar.py's create_optimizer builds a new SGD at each decay, so momentum restarts at zero; kd's "
-                   "optimizer keeps its momentum (a reset needs kd.train to restart the optimizer state)")
-_INIT = ("cifar.py's resnet(): kaiming_normal_ (fan-in) convolutions and classifier, BatchNorm weight ~ U(0, 1); "
-         "kd's WRN keeps RepDistiller's init (fan-out normal, BatchNorm weight 1): the model has no init option")
 RECIPE = [
     recipe_row("--batch_size 128", "data.batch_size", BATCH_SIZE, _CODE, stages=None),
     recipe_row("T.Pad(4)", "data.augment.crop_padding", 4, _CODE, stages=None),
@@ -171,8 +174,9 @@ RECIPE = [
     recipe_row("--epochs 200", "num_steps", steps(EPOCHS), _CODE),
     recipe_row("SGD", "optimizer.name", "sgd", _CODE),
     recipe_row("--lr 0.1", "optimizer.learning_rate", 0.1, _CODE),
-    recipe_row("momentum=0.9", "optimizer.momentum", 0.9, _CODE, departs=_MOMENTUM_RESET,
-               reference="0.9, reset at each decay"),
+    recipe_row("momentum=0.9", "optimizer.momentum", 0.9, _CODE),
+    recipe_row("on_start_epoch: create_optimizer() at each decay, a new SGD with an empty momentum buffer",
+               "optimizer.reset_momentum_at_decays", True, _CODE),
     recipe_row("torch SGD nesterov=False", "optimizer.nesterov", False, _CODE),
     recipe_row("--weight_decay 0.0005", "optimizer.weight_decay", 5e-4, _CODE),
     recipe_row("torch.optim.SGD weight_decay: added to the gradient", "optimizer.weight_decay_mode", "coupled", _CODE),
@@ -186,8 +190,9 @@ RECIPE = [
     recipe_row("no gradient clipping", "optimizer.grad_clip_norm", 0.0, _CODE),
     recipe_row("the rate as given, at batch 128", "optimizer.lr_scaling", "none", _CODE),
     recipe_row("(unused: lr_scaling none)", "optimizer.base_batch_size", 256, _CODE),
-    recipe_row("resnet(depth, width): WRN init", "model.name", "wrn", _CODE, departs=_INIT,
-               reference="kaiming_normal_ fan-in, BatchNorm weight ~ U(0, 1)"),
+    recipe_row("resnet(depth, width): the WRN", "model.name", "wrn", _CODE),
+    recipe_row("conv_params, linear_params: kaiming_normal_ (fan-in); bnparams: weight torch.rand, U(0, 1)",
+               "model.init_scheme", "attention_transfer", _UTILS),
     recipe_row("the teacher and the student alone: F.cross_entropy", "method.name", "supervised", _CODE,
                stages=("teacher", "baseline")),
     recipe_row("--teacher_id, --beta 1e+3: attention transfer", "method.name", "at", _README, stages=("at",)),

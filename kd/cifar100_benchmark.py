@@ -107,6 +107,8 @@ def benchmark_recipe(*, train: str, data: str, light_rate: str) -> list[dict[str
       recipe_row("lr_decay_epochs 150, 180, 210 (epochs * 50000 / 64 steps)", "optimizer.decay_boundaries", decays,
                  train),
       recipe_row("lr_decay_rate 0.1", "optimizer.decay_factor", 0.1, train),
+      recipe_row("one optimizer for the whole run, its rate changed in place at each decay: momentum kept",
+                 "optimizer.reset_momentum_at_decays", False, train),
       recipe_row("no warmup", "optimizer.warmup_steps", 0, train),
       recipe_row("no gradient clipping", "optimizer.grad_clip_norm", 0.0, train),
       recipe_row("the rate as given, at batch 64", "optimizer.lr_scaling", "none", train),

@@ -123,3 +123,64 @@ def test_bad_weight_decay_settings_are_one_line_errors(key, value, message):
   with pytest.raises(ConfigError, match=None) as error:
     config_lib.validate(config)
   assert message in str(error.value) and f"optimizer.{key}" in str(error.value)
+
+
+# A multistep schedule over four updates with one decay before update 2 (0-based), for the momentum reset.
+DECAY_AT, FACTOR = 2, 0.2
+GRADS_4 = GRADS + [
+    {"kernel": np.array([[0.3, -0.1], [0.2, 0.1]], np.float32), "bias": np.array([-0.4, 0.2], np.float32)},
+    {"kernel": np.array([[0.0, 0.5], [-0.1, -0.3]], np.float32), "bias": np.array([0.2, 0.0], np.float32)}]
+
+
+def _multistep(reset: bool, grads=GRADS_4, state=None, params=None):
+  optimizer, _ = train.make_optimizer(config_lib.optimizer_config(
+      name="sgd", learning_rate=PEAK, momentum=0.9, nesterov=False, weight_decay=WD, schedule="multistep",
+      decay_boundaries=(DECAY_AT,), decay_factor=FACTOR, reset_momentum_at_decays=reset), STEPS)
+  params = _params() if params is None else params
+  state = optimizer.init(params) if state is None else state
+  for g in grads:
+    updates, state = optimizer.update({"student": {"Dense_0": g}}, state, params)
+    params = jax.tree.map(lambda p, u: p + u, params, updates)
+  return params, state
+
+
+def _torch_sgd_rebuilt_at_decay(rebuild: bool):
+  """cifar.py's loop by hand: torch SGD (coupled decay, momentum 0.9, dampening 0), lr x 0.2 from update 2,
+  and with `rebuild` a new optimizer there (an empty momentum buffer: buf = d on its first step)."""
+  w, b = W.astype(np.float64), B.astype(np.float64)
+  buf_w = buf_b = None
+  for count, grads in enumerate(GRADS_4):
+    lr = PEAK * (FACTOR if count >= DECAY_AT else 1.0)
+    if rebuild and count == DECAY_AT:
+      buf_w = buf_b = None
+    d_w, d_b = grads["kernel"] + WD * w, grads["bias"] + WD * b
+    buf_w = d_w if buf_w is None else 0.9 * buf_w + d_w
+    buf_b = d_b if buf_b is None else 0.9 * buf_b + d_b
+    w, b = w - lr * buf_w, b - lr * buf_b
+  return w, b
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_reset_momentum_at_decays_is_a_new_torch_sgd_at_each_decay(reset):
+  params, _ = _multistep(reset)
+  w, b = _torch_sgd_rebuilt_at_decay(rebuild=reset)
+  np.testing.assert_allclose(params["student"]["Dense_0"]["kernel"], w, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(params["student"]["Dense_0"]["bias"], b, rtol=1e-6, atol=1e-7)
+  other, _ = _torch_sgd_rebuilt_at_decay(rebuild=not reset)
+  assert np.abs(other - w).max() > 1e-3  # The two loops do differ on these gradients.
+
+
+def test_reset_momentum_state_resumes_exactly():
+  # The reset's counter is in the optimizer state: two updates, then a fresh transform (as after a
+  # restore) from that state, equals four updates in one go, and the state holds only arrays.
+  whole, _ = _multistep(True)
+  half, state = _multistep(True, grads=GRADS_4[:2])
+  assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(state))
+  resumed, _ = _multistep(True, grads=GRADS_4[2:], state=jax.tree.map(np.asarray, state), params=half)
+  np.testing.assert_array_equal(resumed["student"]["Dense_0"]["kernel"], whole["student"]["Dense_0"]["kernel"])
+
+
+def test_reset_momentum_needs_a_multistep_schedule():
+  with pytest.raises(ConfigError, match="reset_momentum_at_decays=True restarts the momentum"):
+    train.make_optimizer(config_lib.optimizer_config(name="sgd", schedule="cosine", reset_momentum_at_decays=True),
+                         STEPS)

@@ -20,6 +20,14 @@ Tap points for feature distillation (module outputs, as `capture_intermediates` 
   pool          the global-average-pooled feature after the final BatchNorm and ReLU (the
                 reference's f4).
   head          the logits.
+
+Initialisation (`init_scheme`): "repdistiller" (the default) is the CRD benchmark's: convolutions N(0, 2 /
+(k * k * out_channels)) (fan-out), BatchNorm scales 1, the classifier PyTorch's default uniform.
+"attention_transfer" is the released code of Zagoruyko and Komodakis ("Paying More Attention to
+Attention", ICLR 2017, github.com/szagoruyko/attention-transfer `utils.py`): `conv_params` and
+`linear_params` are torch's `kaiming_normal_` with its defaults (fan-in, gain sqrt(2)), so convolutions
+and the classifier are N(0, 2 / fan_in), the classifier's bias 0, and `bnparams` draws each BatchNorm
+scale from U(0, 1) (`torch.rand`), its bias 0.
 """
 
 from typing import ClassVar
@@ -35,6 +43,17 @@ from kd.models.cifar_resnet import GlobalAvgPool
 from kd.models.cifar_resnet import he_normal_fan_out
 from kd.models.cifar_resnet import torch_default_kernel
 
+INITS = ("repdistiller", "attention_transfer")
+he_normal_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")  # torch's kaiming_normal_.
+
+
+def _initialisers(init: str) -> dict:
+  """Kernel initialisers of the convolutions and the classifier, and the BatchNorm scale's (see the
+  module docstring)."""
+  if init == "attention_transfer":
+    return {"conv": he_normal_fan_in, "head": he_normal_fan_in, "bn_scale": nn.initializers.uniform(1.0)}
+  return {"conv": he_normal_fan_out, "head": torch_default_kernel, "bn_scale": nn.initializers.ones}
+
 
 class WideBasicBlock(nn.Module):
   """BatchNorm, ReLU, 3x3 conv, BatchNorm, ReLU, (dropout), 3x3 conv, plus the shortcut.
@@ -43,16 +62,19 @@ class WideBasicBlock(nn.Module):
     features: output channels.
     strides: stride of the first convolution and of the shortcut.
     dropout: dropout rate between the convolutions (needs a "dropout" rng when training).
+    init_scheme: the initialisation scheme, one of INITS.
   """
 
   features: int
   strides: int = 1
   dropout: float = 0.0
+  init_scheme: str = "repdistiller"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    norm = batch_norm(train)
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=he_normal_fan_out)
+    inits = _initialisers(self.init_scheme)
+    norm = functools.partial(batch_norm(train), scale_init=inits["bn_scale"])
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=inits["conv"])
     activated = nn.relu(norm(name="bn1")(x))
     out = conv(self.features, (3, 3), strides=self.strides, padding=1, name="conv1")(activated)
     out = nn.relu(norm(name="bn2")(out))
@@ -75,16 +97,18 @@ class WideResNet(nn.Module):
     depth: number of weighted layers, 6n + 4 for n blocks per stage (16, 22, 28, 40).
     widen_factor: k, the stages have 16k, 32k and 64k channels.
     dropout: dropout rate inside each block (0 in the CRD benchmark).
+    init_scheme: "repdistiller" (the default) or "attention_transfer" (see the module docstring).
   """
 
   num_classes: int
   depth: int = 40
   widen_factor: int = 2
   dropout: float = 0.0
+  init_scheme: str = "repdistiller"
 
   ATTRIBUTE_RANGES: ClassVar[dict] = {
       "depth": attributes.Range(10, integer=True), "widen_factor": attributes.POSITIVE_INT,
-      "dropout": attributes.PROBABILITY,
+      "dropout": attributes.PROBABILITY, "init_scheme": attributes.Choice(*INITS),
       "rules": (attributes.Rule(lambda a: (a.get("depth", 40) - 4) % 6 == 0,
                                 "depth must be 6n + 4 (10, 16, 22, 28, 40)"),)}
 
@@ -93,16 +117,16 @@ class WideResNet(nn.Module):
     if (self.depth - 4) % 6 != 0:
       raise ValueError(f"WideResNet depth must be 6n + 4 (16, 22, 28, 40), got {self.depth}")
     blocks_per_stage = (self.depth - 4) // 6
-    x = nn.Conv(16, (3, 3), padding=1, use_bias=False, kernel_init=he_normal_fan_out,
-                name="stem")(images_BxHxWxC)
+    inits = _initialisers(self.init_scheme)
+    x = nn.Conv(16, (3, 3), padding=1, use_bias=False, kernel_init=inits["conv"], name="stem")(images_BxHxWxC)
     widths = (16 * self.widen_factor, 32 * self.widen_factor, 64 * self.widen_factor)
     for stage, features in enumerate(widths, start=1):
       for index in range(blocks_per_stage):
         strides = 2 if stage > 1 and index == 0 else 1
-        x = WideBasicBlock(features, strides, self.dropout, name=f"block{stage}_{index}")(x, train)
-    x = nn.relu(batch_norm(train)(name="bn_final")(x))
+        x = WideBasicBlock(features, strides, self.dropout, self.init_scheme, name=f"block{stage}_{index}")(x, train)
+    x = nn.relu(batch_norm(train)(name="bn_final", scale_init=inits["bn_scale"])(x))
     x = GlobalAvgPool(name="pool")(x)
-    return nn.Dense(self.num_classes, kernel_init=torch_default_kernel, name="head")(x)
+    return nn.Dense(self.num_classes, kernel_init=inits["head"], name="head")(x)
 
 
 # Zoo name -> (class, attributes), the CRD benchmark's names.
