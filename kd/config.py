@@ -27,6 +27,7 @@ anything is compiled and raises ConfigError with one line that names the key and
 """
 
 import difflib
+import json
 import os
 import re
 from typing import Any
@@ -163,10 +164,46 @@ def stage_config(model: dict[str, Any], method: dict[str, Any], *, teacher: str 
       "teacher": teacher,
       "teacher_model": teacher_model,  # Reads teacher_checkpoint; name "" when unused.
       "teacher_checkpoint": teacher_checkpoint,
-      "init_from": init_from,  # A checkpoint or "export:<dir>" the model starts from ("" for random).
+      # What the model starts from ("" for random): a checkpoint, "export:<dir>", or "stage:<name>" (an
+      # earlier stage's export in this run; "stage:a,b,c" for an ensemble's members, see ensemble_stage).
+      "init_from": init_from,
       "num_steps": num_steps,
       "optimizer": optimizer_config(**optimizer),
   })
+
+
+STAGE = "stage:"
+
+
+def init_stages(stage) -> tuple[str, ...]:
+  """The earlier stages a stage's `init_from = "stage:a[,b...]"` starts its model from (() for none)."""
+  init_from = stage.get("init_from", "")
+  if not init_from.startswith(STAGE):
+    return ()
+  return tuple(name.strip() for name in init_from[len(STAGE):].split(","))
+
+
+def ensemble_stage(stages, members, *, combine: str = "mean_probs",
+                   weights=()) -> ml_collections.ConfigDict:
+  """A stage that assembles the ensemble of earlier stages' trained models (kd.models.ensemble).
+
+  It trains nothing (num_steps=0): it starts from the members' exports (`init_from="stage:a,b,c"`),
+  is evaluated like any stage (its accuracy is a report-card row), and is exported, so a later stage
+  distils from it by naming it as its `teacher`, the teacher cache included.
+
+  Args:
+    stages: the config's stages so far (`config.stages`), which hold the members.
+    members: names of the member stages, in order (their models become `member_0`, `member_1`, ...).
+    combine: "mean_probs" (arithmetic mean of the members' distributions) or "mean_logits"
+      (geometric mean), Hinton et al. 2015.
+    weights: one non-negative weight per member, or () for equal weights.
+  """
+  missing = [name for name in members if name not in stages]
+  if missing:
+    raise ConfigError(f"ensemble_stage members {missing} are not stages; stages: {sorted(stages.keys())}")
+  model = {"name": "ensemble", "members": tuple(stages[name].model.to_dict() for name in members),
+           "combine": combine, "weights": tuple(float(w) for w in weights), "preprocess": "unit"}
+  return stage_config(model, {"name": "supervised"}, init_from=STAGE + ",".join(members), num_steps=0)
 
 
 _STAGE_SCHEMA = stage_config({"name": "cnn"}, {"name": "supervised"})
@@ -263,6 +300,30 @@ def _check_stage(stage, where: str) -> None:
   if not 0 <= optimizer.warmup_steps < max(stage.num_steps, 1):
     raise ConfigError(f"{where}.optimizer.warmup_steps={optimizer.warmup_steps} must be in "
                       f"[0, num_steps={stage.num_steps})")
+
+
+def _check_init_stages(config, name: str, seen: list[str]) -> None:
+  """`init_from = "stage:..."` names earlier stages whose models the stage's model can hold."""
+  stage, where = config.stages[name], f"stages.{name}.init_from"
+  starts_from = init_stages(stage)
+  if not starts_from:
+    return
+  for dependency in starts_from:
+    if dependency not in seen:
+      raise ConfigError(f"{where}={stage.init_from!r} names {dependency!r}, which must be a stage that runs "
+                        f"before {name!r} in stage_order (earlier stages: {seen})")
+  if stage.model.name != "ensemble":
+    if len(starts_from) > 1:
+      raise ConfigError(f"{where}={stage.init_from!r} names {len(starts_from)} stages, but only an ensemble "
+                        f"starts from several: build stages.{name} with kd.config.ensemble_stage(config.stages, "
+                        f"{list(starts_from)})")
+    return
+  members = [dict(member) for member in stage.model.members]
+  expected = [config.stages[dependency].model.to_dict() for dependency in starts_from]
+  if json.loads(json.dumps(members)) != json.loads(json.dumps(expected)):
+    raise ConfigError(f"stages.{name}.model.members are not the models of {list(starts_from)} (a member's model "
+                      "was changed after the ensemble was built): build stages."
+                      f"{name} with kd.config.ensemble_stage(config.stages, {list(starts_from)}) after the change")
 
 
 def _has_external_teacher(config, stage, memory_teachers: tuple[str, ...]) -> bool:
@@ -384,6 +445,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
         memory = f", or a teacher given in memory ({list(memory_teachers)})" if memory_teachers else ""
         raise ConfigError(f"stages.{name}.teacher={stage.teacher!r} must be a stage that runs before "
                           f"{name!r} in stage_order (earlier stages: {seen}), 'export:<dir>'{memory}")
+    _check_init_stages(config, name, seen)
     source = methods.connector_source(stage.method)
     if source and source not in seen:
       raise ConfigError(f"stages.{name}.method {stage.method.name!r} loads the connector trained in stage "

@@ -43,14 +43,13 @@ def check(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str]
     _check_model_runs(config, name, spec)
     train.resolve_stage_features(config, name, spec)
     external_hashes[name] = _check_external_weights(config, name, spec)
-    teacher = config.stages[name].teacher if external.teacher_kind(config, name) == "stage" else ""
     for seed in config.seeds:
       run_dir = train.seed_dir(workdir, seed)
-      if teacher and teacher not in stages and not train.is_finished(os.path.join(run_dir, teacher)):
-        raise ConfigError(f"stage {name!r} needs teacher stage {teacher!r}, which has no finished run in "
-                          f"{run_dir}: run it too (leave out --stages) or point --workdir at its run")
-      if teacher:
-        _check_exported_model(config, teacher, os.path.join(run_dir, teacher))
+      for dependency in external.stage_dependencies(config, name):  # Its teacher, its init_from stages.
+        if dependency not in stages and not train.is_finished(os.path.join(run_dir, dependency)):
+          raise ConfigError(f"stage {name!r} needs stage {dependency!r}, which has no finished run in "
+                            f"{run_dir}: run it too (leave out --stages) or point --workdir at its run")
+        _check_exported_model(config, dependency, os.path.join(run_dir, dependency))
       source = methods.connector_source(config.stages[name].method)
       if source and source not in stages and not train.is_finished(os.path.join(run_dir, source)):
         raise ConfigError(f"stage {name!r} loads the connector trained in stage {source!r}, which has no "
@@ -80,9 +79,8 @@ def _check_identities(config: ml_collections.ConfigDict, workdir: str, stages: S
                       external_hashes: dict[str, str | None], overwrite: Sequence[str]) -> None:
   """Every stage to run, and every earlier stage they read, holds no results of another config."""
   needed = set(stages)
-  for name in stages:  # Teachers read from this workdir must be the config's too.
-    if external.teacher_kind(config, name) == "stage":
-      needed.add(config.stages[name].teacher)
+  for name in stages:  # Teachers (and init_from stages) read from this workdir must be the config's too.
+    needed.update(external.stage_dependencies(config, name))
   for name in [name for name in config.stage_order if name in needed]:  # Teachers first.
     if name in overwrite:
       continue
@@ -113,7 +111,7 @@ def _check_external_weights(config: ml_collections.ConfigDict, stage_name: str, 
                         f"{out['logits'].shape[-1]} classes but {spec.name} has {spec.num_classes}: use a "
                         "teacher trained on this dataset's classes")
     fingerprint_of_teacher = teacher.fingerprint()
-  if config.stages[stage_name].init_from:
+  if config.stages[stage_name].init_from and not config_lib.init_stages(config.stages[stage_name]):
     module = models.build_model(config.stages[stage_name].model, spec.num_classes)
     external.initial_variables(config, stage_name, module, spec)
   return fingerprint_of_teacher

@@ -42,6 +42,7 @@ import orbax.checkpoint as ocp
 
 from kd import checkpoint
 from kd import models
+from kd.config import init_stages
 from kd.data import DatasetSpec
 from kd.errors import ConfigError
 from kd.errors import UserError
@@ -408,13 +409,23 @@ def teacher_module(config: ml_collections.ConfigDict, stage_name: str, spec: Dat
   return _model_from(stage.teacher_model, spec.num_classes, f"stages.{stage_name}.teacher_model")[1]
 
 
-def initial_variables(config: ml_collections.ConfigDict, stage_name: str, module, spec: DatasetSpec):
-  """The weights the stage's model starts from (`init_from`), fitted to it; None for a random start."""
+def initial_variables(config: ml_collections.ConfigDict, stage_name: str, module, spec: DatasetSpec,
+                      run_dir: str = ""):
+  """The weights the stage's model starts from (`init_from`), fitted to it; None for a random start.
+
+  `init_from = "stage:<name>"` reads `<run_dir>/<name>`'s export; "stage:a,b,c" (an ensemble,
+  kd.config.ensemble_stage) puts each member stage's variables under `member_<i>` of every collection.
+  """
   stage = config.stages[stage_name]
   path = stage.get("init_from", "")
   if not path:
     return None
   where = f"stages.{stage_name}.init_from"
+  starts_from = init_stages(stage)
+  if len(starts_from) > 1:
+    return _ensemble_variables([os.path.join(run_dir, name) for name in starts_from], module, spec, where)
+  if starts_from:
+    path = os.path.join(run_dir, starts_from[0])
   if path.startswith(EXPORT):
     path = path[len(EXPORT):]
     if not os.path.exists(os.path.join(path, checkpoint.MODEL_JSON)):
@@ -428,3 +439,21 @@ def initial_variables(config: ml_collections.ConfigDict, stage_name: str, module
   elif not _is_hf_folder(path):  # A Hugging Face decoder reads token ids: no preprocessing to state.
     _stated_preprocess(stage.model, f"stages.{stage_name}.model", f"{where}={path!r}")
   return read_checkpoint(path, stage.model, module, spec.input_shape, where)
+
+
+def _ensemble_variables(member_dirs, module, spec: DatasetSpec, where: str):
+  """An ensemble's variables from its members' exports: collection -> member_<i> -> that member's."""
+  assembled: dict[str, dict[str, Any]] = {}
+  for index, directory in enumerate(member_dirs):
+    if not os.path.exists(os.path.join(directory, checkpoint.MODEL_JSON)):
+      raise ConfigError(f"{where}: member {index} has no export in {directory} (no {checkpoint.MODEL_JSON}): "
+                        "train that stage first")
+    for collection, tree in _pure(checkpoint.load_model(directory).variables).items():
+      assembled.setdefault(collection, {})[f"member_{index}"] = tree
+  return fit_variables(assembled, abstract_variables(module, spec.input_shape), where)
+
+
+def stage_dependencies(config: ml_collections.ConfigDict, stage_name: str) -> tuple[str, ...]:
+  """The earlier stages of the run whose exports a stage reads: its teacher and its init_from stages."""
+  teacher = (config.stages[stage_name].teacher,) if teacher_kind(config, stage_name) == "stage" else ()
+  return teacher + tuple(name for name in init_stages(config.stages[stage_name]) if name not in teacher)

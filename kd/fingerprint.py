@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
+from kd import config as config_lib
 from kd.data import text_files
 from kd.errors import WorkdirError
 
@@ -66,6 +67,9 @@ def identity(config: ml_collections.ConfigDict, stage_name: str, seed: int,
   elif teacher or stage.get("teacher_checkpoint", ""):
     result["teacher_identity"] = external_teacher(stage_name) if external_teacher else "external"
     result["teacher_cache"] = _plain(config.teacher_cache)
+  starts_from = config_lib.init_stages(stage)  # Weights from earlier stages: identified by theirs.
+  if starts_from:
+    result["init_identity"] = [digest(identity(config, name, seed, external_teacher)) for name in starts_from]
   return result
 
 
@@ -148,6 +152,8 @@ def check(stage_dir: str, stage_name: str, resolved: dict, old: dict | None, wor
   if allow_extension and extension(old, resolved) is not None:
     return
   changed = ["its teacher (the teacher's config or weights changed)" if line.startswith("teacher_identity:") else
+             "the stages it starts from (init_from; their config or weights changed)"
+             if line.startswith("init_identity") else
              line.replace("stage.", f"stages.{stage_name}.", 1) if line.startswith("stage.") else line
              for line in changes(old, resolved)]
   listed = "; ".join(changed[:8]) + (f"; and {len(changed) - 8} more" if len(changed) > 8 else "")

@@ -22,6 +22,7 @@ import optax
 
 from kd import augment
 from kd import checkpoint
+from kd import config as config_lib
 from kd import data
 from kd import distributed
 from kd import evaluation
@@ -328,7 +329,9 @@ def _link_to_store(config: ml_collections.ConfigDict, stage_name: str, run_dir: 
   stage_dir = os.path.join(run_dir, stage_name)
   if os.path.lexists(stage_dir):
     return os.path.islink(stage_dir)
-  if external.teacher_kind(config, stage_name) not in ("", "stage") or config.stages[stage_name].init_from:
+  init_from = config.stages[stage_name].init_from
+  if external.teacher_kind(config, stage_name) not in ("", "stage") or (
+      init_from and not config_lib.init_stages(config.stages[stage_name])):
     return False
   entry = os.path.join(store, fingerprint.digest(fingerprint.identity(config, stage_name, seed)))
   os.makedirs(entry, exist_ok=True)
@@ -364,7 +367,7 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
   preprocess = models.preprocess_of(stage.model)
   student_apply = models.make_apply(module, spec.input_key, preprocess=preprocess)  # Eval, export: no features.
   student_train_apply = models.make_apply(module, spec.input_key, stage_features.student_paths, preprocess)
-  initial_variables = external.initial_variables(config, stage_name, module, spec)
+  initial_variables = external.initial_variables(config, stage_name, module, spec, run_dir)
   teacher = external.load_teacher(config, stage_name, run_dir, spec)
   teacher_apply = teacher.make_apply(spec.input_key, stage_features.teacher_paths) if teacher else None
   teacher_sharding = distributed.teacher_shardings(teacher.variables if teacher else {}, mesh,

@@ -33,6 +33,7 @@ from kd import features
 from kd.models import attributes as model_attributes
 from kd.errors import ConfigError
 from kd.models import cifar_resnet
+from kd.models import ensemble
 from kd.models import hf_decoders
 from kd.models import imagenet_resnet
 from kd.models import mobilenetv2
@@ -68,6 +69,8 @@ MODELS: dict[str, type[nn.Module]] = {
     "llama": hf_decoders.Llama,  # Llama 2 and 3.
     "qwen2": hf_decoders.Qwen2,
     "qwen3": hf_decoders.Qwen3,
+    # Trained classifiers combined (kd.config.ensemble_stage assembles one from earlier stages).
+    "ensemble": ensemble.Ensemble,
 }
 
 # The CIFAR-100 zoo of the CRD benchmark (Tian et al. 2020) and ImageNet ResNets, by their usual
@@ -246,7 +249,7 @@ def build_model(model_config: Mapping[str, Any], num_classes: int) -> nn.Module:
 def _model_inputs(module, inputs: jax.Array, preprocess: str = preprocessing.DEFAULT) -> jax.Array:
   # Images travel as uint8 (4x less host-to-device traffic) and become the model's inputs on the
   # device; token ids (a language model's `integer_inputs`) stay integers.
-  if getattr(module, "integer_inputs", False):
+  if getattr(module, "integer_inputs", False) or getattr(module, "raw_inputs", False):
     return inputs
   return preprocessing.apply(preprocess, inputs)
 
