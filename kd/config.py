@@ -135,6 +135,9 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
       # (counted from the start of training, warmup included), as PyTorch's MultiStepLR does.
       "decay_boundaries": (),
       "decay_factor": 0.1,
+      # multistep only: the momentum (sgd's trace, adam's moments) restarts from zero at each decay, as
+      # code that builds a new torch optimizer at each decay does (attention-transfer's cifar.py).
+      "reset_momentum_at_decays": False,
       # learning_rate was tuned at base_batch_size; scale it to data.batch_size by this rule:
       # "none", "linear" or "sqrt" (kd.distributed.scaled_learning_rate). Logged with the result.
       "lr_scaling": "none",

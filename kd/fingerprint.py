@@ -45,6 +45,21 @@ def _plain(value):
   return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
+# Keys added to the stage block after stages were first fingerprinted, with the value that does what kd did
+# before them: left out of the identity at that value, so stages recorded earlier keep their identity.
+_ADDED_KEYS = {("optimizer", "reset_momentum_at_decays"): False}
+
+
+def _without_neutral_added_keys(stage: dict[str, Any]) -> dict[str, Any]:
+  for (*parents, key), neutral in _ADDED_KEYS.items():
+    node = stage
+    for parent in parents:
+      node = node.get(parent) if isinstance(node, dict) else None
+    if isinstance(node, dict) and node.get(key, neutral) == neutral:
+      node.pop(key, None)
+  return stage
+
+
 def identity(config: ml_collections.ConfigDict, stage_name: str, seed: int,
              external_teacher: Callable[[str], str] | None = None) -> dict[str, Any]:
   """The stage's identity (see the module docstring) as plain JSON.
@@ -59,7 +74,7 @@ def identity(config: ml_collections.ConfigDict, stage_name: str, seed: int,
   nonfinite = _plain(config.nonfinite)
   if nonfinite["policy"] == "stop":  # An injected NaN then never reaches a checkpoint: resuming without it is exact.
     nonfinite["inject_at_step"] = 0
-  result = {"stage": _plain(stage), "data": data, "seed": seed, "nonfinite": nonfinite}
+  result = {"stage": _without_neutral_added_keys(_plain(stage)), "data": data, "seed": seed, "nonfinite": nonfinite}
   teacher = stage.get("teacher", "")
   if teacher and teacher in config.stages and not stage.get("teacher_checkpoint", ""):
     result["teacher_identity"] = digest(identity(config, teacher, seed, external_teacher))
