@@ -17,9 +17,11 @@ model). The student, by `student_layers` (default: half the teacher's layers):
 Keys: teacher, student_layers, init, divergence (forward_kl, reverse_kl, jsd, ...), steps (1000),
 learning_rate (1e-4: the student starts from trained weights), batch_size (8), validation / test
 (the data's splits for selection and the report card; "" for none), data. The data must be tokenized
-with the teacher's tokenizer, and the teacher's vocabulary must equal the tokenizer's (a student has
-one logit per tokenizer id; checkpoints whose embedding is padded beyond their tokenizer are refused
-here with the two sizes).
+with the teacher's tokenizer. A checkpoint whose embedding is padded beyond its tokenizer (Qwen3:
+151,936 rows for 151,669 ids) gives the data its vocabulary: `,vocab_size=<the teacher's>` is added to
+the dataset's name (kd.data.text_files), so the student has the teacher's padded vocabulary and the
+two models' logits line up. A tokenizer with more ids than the teacher has rows is refused, with the
+two sizes.
 
 Without arguments, and with `:smoke`, it distils the 2-layer Qwen3 test fixture (tests/fixtures/hf/qwen3,
 vocabulary 120) on a one-line text with the 120-id word-level fixture tokenizer: a check that the path
@@ -70,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if not data_name.startswith("text_files/"):
     raise ConfigError(f"experiments/hf_distill.py: data={data_name!r} must be a text_files/... dataset name")
   teacher_config, teacher_vocab = hf.read_config(teacher, f"experiments/hf_distill.py: teacher={teacher}")
-  _check_vocabulary(data_name, teacher, teacher_vocab)
+  data_name = _with_vocabulary(data_name, teacher, teacher_vocab)
   depth_key = "n_layer" if teacher_config["name"] == "gpt2" else "num_hidden_layers"
   layers = values["student_layers"] or max(1, teacher_config[depth_key] // 2)
   if not 1 <= layers <= teacher_config[depth_key]:
@@ -104,13 +106,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   return config
 
 
-def _check_vocabulary(data_name: str, teacher: str, teacher_vocab: int) -> None:
+def _with_vocabulary(data_name: str, teacher: str, teacher_vocab: int) -> str:
+  """The data's name with the teacher's vocabulary when the teacher's embedding is padded beyond the
+  tokenizer; ConfigError when the tokenizer has more ids than the teacher has rows."""
   from kd.data import text_files  # pylint: disable=g-import-not-at-top
   from kd.lm import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
 
   source = text_files.parse(data_name[len("text_files/"):])
   size = tokenizer_lib.load(source.tokenizer).vocab_size
-  if size != teacher_vocab:
+  if size > teacher_vocab:
     raise ConfigError(f"experiments/hf_distill.py: the teacher {teacher} predicts {teacher_vocab} tokens but the "
-                      f"data's tokenizer {source.tokenizer} has {size} ids: the student gets one logit per "
-                      "tokenizer id, so the two must be equal; tokenize with the teacher's own tokenizer")
+                      f"data's tokenizer {source.tokenizer} has {size} ids: tokenize with the teacher's own tokenizer")
+  if source.vocab_size and source.vocab_size != teacher_vocab:
+    raise ConfigError(f"experiments/hf_distill.py: the data says vocab_size={source.vocab_size} but the teacher "
+                      f"{teacher} has {teacher_vocab} embedding rows: leave vocab_size out (it is the teacher's)")
+  if size < teacher_vocab and not source.vocab_size:
+    return f"{data_name},vocab_size={teacher_vocab}"
+  return data_name

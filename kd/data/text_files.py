@@ -17,6 +17,11 @@ paths are from the working directory):
     tokenizer                 a tokenizer.json, or a checkpoint folder holding one (required)
     max_length                tokens per example, default 128
     format                    auto (default), text, prompt_completion or chat: how JSONL lines are read
+    vocab_size                the vocabulary of the models that read the data (their logits and
+                              embedding rows), default the tokenizer's number of ids; larger for a
+                              checkpoint whose embedding is padded beyond its tokenizer (Qwen3: 151,936
+                              rows for 151,669 ids; `kd.convert.hf.read_config(folder)[1]` is its size),
+                              so that a student has the teacher's vocabulary; never smaller
 
 Files:
 
@@ -76,7 +81,7 @@ SPLITS = ("train", "validation", "test")
 DEFAULT_SPLIT = (90, 5, 5)
 DEFAULT_MAX_LENGTH = 128
 RELEASE_NOTES = {VERSION: ".txt windows and JSONL text, prompt/completion and chat, with a tokenizer.json."}
-KEYS = ("train", "validation", "test", "files", "split", "tokenizer", "max_length", "format")
+KEYS = ("train", "validation", "test", "files", "split", "tokenizer", "max_length", "format", "vocab_size")
 # What each JSONL format needs in a line, in the order `auto` tries them.
 FORMAT_KEYS = {"chat": ("messages",), "prompt_completion": ("prompt", "completion"), "text": ("text",)}
 
@@ -90,14 +95,16 @@ class Source:
   tokenizer: str  # The tokenizer.json.
   max_length: int
   format: str
+  vocab_size: int = 0  # The models' vocabulary; 0: the tokenizer's number of ids.
 
 
 def dataset_name(*, tokenizer: str, train: str = "", validation: str = "", test: str = "", files: str = "",
-                 split: str = "", max_length: int = DEFAULT_MAX_LENGTH, format: str = "auto") -> str:  # pylint: disable=redefined-builtin
+                 split: str = "", max_length: int = DEFAULT_MAX_LENGTH, format: str = "auto",  # pylint: disable=redefined-builtin
+                 vocab_size: int = 0) -> str:
   """The `data.name` of a text source: `text_files/key=value,...` (see the module docstring)."""
   values = {"train": train, "validation": validation, "test": test, "files": files, "split": split,
             "tokenizer": tokenizer, "max_length": str(max_length) if max_length != DEFAULT_MAX_LENGTH else "",
-            "format": format if format != "auto" else ""}
+            "format": format if format != "auto" else "", "vocab_size": str(vocab_size) if vocab_size else ""}
   return f"{FAMILY}/" + ",".join(f"{key}={value}" for key, value in values.items() if value)
 
 
@@ -142,6 +149,13 @@ def parse(config_name: str) -> Source:
   data_format = values.get("format", "auto")
   if data_format not in FORMATS:
     raise DataError(f"{FAMILY}: format={data_format!r}: choose one of {list(FORMATS)}")
+  try:
+    vocab_size = int(values.get("vocab_size", 0))
+  except ValueError:
+    vocab_size = -1
+  if vocab_size < 0 or ("vocab_size" in values and vocab_size == 0):
+    raise DataError(f"{FAMILY}: vocab_size={values['vocab_size']} must be a positive integer (the models' "
+                    "vocabulary, at least the tokenizer's number of ids)")
   given = [split for split in SPLITS if split in values]
   if "files" in values:
     if given:
@@ -154,14 +168,14 @@ def parse(config_name: str) -> Source:
       raise DataError(f"{FAMILY}: split={values.get('split')} must be train/validation/test percentages "
                       "summing to 100, train > 0 (e.g. 90/5/5)")
     return Source(splits={"*": _expand(values["files"], "files")}, fractions=fractions, tokenizer=tokenizer,
-                  max_length=max_length, format=data_format)
+                  max_length=max_length, format=data_format, vocab_size=vocab_size)
   if "split" in values:
     raise DataError(f"{FAMILY}: split= divides files= by hash; with train=/validation=/test= the files "
                     "are the splits")
   if "train" not in values:
     raise DataError(f"{FAMILY}: no train files given: {usage}")
   return Source(splits={split: _expand(values[split], split) for split in given}, fractions=None,
-                tokenizer=tokenizer, max_length=max_length, format=data_format)
+                tokenizer=tokenizer, max_length=max_length, format=data_format, vocab_size=vocab_size)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -197,6 +211,8 @@ def identity(source: Source, tokenizer: tokenizer_lib.Tokenizer) -> str:
       "splits": {split: sorted([os.path.basename(path), _content_digest(path)] for path in paths)
                  for split, paths in source.splits.items()},
   }
+  if source.vocab_size:  # Only when given: the datasets prepared before the key existed keep their names.
+    payload["vocab_size"] = source.vocab_size
   return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -207,6 +223,10 @@ class TextFilesConfig(tfds.core.BuilderConfig):
     source = parse(config_name)
     _check_disjoint(source)
     tokenizer = tokenizer_lib.load(source.tokenizer)
+    if source.vocab_size and source.vocab_size < tokenizer.vocab_size:
+      raise DataError(f"{FAMILY}: vocab_size={source.vocab_size} is smaller than the tokenizer {source.tokenizer}'s "
+                      f"{tokenizer.vocab_size} ids: a model must have a logit for every id; give at least "
+                      f"{tokenizer.vocab_size}, or leave vocab_size out")
     first = next(iter(source.splits.values()))[0]
     stem = re.sub(r"[^a-z0-9]+", "_", os.path.splitext(os.path.basename(first))[0].lower()).strip("_")[:24]
     super().__init__(name=f"{stem or 'text'}_{source.max_length}_{identity(source, tokenizer)[:12]}",
@@ -229,6 +249,11 @@ def prepared_name(name: str) -> str:
   if family != FAMILY:
     raise DataError(f"{name!r} is not a {FAMILY} dataset")
   return f"{FAMILY}/{builder_config(config_name).name}"
+
+
+def vocab_size_of(source: Source, tokenizer: tokenizer_lib.Tokenizer) -> int:
+  """The vocabulary of the models that read `source`: its `vocab_size`, else the tokenizer's number of ids."""
+  return source.vocab_size or tokenizer.vocab_size
 
 
 def tokenizer_for(name: str) -> tokenizer_lib.Tokenizer:
@@ -399,7 +424,8 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
             "prompt_length": tfds.features.Scalar(dtype=np.int32),
         }),
         metadata=tfds.core.MetadataDict(
-            vocab_size=tokenizer.vocab_size, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
+            vocab_size=vocab_size_of(config.source, tokenizer), tokenizer_vocab_size=tokenizer.vocab_size,
+            bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
             pad_id=tokenizer.pad_id, padding_id=tokenizer.padding_id, tokenizer=tokenizer.path,
             max_length=length, counts={}),
     )

@@ -56,3 +56,31 @@ def check_stages(config, spec, stages) -> None:
       what = f"method.name={stage.method.name!r}" if lm_method else f"model.name={stage.model.name!r}"
       raise ConfigError(f"stages.{name}.{what} is for language models but data.name={spec.name!r} is not a "
                         "token dataset: use data.name='stdlib_text' or a classifier method and model")
+    if token_data:
+      for key in ("teacher_checkpoint", "init_from"):
+        _check_checkpoint_vocabulary(stage.get(key, ""), spec, f"stages.{name}.{key}")
+
+
+def _check_checkpoint_vocabulary(path: str, spec, where: str) -> None:
+  """ConfigError unless a Hugging Face checkpoint folder has exactly the dataset's vocabulary.
+
+  Hugging Face checkpoints pad their embedding beyond their tokenizer (Qwen3: 151,936 rows for 151,669
+  ids). A student is built with the dataset's vocabulary, so a padded teacher's logits (or a padded
+  init_from's embedding) fit it only when the dataset states the padded size (text_files' `vocab_size`).
+  """
+  from kd.convert import hf  # pylint: disable=g-import-not-at-top  # It imports the model zoo.
+  from kd.errors import ConfigError  # pylint: disable=g-import-not-at-top
+
+  if not path or not hf.is_hf_folder(path):
+    return
+  _, vocab_size = hf.read_config(path, where)
+  if vocab_size == spec.num_classes:
+    return
+  if vocab_size < spec.num_classes:
+    raise ConfigError(f"{where}={path!r} has a vocabulary of {vocab_size} tokens, but {spec.name} has token ids up "
+                      f"to {spec.num_classes - 1}: tokenize the data with the checkpoint's tokenizer")
+  fix = (f"add vocab_size={vocab_size} to the text_files dataset name (data.name=...,vocab_size={vocab_size})"
+         if spec.name.startswith("text_files/") else "tokenize the data with the checkpoint's tokenizer (text_files/...)")
+  raise ConfigError(f"{where}={path!r} has a vocabulary of {vocab_size} tokens (an embedding padded beyond its "
+                    f"tokenizer) but the models of {spec.name} have {spec.num_classes}: the student needs the "
+                    f"checkpoint's vocabulary, so {fix}")
