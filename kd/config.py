@@ -305,6 +305,21 @@ def _check_stage(stage, where: str) -> None:
                       f"[0, num_steps={stage.num_steps})")
 
 
+def _check_ema_teacher(config, name: str) -> None:
+  """teacher = "ema:<decay>" with 0 < decay < 1, and no teacher cache (the teacher changes every step)."""
+  teacher = config.stages[name].teacher
+  try:
+    decay = float(teacher[len("ema:"):])
+  except ValueError:
+    decay = -1.0
+  if not 0.0 < decay < 1.0:
+    raise ConfigError(f"stages.{name}.teacher={teacher!r}: the moving-average teacher needs a decay in (0, 1), "
+                      "e.g. 'ema:0.999'")
+  if config.teacher_cache.enabled:
+    raise ConfigError(f"stages.{name}.teacher={teacher!r} changes at every step, so its outputs cannot be "
+                      "cached: set teacher_cache.enabled=False")
+
+
 def _check_init_stages(config, name: str, seen: list[str]) -> None:
   """`init_from = "stage:..."` names earlier stages whose models the stage's model can hold."""
   stage, where = config.stages[name], f"stages.{name}.init_from"
@@ -444,7 +459,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
         raise ConfigError(f"stages.{name}.method {stage.method.name!r} needs a teacher: set "
                           f"stages.{name}.teacher to an earlier stage (one of {seen}), to 'export:<dir>', "
                           "or set teacher_model and teacher_checkpoint")
-      if not external and stage.teacher not in seen:
+      if stage.teacher.startswith("ema:"):
+        _check_ema_teacher(config, name)
+      elif not external and stage.teacher not in seen:
         memory = f", or a teacher given in memory ({list(memory_teachers)})" if memory_teachers else ""
         raise ConfigError(f"stages.{name}.teacher={stage.teacher!r} must be a stage that runs before "
                           f"{name!r} in stage_order (earlier stages: {seen}), 'export:<dir>'{memory}")

@@ -97,7 +97,7 @@ def _check_external_weights(config: ml_collections.ConfigDict, stage_name: str, 
   Returns the external teacher's fingerprint (None when the teacher is a stage, or there is none).
   """
   fingerprint_of_teacher = None
-  if external.teacher_kind(config, stage_name) not in ("", "stage"):
+  if external.teacher_kind(config, stage_name) not in ("", "stage", "ema"):
     teacher = external.load_teacher(config, stage_name, "", spec)
     example = {spec.input_key: jax.ShapeDtypeStruct((2,) + spec.input_shape, spec.input_dtype)}
     try:

@@ -50,6 +50,9 @@ from kd.models import nnx_bridge
 from kd.models import preprocessing
 
 EXPORT = "export:"
+# teacher = "ema:<decay>": the exponential moving average of the student's own variables, updated after
+# every step (kd.train.train_step); a self-distillation teacher that is never trained by gradient.
+EMA = "ema:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +134,7 @@ def memory_names() -> tuple[str, ...]:
 
 
 def teacher_kind(config: ml_collections.ConfigDict, stage_name: str) -> str:
-  """"" (no teacher), "stage", "export", "checkpoint" or "memory"."""
+  """"" (no teacher), "stage", "export", "checkpoint", "memory" or "ema"."""
   stage = config.stages[stage_name]
   if stage.get("teacher_checkpoint", ""):
     return "checkpoint"
@@ -140,15 +143,24 @@ def teacher_kind(config: ml_collections.ConfigDict, stage_name: str) -> str:
     return ""
   if teacher.startswith(EXPORT):
     return "export"
+  if teacher.startswith(EMA):
+    return "ema"
   if teacher in _MEMORY and teacher not in config.stages:
     return "memory"
   return "stage"
+
+
+def ema_decay(config: ml_collections.ConfigDict, stage_name: str) -> float:
+  """The decay of a stage's moving-average teacher (teacher = "ema:<decay>"); 0.0 for any other."""
+  teacher = config.stages[stage_name].teacher
+  return float(teacher[len(EMA):]) if teacher.startswith(EMA) else 0.0
 
 
 def describe(config: ml_collections.ConfigDict, stage_name: str) -> str:
   """The teacher's source in a few words, for logs and errors."""
   stage, kind = config.stages[stage_name], teacher_kind(config, stage_name)
   return {"": "none", "stage": f"stage {stage.teacher!r}", "export": stage.teacher,
+          "ema": f"the moving average of the student's variables (decay {ema_decay(config, stage_name)})",
           "checkpoint": f"checkpoint {stage.get('teacher_checkpoint', '')}",
           "memory": f"model {stage.teacher!r} given in memory"}[kind]
 
@@ -360,7 +372,7 @@ def load_teacher(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
   """The teacher of a stage, from whichever source its config names (see the module docstring)."""
   stage, kind = config.stages[stage_name], teacher_kind(config, stage_name)
   where = f"stages.{stage_name}"
-  if kind == "":
+  if kind in ("", "ema"):  # The moving average lives in the student's train state (kd.train).
     return None
   if kind == "stage":
     return _from_export(os.path.join(run_dir, stage.teacher), spec, "stage", f"{where}.teacher")
@@ -387,6 +399,8 @@ def teacher_module(config: ml_collections.ConfigDict, stage_name: str, spec: Dat
     return None
   if kind == "stage":
     return models.build_model(config.stages[stage.teacher].model, spec.num_classes)
+  if kind == "ema":  # The student's own architecture.
+    return models.build_model(stage.model, spec.num_classes)
   if kind == "memory":
     module = _MEMORY[stage.teacher][0]
     if isinstance(module, nnx.Module):

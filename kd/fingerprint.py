@@ -79,7 +79,8 @@ def identity(config: ml_collections.ConfigDict, stage_name: str, seed: int,
   if teacher and teacher in config.stages and not stage.get("teacher_checkpoint", ""):
     result["teacher_identity"] = digest(identity(config, teacher, seed, external_teacher))
     result["teacher_cache"] = _plain(config.teacher_cache)
-  elif teacher or stage.get("teacher_checkpoint", ""):
+  elif (teacher and not teacher.startswith("ema:")) or stage.get("teacher_checkpoint", ""):  # The moving
+    # average of the student is the stage's own: its decay, in the stage block, is all there is to it.
     result["teacher_identity"] = external_teacher(stage_name) if external_teacher else "external"
     result["teacher_cache"] = _plain(config.teacher_cache)
   starts_from = config_lib.init_stages(stage)  # Weights from earlier stages: identified by theirs.

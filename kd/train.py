@@ -44,6 +44,7 @@ from kd.errors import WorkdirError
 
 make_optimizer = optimizer_lib.make_optimizer  # Part of kd.train's interface.
 
+EMA_TEACHER = "ema_teacher"  # model_state key of a moving-average teacher (teacher = "ema:<decay>").
 RESULT_JSON = "result.json"  # Written last: its presence means the stage is finished.
 
 
@@ -72,14 +73,16 @@ class TrainState:
 
 def init_train_state(rng: jax.Array, example_batch, teacher_variables=None, initial_variables=None, *,
                      module, optimizer, input_key: str = "image", connector=None, student_apply=None,
-                     teacher_apply=None, init_from_teacher=None) -> TrainState:
+                     teacher_apply=None, init_from_teacher=None, ema_teacher: bool = False) -> TrainState:
   """A fresh TrainState; pure, so `jax.eval_shape` and `jax.jit(out_shardings=...)` apply.
 
   A connector (see `kd.methods`) is initialised on the student's and teacher's outputs for
   `example_batch`, which needs `student_apply`, `teacher_apply` and `teacher_variables`.
   `initial_variables` (the stage's `init_from`, `kd.external.initial_variables`), if given, replace
   the random initialisation; `init_from_teacher(student_params, teacher_params) -> student_params`, if
-  given, initialises the student from the teacher (`kd.methods.build_init_from_teacher`).
+  given, initialises the student from the teacher (`kd.methods.build_init_from_teacher`). With
+  `ema_teacher`, the student's initial variables are also the moving-average teacher's
+  (`model_state["ema_teacher"]`, see train_step).
   """
   init_rng, connector_rng, step_rng = jax.random.split(rng, 3)
   variables = models.init_variables(module, init_rng, example_batch[input_key])
@@ -89,6 +92,9 @@ def init_train_state(rng: jax.Array, example_batch, teacher_variables=None, init
   if init_from_teacher is not None:
     params["student"] = init_from_teacher(params["student"], teacher_variables["params"])
   model_state = {"student": variables, "connector": {}}
+  if ema_teacher:
+    model_state[EMA_TEACHER] = {"params": params["student"], **variables}
+    teacher_variables = model_state[EMA_TEACHER]
   if connector is not None:
     student_out = student_apply({"params": params["student"], **variables}, example_batch, train=False)
     teacher_out = teacher_apply(teacher_variables, example_batch, train=False) if teacher_apply else None
@@ -109,7 +115,7 @@ def student_variables(state: TrainState) -> dict[str, Any]:
 def train_step(state: TrainState, teacher_variables, batch, *, student_apply, teacher_apply,
                loss_fn, optimizer, learning_rate, connector=None, make_views=None,
                prepare_batch=None, nonfinite_policy: str = "stop",
-               inject_nonfinite_at_step: int = 0) -> tuple[TrainState, dict[str, jax.Array]]:
+               inject_nonfinite_at_step: int = 0, ema_decay: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update: teacher forward (no gradient), student forward and backward, optimizer update.
 
   Pure: no I/O, no config. The teacher's variables are an argument (never baked into the program
@@ -135,12 +141,18 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
       bad step), under "skip" training goes on.
     inject_nonfinite_at_step: if > 0, the student's logits are NaN at that step, counted from 1 as
       in the logs (fault injection, to test the policy).
+    ema_decay: if > 0, the teacher is the exponential moving average of the student's variables,
+      `state.model_state["ema_teacher"]` (teacher_variables is then unused): ema <- d * ema + (1 - d) *
+      student after each applied update (Tarvainen & Valpola 2017, "Mean teachers", Eq. 1); it gets no
+      gradient.
 
   Returns:
     (new_state, metrics) with scalar metrics: loss, the method's terms, accuracy, grad_norm,
     learning_rate, nonfinite (1 if this step was NaN/Inf), skipped_updates (so far).
   """
   rng = jax.random.fold_in(state.rng, state.step)
+  if ema_decay:
+    teacher_variables = state.model_state[EMA_TEACHER]
   if prepare_batch is not None:
     batch = prepare_batch(jax.lax.stop_gradient(student_variables(state)), teacher_variables, batch,
                           jax.random.fold_in(rng, 3))
@@ -158,8 +170,7 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
     if inject_nonfinite_at_step > 0:
       poison = jnp.where(state.step + 1 == inject_nonfinite_at_step, jnp.nan, 1.0)
       student_out = {**student_out, "logits": student_out["logits"] * poison}
-    model_state = {"student": student_out.get("state", state.model_state["student"]),
-                   "connector": state.model_state["connector"]}
+    model_state = {**state.model_state, "student": student_out.get("state", state.model_state["student"])}
     if connector is not None:
       connector_variables = {"params": params["connector"], **state.model_state["connector"]}
       mutable = list(state.model_state["connector"])
@@ -179,6 +190,8 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
       model_state=model_state,
       opt_state=opt_state,
   )
+  if ema_decay:
+    updated = _update_moving_average(updated, ema_decay)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   apply_update = finite if nonfinite_policy == "skip" else finite & (state.nonfinite_count == 0)
@@ -191,6 +204,13 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
              "learning_rate": learning_rate(state.step), "nonfinite": (~finite).astype(jnp.float32),
              "skipped_updates": new_state.nonfinite_count.astype(jnp.float32)}
   return new_state, metrics
+
+
+def _update_moving_average(state: TrainState, decay: float) -> TrainState:
+  """The moving-average teacher moved towards the student's updated variables (BatchNorm statistics too)."""
+  student = student_variables(state)
+  average = jax.tree.map(lambda ema, new: decay * ema + (1.0 - decay) * new, state.model_state[EMA_TEACHER], student)
+  return state.replace(model_state={**state.model_state, EMA_TEACHER: average})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,7 +350,7 @@ def _link_to_store(config: ml_collections.ConfigDict, stage_name: str, run_dir: 
   if os.path.lexists(stage_dir):
     return os.path.islink(stage_dir)
   init_from = config.stages[stage_name].init_from
-  if external.teacher_kind(config, stage_name) not in ("", "stage") or (
+  if external.teacher_kind(config, stage_name) not in ("", "stage", "ema") or (
       init_from and not config_lib.init_stages(config.stages[stage_name])):
     return False
   entry = os.path.join(store, fingerprint.digest(fingerprint.identity(config, stage_name, seed)))
@@ -369,7 +389,8 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
   student_train_apply = models.make_apply(module, spec.input_key, stage_features.student_paths, preprocess)
   initial_variables = external.initial_variables(config, stage_name, module, spec, run_dir)
   teacher = external.load_teacher(config, stage_name, run_dir, spec)
-  teacher_apply = teacher.make_apply(spec.input_key, stage_features.teacher_paths) if teacher else None
+  ema_decay = external.ema_decay(config, stage_name)
+  teacher_apply = _teacher_apply(teacher, ema_decay, module, spec.input_key, stage_features.teacher_paths, preprocess)
   teacher_sharding = distributed.teacher_shardings(teacher.variables if teacher else {}, mesh,
                                                    config.mesh.get("teacher", "replicated"))
   teacher_variables = jax.device_put(teacher.variables, teacher_sharding) if teacher else {}
@@ -387,7 +408,9 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
     teacher_sharding = jax.tree.map(lambda _: replicated, cached)
     teacher_variables = jax.device_put(cached, teacher_sharding)
   connector = methods.build_connector(stage.method, stage_features.student_shapes,
-                                      stage_features.teacher_shapes, data.num_examples(train_arrays))
+                                      stage_features.teacher_shapes, data.num_examples(train_arrays),
+                                      student_model=stage.model.to_dict(), num_classes=spec.num_classes,
+                                      input_key=spec.input_key)
   # A stage of 0 steps (init_from, nothing trained) still builds a step, never run.
   optimizer, learning_rate = make_optimizer(stage.optimizer, max(stage.num_steps, 1), data_config.batch_size)
   peak_learning_rate = distributed.scaled_learning_rate(
@@ -411,7 +434,7 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
   init = functools.partial(init_train_state, module=module, optimizer=optimizer,
                            input_key=spec.input_key, connector=connector,
                            student_apply=student_train_apply, teacher_apply=teacher_apply,
-                           init_from_teacher=init_from_teacher)
+                           init_from_teacher=init_from_teacher, ema_teacher=bool(ema_decay))
   rng = jax.random.PRNGKey(seed)
   abstract_state = jax.eval_shape(init, rng, example_batch, teacher_variables, initial_variables)
   state_sharding = distributed.state_shardings(abstract_state, mesh)
@@ -420,7 +443,7 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
                         loss_fn=loss_fn, optimizer=optimizer, learning_rate=learning_rate,
                         connector=connector, make_views=make_views, prepare_batch=prepare_batch,
                         nonfinite_policy=config.nonfinite.policy,
-                        inject_nonfinite_at_step=config.nonfinite.inject_at_step),
+                        inject_nonfinite_at_step=config.nonfinite.inject_at_step, ema_decay=ema_decay),
       in_shardings=(state_sharding, teacher_sharding, batch_sharding),
       out_shardings=(state_sharding, replicated),
       donate_argnums=0,
@@ -545,6 +568,17 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
       f"{role} accuracy {eval_scalars[role + '/accuracy']:.4f} ({data.splits.describe(data_config, role)})"
       for role in sorted(eval_sets, key=("test", "validation").index)))
   return result
+
+
+def _teacher_apply(teacher: external.Teacher | None, ema_decay: float, module, input_key: str, feature_paths,
+                   preprocess: str):
+  """The teacher's apply function: a loaded teacher's, the student's own for a moving-average teacher
+  (eval mode, its variables from the train state), or None."""
+  if teacher is not None:
+    return teacher.make_apply(input_key, feature_paths)
+  if ema_decay:
+    return models.make_apply(module, input_key, feature_paths, preprocess)
+  return None
 
 
 def _sources(stage, teacher: external.Teacher | None, initial_variables) -> dict[str, Any]:

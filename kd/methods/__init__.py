@@ -57,6 +57,7 @@ from kd.methods import crd
 from kd.methods import deit
 from kd.methods import dist
 from kd.methods import dkd
+from kd.methods import dml
 from kd.methods import fitnets
 from kd.methods import fsp
 from kd.methods import ft
@@ -104,6 +105,8 @@ METHODS = {
     "rkd": rkd,
     "pkt": pkt,
     "crd": crd,
+    # Online: a cohort of students distilling from each other's current predictions.
+    "dml": dml,
     # Language models: next-token targets over real tokens (see kd.methods.lm_common).
     "lm_supervised": lm_supervised,
     "lm_kd": lm_kd,
@@ -175,13 +178,21 @@ def check_feature_shapes(method_config: Mapping[str, Any], student_shapes: dict,
 
 
 def build_connector(method_config: Mapping[str, Any], student_shapes: dict, teacher_shapes: dict,
-                    num_examples: int):
-  """The method's trainable connector module, or None."""
+                    num_examples: int, *, student_model: Mapping[str, Any] | None = None,
+                    num_classes: int = 0, input_key: str = "image"):
+  """The method's trainable connector module, or None.
+
+  A method with `USES_STUDENT_MODEL = True` (networks of the student's architecture in its connector,
+  e.g. mutual learning's peers) also gets the student's model config, the number of classes and the
+  batch's input key.
+  """
   module = METHODS[method_config["name"]]
   if not hasattr(module, "make_connector"):
     return None
+  extra = ({"student_model": student_model, "num_classes": num_classes, "input_key": input_key}
+           if getattr(module, "USES_STUDENT_MODEL", False) else {})
   return module.make_connector({**module.DEFAULTS, **method_params(method_config)}, student_shapes,
-                               teacher_shapes, num_examples)
+                               teacher_shapes, num_examples, **extra)
 
 
 def build_prepare_batch(method_config: Mapping[str, Any], student_module, teacher_module):

@@ -246,7 +246,7 @@ def build_model(model_config: Mapping[str, Any], num_classes: int) -> nn.Module:
   return model_class(num_classes=num_classes, **kwargs)
 
 
-def _model_inputs(module, inputs: jax.Array, preprocess: str = preprocessing.DEFAULT) -> jax.Array:
+def model_inputs(module, inputs: jax.Array, preprocess: str = preprocessing.DEFAULT) -> jax.Array:
   # Images travel as uint8 (4x less host-to-device traffic) and become the model's inputs on the
   # device; token ids (a language model's `integer_inputs`) stay integers.
   if getattr(module, "integer_inputs", False) or getattr(module, "raw_inputs", False):
@@ -275,7 +275,7 @@ def make_apply(module: nn.Module, input_key: str = "image", feature_paths: Seque
     return method_name == "__call__" and features.module_path(submodule) in wanted
 
   def apply(variables, batch, *, train: bool, rngs=None) -> dict[str, Any]:
-    inputs = _model_inputs(module, batch[input_key], preprocess)
+    inputs = model_inputs(module, batch[input_key], preprocess)
     mutable = [name for name in variables if name != "params"] if train else []
     if not mutable and not wanted:
       return {"logits": module.apply(variables, inputs, train=train, rngs=rngs), "features": {}}
@@ -313,7 +313,7 @@ def init_variables(module, rng: jax.Array, example_inputs: jax.Array) -> dict[st
   """The module's variables for inputs shaped like `example_inputs` (a batch)."""
   if isinstance(module, nnx_bridge.NNXModel):
     return module.init(rng)
-  return dict(module.init({"params": rng, "dropout": rng}, _model_inputs(module, example_inputs),
+  return dict(module.init({"params": rng, "dropout": rng}, model_inputs(module, example_inputs),
                           train=False))
 
 
