@@ -13,7 +13,8 @@ student distilled from a teacher with each method of the table, test accuracy on
 `get_config("pair=<teacher>_<student>,method=<name>")` (comma-separated key=value) picks one run;
 `method=all` runs every method of the table on the pair. Use one workdir per pair: each config has
 the stages `teacher` (the teacher trained on labels), `baseline` (the student architecture on labels)
-and the method's stage (FT adds `paraphraser` before it), and a finished stage is skipped, so the
+and the method's stage (FT adds `paraphraser` before it, AB and FSP `ab_init` / `fsp_init`), and a
+finished stage is skipped, so the
 teacher and baseline are trained once per pair and every method distils the same teacher.
 The paper distils pretrained teachers; here the teacher is the first stage, trained with the same
 recipe as RepDistiller's `train_teacher.py`, or RepDistiller's released teacher itself with
@@ -37,10 +38,15 @@ RepDistiller's `feat` lists (REFERENCE_FEATURES: post-ReLU maps, WRN's raw block
 maps for AB). FT first trains its paraphraser for 30 epochs at a constant rate (stage
 `paraphraser`, RepDistiller's init_epochs, at 0.01 for resnet and wrn students as its
 helper/pretrain.py), then the FT stage with kd's `ft` (the paper's loss, not RepDistiller's variant,
-so its beta differs from the benchmark's 200). RECIPE lists every setting with its source.
-Departures (the RECIPE rows that say so): AB and FSP run in a one-stage form (RepDistiller: 30 epochs
-of the loss alone, then CE only); AT and AB pair maps of equal resolution (in the cross-family
-pairs, a student stage with the teacher's map of its resolution; RepDistiller pools the larger). The two ResNet50 pairs of Table 2 are listed in
+so its beta differs from the benchmark's 200). AB and FSP train in RepDistiller's two stages: 30
+init_epochs of the feature loss alone at the student's constant rate (stage `ab_init` / `fsp_init`:
+the AB loss through its connector, or the unweighted FSP loss, no cross-entropy, no decay on the
+modules the init optimizer leaves out), then the method's stage trains that student
+(`init_from="stage:ab_init"`) on labels only for the 240 epochs (its `-b` multiplies nothing). RECIPE
+lists every setting with its source. Departures (the RECIPE rows that say so): AT and AB pair maps of
+equal resolution (in the cross-family pairs, a student stage with the teacher's map of its
+resolution; RepDistiller pools the larger); AB's init stage trains a WRN student's final BatchNorm,
+which RepDistiller leaves at its initial identity. The two ResNet50 pairs of Table 2 are listed in
 REPORTED but not run: kd.models has no CIFAR ResNet50.
 
 Runtime (an estimate, not measured here): hours per method and pair on one GPU (187,500 steps each),
@@ -66,6 +72,27 @@ from kd.methods import method_config
 from kd.models import vgg
 
 FT_PARAPHRASER_EPOCHS = 30  # RepDistiller's init_epochs, at a constant learning rate.
+# AB and FSP train in two stages, as RepDistiller's train_student.py does: an init stage of init_epochs
+# on the feature loss alone (helper/pretrain.py), whose student the method's stage then trains on
+# labels only (helper/loops.py: loss_kd = 0 for abound and fsp; -a 0, so no KD either).
+INIT_EPOCHS = 30
+TWO_STAGE = ("ab", "fsp")
+# helper/pretrain.py's optimizer holds only the connector and `model_s.get_feat_modules()`: the
+# classifier (and MobileNetV2's and ShuffleNetV2's last 1x1 convolution, WRN's final BatchNorm) are
+# not in it, so they get no weight decay there. Those modules get no gradient from these losses
+# either (but WRN's final BatchNorm, see RECIPE), so without decay they stay as initialised.
+INIT_DECAY_MASK = r"^(?!student/(head|last_conv|bn_final)/)"
+
+
+def init_stage_method(name: str, method: dict) -> dict:
+  """The init stage's loss: helper/pretrain.py's `loss = sum(loss_group)`, with no cross-entropy.
+
+  ABLoss already scales each map's loss by / 1000 * 3 (ab_weight 3e-3); FSP's init sums its losses
+  unweighted (the -b 50 of the script multiplies nothing in either stage).
+  """
+  if name == "ab":
+    return {**method, "ce_weight": 0.0}
+  return {**method, "fsp_weight": 1.0, "ce_weight": 0.0}
 # RepDistiller's helper/pretrain.py: the FT ("factor") init stage runs at 0.01 for its resnet and wrn
 # students, at the student's own rate (0.05 vgg, 0.01 MobileNetV2 / ShuffleNet) otherwise.
 FT_PARAPHRASER_LR_001 = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
@@ -292,6 +319,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           **{**optimizer(student), "learning_rate": paraphraser_learning_rate(student), "schedule": "constant",
              "decay_boundaries": ()})
       order.append("paraphraser")
+    if name in TWO_STAGE:  # The init stage on the feature loss, then labels only from its student.
+      config.stages[f"{name}_init"] = stage_config(
+          model_config(student), init_stage_method(name, methods[name]), teacher="teacher",
+          num_steps=steps(INIT_EPOCHS), **{**optimizer(student), "schedule": "constant", "decay_boundaries": (),
+                                          "weight_decay_mask": INIT_DECAY_MASK})
+      config.stages[name] = stage_config(model_config(student), method_config("supervised"),
+                                         init_from=f"stage:{name}_init", num_steps=num_steps, **optimizer(student))
+      order += [f"{name}_init", name]
+      continue
     config.stages[name] = stage_config(model_config(student), methods[name], teacher="teacher",
                                        num_steps=num_steps, **optimizer(student))
     order.append(name)
@@ -377,10 +413,14 @@ def _taps(table: str, of: str, start: int, stop: int | None = None) -> dict:
 
 _POOL = ("pool",)  # feat[-1], the pooled embedding.
 _CROSS_FAMILY = "kd's at and ab compare maps of equal resolution; RepDistiller pools the larger map (AT.py, AB's ConvReg)"
-_ONE_STAGE = ("RepDistiller runs {name} in two stages: 30 init_epochs of the {name} loss alone on the student's "
-              "feature modules (helper/pretrain.py), then 240 epochs of CE only (helper/loops.py: loss_kd = 0); "
-              "kd runs CE + the loss in one stage (an init stage needs a stage to start from an earlier stage's "
-              "weights, which init_from does not take)")
+_INIT_MODULES = ("helper/pretrain.py's optimizer holds the connector and get_feat_modules() only; WRN's final "
+                 "BatchNorm (AB's last pre-activation map, preact f3) is not among them, and the student is in eval "
+                 "mode but for those modules, so for WRN students that BatchNorm stays at its initial identity "
+                 "(running mean 0, variance 1) through the init stage, where kd trains it on the AB loss in train "
+                 "mode (a stage trains its whole model); modules outside the list that these losses do not reach "
+                 "keep their weights in both (no decay on them here), though kd updates their BatchNorm running "
+                 "statistics (MobileNetV2's and ShuffleNetV2's last 1x1 convolution), which the main stage's first "
+                 "steps replace")
 
 
 def _method_rows(stage: str, name: str, rows: list[tuple]) -> list[dict]:
@@ -400,6 +440,24 @@ def _pair_taps(table: str, start: int, cross_student: dict, cross_teacher: dict)
            {"*": _taps(table, "student", start), **cross_student}, _LOOPS, {"by": "pair", **departs}),
           (f"{table}[{start}:-1] of the teacher", "teacher_features",
            {"*": _taps(table, "teacher", start), **cross_teacher}, _LOOPS, {"by": "pair", **departs})]
+
+
+def _init_stage_rows(name: str) -> list[dict]:
+  """AB's or FSP's init stage (`<name>_init`) and the method's stage on labels from its student."""
+  init = (f"{name}_init",)
+  return [
+      recipe_row("init_epochs 30", "num_steps", steps(INIT_EPOCHS), _TRAIN, stages=init),
+      recipe_row("init(): a constant rate", "optimizer.schedule", "constant", _PRETRAIN, stages=init),
+      recipe_row("init(): no decay", "optimizer.decay_boundaries", (), _PRETRAIN, stages=init),
+      recipe_row("init(): SGD(init_modules.parameters(), weight_decay): the connector and get_feat_modules()",
+                 "optimizer.weight_decay_mask", INIT_DECAY_MASK, _PRETRAIN, stages=init,
+                 departs=_INIT_MODULES if name == "ab" else "",
+                 reference="WRN's final BatchNorm frozen at its initial identity" if name == "ab" else None),
+      recipe_row(f"--distill {'abound' if name == 'ab' else name}: then train() from init()'s student",
+                 "init_from", f"stage:{name}_init", _TRAIN, stages=(name,)),
+      recipe_row(f"loops.py: loss_kd = 0 for {'abound' if name == 'ab' else name}, -a 0: cross-entropy only",
+                 "method.name", "supervised", _LOOPS, stages=(name,)),
+  ]
 
 
 _NO_TOKENS = ("(kd only: no class tokens in a CNN)",)
@@ -455,7 +513,7 @@ RECIPE = [
         ("feat[-1] of the student", "student_features", _POOL, _LOOPS),
         ("feat[-1] of the teacher", "teacher_features", _POOL, _LOOPS),
         ("-b 30000", "pkt_weight", 30000.0, _SCRIPT), ("-r 1", "ce_weight", 1.0, _TRAIN)]),
-    *_method_rows("ab", "ab", [
+    *_method_rows("ab_init", "ab", [
         *_pair_taps("preact", 0,
                     {"vgg13_mobile_half": ("blocks1_1", "blocks2_2", "blocks4_2"),
                      "resnet32x4_ShuffleV1": ("layer1_3/preact", "layer2_7/preact"),
@@ -466,9 +524,9 @@ RECIPE = [
                      "resnet32x4_ShuffleV2": ("layer2_4/preact", "layer3_4/preact"),
                      "wrn_40_2_ShuffleV1": ("block3_0/bn1", "bn_final")}),
         ("ABLoss margin=1.0", "margin", 1.0, f"{_ZOO}/AB.py"), ("Connector (ConvReg)", "connector", True, _TRAIN),
-        ("ABLoss: loss / 1000 * 3 (init stage)", "ab_weight", 3e-3, f"{_ZOO}/AB.py",
-         {"departs": _ONE_STAGE.format(name="AB"), "reference": "AB loss only in the 30-epoch init stage"}),
-        ("-r 1", "ce_weight", 1.0, _TRAIN)]),
+        ("ABLoss: loss / 1000 * 3; init(): loss = sum(loss_group)", "ab_weight", 3e-3, f"{_ZOO}/AB.py"),
+        ("init(): the AB loss alone, no cross-entropy", "ce_weight", 0.0, _PRETRAIN)]),
+    *_init_stage_rows("ab"),
     *_method_rows("nst", "nst", [
         ("feat[1:-1] of the student", "student_features", _taps("feat", "student", 1), _LOOPS),
         ("feat[1:-1] of the teacher", "teacher_features", _taps("feat", "teacher", 1), _LOOPS),
@@ -505,10 +563,10 @@ RECIPE = [
         ("FactorTransfer p1=2, p2=1", "p", 1.0, f"{_ZOO}/FT.py",
          {"departs": "the paper's p = 1 on the normalised factors (see beta)", "reference": "p1=2, p2=1"}),
         ("-r 1", "ce_weight", 1.0, _TRAIN)]),
-    *_method_rows("fsp", "fsp", [
+    *_method_rows("fsp_init", "fsp", [
         ("feat[:-1] of the student", "student_features", _taps("feat", "student", 0), _TRAIN),
         ("feat[:-1] of the teacher", "teacher_features", _taps("feat", "teacher", 0), _TRAIN),
-        ("-b 50", "fsp_weight", 50.0, _SCRIPT,
-         {"departs": _ONE_STAGE.format(name="FSP"), "reference": "FSP loss only in the 30-epoch init stage"}),
-        ("-r 1", "ce_weight", 1.0, _TRAIN)]),
+        ("init(): loss = sum(loss_group), unweighted (-b 50 multiplies nothing)", "fsp_weight", 1.0, _PRETRAIN),
+        ("init(): the FSP loss alone, no cross-entropy", "ce_weight", 0.0, _PRETRAIN)]),
+    *_init_stage_rows("fsp"),
 ]

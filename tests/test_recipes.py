@@ -156,3 +156,5 @@ def test_recipes_name_each_departure():
   departures = {name: [row["key"] for row in _module(name).RECIPE if row["departs"]] for name in PAPER_FILES}
   # The AT file restarts the momentum at each decay and initialises its WRN as the released code does.
   assert not departures["zagoruyko2017_at.py"], departures["zagoruyko2017_at.py"]
+  # AB and FSP run RepDistiller's two stages (an init stage on the feature loss, then labels only).
+  assert not {"method.ab_weight", "method.fsp_weight"} & set(departures["tian2020_crd.py"])
