@@ -30,7 +30,9 @@ def resolve_features(method, student, teacher, batch_size: int):
   t_paths = features.select(t_patterns, list(t_taps), "t") if t_patterns else []
   s_shapes, t_shapes = {p: s_taps[p] for p in s_paths}, {p: t_taps[p] for p in t_paths}
   methods.check_feature_shapes(method, s_shapes, t_shapes, "method")
-  return s_paths, t_paths, methods.build_connector(method, s_shapes, t_shapes, batch_size)
+  return s_paths, t_paths, methods.build_connector(method, s_shapes, t_shapes, batch_size,
+                                                   student_model=models.model_config(**STUDENT), num_classes=10,
+                                                   input_key="image")
 
 
 def build_method_step(method, *, learning_rate: float = 3e-3, batch_size: int = 16):
