@@ -6,6 +6,12 @@ D is one of `kd.losses.TOKEN_DIVERGENCES` (`divergence`), with its `beta` (JSD) 
 Every mean is over the real target tokens of the batch (mask and, when set, loss_mask), never over
 batch x length, so padding neither dilutes nor weights the loss. The T^2 factor keeps the soft
 term's gradient size independent of T (Hinton et al. 2015, Section 2).
+
+With `chunk_size > 0` (lm_kd, lm_gkd) the same loss is computed by `kd.lm.chunked` from the models'
+final hidden states and heads (their tap points `final_norm` and `head_kernel` / `head_embedding` /
+`head_bias`), `chunk_size` tokens at a time, so that neither model's [B, L, V] logits exist in the
+step: the values and gradients are the unchunked ones to float32 rounding. A method with a
+`chunk_size` parameter asks for those features through `feature_patterns(params)`.
 """
 
 from typing import Any
@@ -15,6 +21,7 @@ import jax.numpy as jnp
 
 from kd import losses
 from kd.errors import ConfigError
+from kd.lm import chunked
 from kd.lm import tokens as lm_tokens
 
 DECODINGS = ("sample", "greedy", "beam")
@@ -41,6 +48,41 @@ def check_divergence(params: dict[str, Any], where: str) -> None:
     raise ConfigError(f"{where}: kd_weight and ce_weight are both 0, so nothing is learned; set one > 0")
 
 
+def check_chunk_size(params: dict[str, Any], where: str) -> None:
+  chunk_size = params["chunk_size"]
+  if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 0:
+    raise ConfigError(f"{where}.chunk_size={chunk_size!r} must be an integer >= 0 (0: the full logits; "
+                      "e.g. 1024: the divergence from hidden states and heads, 1024 tokens at a time)")
+
+
+def feature_patterns(params: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(student, teacher) feature patterns: the hidden states and heads when the loss is chunked."""
+  if not params.get("chunk_size"):
+    return (), ()
+  return chunked.FEATURE_PATTERNS, chunked.FEATURE_PATTERNS if params["kd_weight"] else ()
+
+
+def check_features(params: dict[str, Any], student_shapes: dict, teacher_shapes: dict, where: str) -> None:
+  """A chunked loss needs each model's head and one vocabulary: ConfigError before anything compiles."""
+  if not params.get("chunk_size"):
+    return
+  vocabularies = {}
+  for who, shapes in (("student", student_shapes), ("teacher", teacher_shapes)):
+    if who == "teacher" and not params["kd_weight"]:
+      continue
+    if chunked.KERNEL_TAP in shapes:
+      vocabularies[who] = shapes[chunked.KERNEL_TAP][-1]
+    elif chunked.EMBEDDING_TAP in shapes:
+      vocabularies[who] = shapes[chunked.EMBEDDING_TAP][0]
+    else:
+      raise ConfigError(f"{where}.chunk_size={params['chunk_size']} reads the {who}'s head, but its tap points "
+                        f"matching {chunked.FEATURE_PATTERNS} are {sorted(shapes)}: the model needs a "
+                        f"{chunked.KERNEL_TAP!r} or {chunked.EMBEDDING_TAP!r} tap point, or set chunk_size=0")
+  if len(set(vocabularies.values())) > 1:
+    raise ConfigError(f"{where}: the student's vocabulary has {vocabularies['student']} tokens and the "
+                      f"teacher's {vocabularies['teacher']}: token divergences need one vocabulary")
+
+
 def check_prompt(params: dict[str, Any], where: str) -> None:
   if params["prompt_length"] < 1:
     raise ConfigError(f"{where}.prompt_length={params['prompt_length']} must be >= 1")
@@ -64,8 +106,13 @@ def check_decoding(params: dict[str, Any], where: str) -> None:
 
 
 def distillation_loss(student_out, teacher_out, batch, *, divergence: str, beta: float, alpha: float,
-                      temperature: float, kd_weight: float, ce_weight: float) -> tuple[Any, dict[str, Any]]:
-  """The combined loss of the module docstring, and its terms."""
+                      temperature: float, kd_weight: float, ce_weight: float,
+                      chunk_size: int = 0) -> tuple[Any, dict[str, Any]]:
+  """The combined loss of the module docstring, and its terms (chunked when chunk_size > 0)."""
+  if chunk_size:
+    return chunked.distillation_loss(student_out, teacher_out, batch, chunk_size=chunk_size,
+                                     divergence=divergence, beta=beta, alpha=alpha, temperature=temperature,
+                                     kd_weight=kd_weight, ce_weight=ce_weight)
   targets_BxT, weights_BxT = lm_tokens.next_token_targets(batch)
   real_BxT = weights_BxT > 0
   student_logits = student_out["logits"][:, :-1]

@@ -14,7 +14,9 @@ Defaults follow the paper's main setting: divergence = generalized JSD with beta
 sampling at temperature 1 (TRL's GKDConfig uses 0.9). `eos_token >= 0` ends a student sample at its
 first EOS: the EOS is a target, the filler after it is not. With `divergence="skew_forward_kl"` or
 `"skew_reverse_kl"` and alpha = 0.1 this is DistiLLM's objective on student-generated outputs with a
-fixed probability, without its adaptive schedule or replay buffer (Ko et al. 2024).
+fixed probability, without its adaptive schedule or replay buffer (Ko et al. 2024). `chunk_size > 0`
+computes the divergence from the models' hidden states and heads, that many tokens at a time,
+without their [B, L, V] logits (`kd.lm.chunked`).
 
 Reference: R. Agarwal, N. Vieillard, Y. Zhou, P. Stanczyk, S. Ramos, M. Geist, O. Bachem, "On-Policy
 Distillation of Language Models: Learning from Self-Generated Mistakes", ICLR 2024, arXiv:2306.13649,
@@ -34,12 +36,15 @@ LANGUAGE_MODEL = True  # Reads next-token targets of a token dataset (kd.lm.chec
 NEEDS_TEACHER = True
 DEFAULTS: dict[str, Any] = {**lm_common.DIVERGENCE_DEFAULTS, "divergence": "jsd",
                             "student_data_fraction": 0.5, "prompt_length": 16, "sample_temperature": 1.0,
-                            "top_k": 0, "top_p": 1.0, "eos_token": -1}
+                            "top_k": 0, "top_p": 1.0, "eos_token": -1, "chunk_size": 0}
 _SAMPLER = ("prompt_length", "sample_temperature", "top_k", "top_p", "eos_token")
+feature_patterns = lm_common.feature_patterns
+check_features = lm_common.check_features
 
 
 def check(params: dict[str, Any], where: str) -> None:
   lm_common.check_divergence(params, where)
+  lm_common.check_chunk_size(params, where)
   lm_common.check_prompt(params, where)
   if not 0 <= params["student_data_fraction"] <= 1:
     raise ConfigError(f"{where}.student_data_fraction={params['student_data_fraction']} must be in [0, 1] "

@@ -5,6 +5,10 @@ the chosen divergence (forward KL = word-level KD of Kim & Rush 2016, reverse KL
 of GKD, total variation, skew forward / reverse KL of DistiLLM), plus optionally cross-entropy on the
 data (see `kd.methods.lm_common` for the formula and the normalisation by real tokens).
 
+`chunk_size > 0` computes the same loss from the models' hidden states and heads, that many tokens
+at a time, without either model's [B, L, V] logits (`kd.lm.chunked`; not with the teacher cache,
+which holds logits only).
+
 References: Hinton, Vinyals & Dean, arXiv:1503.02531; Kim & Rush, EMNLP 2016, arXiv:1606.07947, eq. 3;
 Agarwal et al., ICLR 2024, arXiv:2306.13649; Ko et al., ICML 2024, arXiv:2402.03898.
 """
@@ -17,11 +21,14 @@ LANGUAGE_MODEL = True  # Reads next-token targets of a token dataset (kd.lm.chec
 NEEDS_TEACHER = True
 # Needs only the teacher's logits on the dataset's windows, so they can be read from kd.teacher_cache.
 CACHEABLE = True
-DEFAULTS: dict[str, Any] = dict(lm_common.DIVERGENCE_DEFAULTS)
+DEFAULTS: dict[str, Any] = {**lm_common.DIVERGENCE_DEFAULTS, "chunk_size": 0}
+feature_patterns = lm_common.feature_patterns
+check_features = lm_common.check_features
 
 
 def check(params: dict[str, Any], where: str) -> None:
   lm_common.check_divergence(params, where)
+  lm_common.check_chunk_size(params, where)
 
 
 def loss(student_out, teacher_out, batch, **params) -> tuple[Any, dict[str, Any]]:

@@ -20,7 +20,9 @@ transformers' config defaults; `rope_scaling` is spelled out as `rope_type`, `ro
           (arXiv:2505.09388); `head_dim` is its own field (128 in the released models).
 
 The kd contract is TransformerLM's (kd.models.transformer_lm): `__call__(tokens_BxT, train) -> logits
-[B, T, vocab]`; tap points `layers_<i>` (the hidden state after block i) and `final_norm`;
+[B, T, vocab]`; tap points `layers_<i>` (the hidden state after block i) and `final_norm`, and the
+head's weight, `head_kernel` [D, V] (an untied `lm_head`) or `head_embedding` [V, D] (a head tied to
+the token embedding), for losses that compute the logits themselves in chunks (`kd.lm.chunked`);
 `decode(tokens_BxT, cache, cache_index) -> (logits, cache)` over a KV cache from `init_cache`, which
 holds only the key/value heads (grouped-query attention caches num_key_value_heads, not
 num_attention_heads). Parameters are float32; `dtype` is the computation's dtype (norms and softmax
@@ -38,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd.models import attributes
+from kd.models.transformer_lm import Tap
 
 
 def _gelu_tanh(x):
@@ -235,11 +238,18 @@ class GPT2(nn.Module):
     self.final_norm = nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, use_fast_variance=False)
     if not self.tie_word_embeddings:
       self.lm_head = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype)
+    self.head_embedding, self.head_kernel = Tap(), Tap()
 
   def _logits(self, x_BxTxE):
     x_BxTxE = self.final_norm(x_BxTxE)
     logits = self.wte.attend(x_BxTxE) if self.tie_word_embeddings else self.lm_head(x_BxTxE)
     return logits.astype(jnp.float32)
+
+  def _tap_head(self):
+    if self.tie_word_embeddings:
+      self.head_embedding(self.wte.embedding)
+    else:
+      self.head_kernel(self.lm_head.variables["params"]["kernel"])
 
   def __call__(self, tokens_BxT, train: bool = False):
     positions_T = jnp.arange(tokens_BxT.shape[1])
@@ -247,7 +257,9 @@ class GPT2(nn.Module):
     x_BxTxE = self.embed_dropout(x_BxTxE, deterministic=not train)
     for layer in self.layers:
       x_BxTxE = layer(x_BxTxE, positions_T, train)
-    return self._logits(x_BxTxE)
+    logits = self._logits(x_BxTxE)
+    self._tap_head()
+    return logits
 
   def decode(self, tokens_BxT, cache, cache_index):
     """Logits [B, T, V] of T new tokens at positions cache_index..cache_index+T-1, and the cache."""
@@ -419,18 +431,27 @@ class _RotaryDecoder(nn.Module):
     self.final_norm = RMSNorm(self.rms_norm_eps, self.dtype)
     if not self.tie_word_embeddings:
       self.lm_head = nn.Dense(self.num_classes, use_bias=False, dtype=self.dtype)
+    self.head_embedding, self.head_kernel = Tap(), Tap()
 
   def _logits(self, x_BxTxD):
     x_BxTxD = self.final_norm(x_BxTxD)
     logits = self.embed_tokens.attend(x_BxTxD) if self.tie_word_embeddings else self.lm_head(x_BxTxD)
     return logits.astype(jnp.float32)
 
+  def _tap_head(self):
+    if self.tie_word_embeddings:
+      self.head_embedding(self.embed_tokens.embedding)
+    else:
+      self.head_kernel(self.lm_head.variables["params"]["kernel"])
+
   def __call__(self, tokens_BxT, train: bool = False):
     positions_T = jnp.arange(tokens_BxT.shape[1])
     x_BxTxD = self.embed_tokens(tokens_BxT.astype(jnp.int32))
     for layer in self.layers:
       x_BxTxD = layer(x_BxTxD, positions_T, train)
-    return self._logits(x_BxTxD)
+    logits = self._logits(x_BxTxD)
+    self._tap_head()
+    return logits
 
   def decode(self, tokens_BxT, cache, cache_index):
     """Logits [B, T, V] of T new tokens at positions cache_index..cache_index+T-1, and the cache."""

@@ -7,6 +7,11 @@ Each block is `x + attention(LN(x))` then `x + mlp(LN(x))`, causal multi-head at
 state after it) is a tap point: `layers_0`, `layers_1`, ..., `final_norm` (see `kd.features`), so
 feature losses reach them without editing the model.
 
+The head's weights are tap points too, `head_kernel` [D, V] and `head_bias` [V] (identity modules:
+nothing is computed, and the logits are unchanged), so a loss can compute the logits itself from
+`final_norm` and the head, a chunk of tokens at a time (`kd.lm.chunked`): when it does, the compiled
+step never computes the full logits, which nothing then reads.
+
 `decode(tokens, cache, cache_index)` runs the same weights on new tokens only, reading and writing
 the keys and values of the earlier positions in `cache` (`TransformerLM.init_cache`): the function
 `kd.lm.sampling` scans inside `jit`. Its logits equal those of `__call__` on the whole prefix (tested).
@@ -32,6 +37,14 @@ def rotary_embedding(x_BxTxHxD: jax.Array, positions_T: jax.Array) -> jax.Array:
   first, second = x_BxTxHxD[..., :half], x_BxTxHxD[..., half:]
   return jnp.concatenate([first * cos - second * sin, first * sin + second * cos], axis=-1).astype(
       x_BxTxHxD.dtype)
+
+
+class Tap(nn.Module):
+  """Returns its input: a tap point (kd.features) for a value that no submodule outputs, a weight."""
+
+  @nn.compact
+  def __call__(self, x):
+    return x
 
 
 class Attention(nn.Module):
@@ -126,6 +139,8 @@ class TransformerLM(nn.Module):
                    for _ in range(self.num_layers)]
     self.final_norm = nn.LayerNorm()
     self.head = nn.Dense(self.num_classes)
+    self.head_kernel = Tap()
+    self.head_bias = Tap()
 
   def _embed(self, tokens_BxT, positions_T):
     x_BxTxD = self.embed(tokens_BxT.astype(jnp.int32))
@@ -138,7 +153,11 @@ class TransformerLM(nn.Module):
     x_BxTxD = self._embed(tokens_BxT, positions_T)
     for layer in self.layers:
       x_BxTxD = layer(x_BxTxD, positions_T, train)
-    return self.head(self.final_norm(x_BxTxD))
+    logits = self.head(self.final_norm(x_BxTxD))
+    head = self.head.variables["params"]
+    self.head_kernel(head["kernel"])
+    self.head_bias(head["bias"])
+    return logits
 
   def decode(self, tokens_BxT, cache, cache_index):
     """Logits [B, T, V] of T new tokens at positions cache_index..cache_index+T-1, and the cache."""
