@@ -2,6 +2,11 @@
 
 All token statistics are sums over the real target tokens of a split (never means of per-batch
 means), computed on the device batch by batch: a split's logits ([N, L, V]) never go to the host.
+
+Bits per token is the mean NLL per target token over log 2; bits per byte divides the same total by
+the UTF-8 bytes the target tokens stand for (`bytes_per_id`), so models with different tokenizers
+compare on it. On byte-level data (`stdlib_text`: each token is one byte) the two are equal; on
+tokenized data the bytes come from the tokenizer (kd.lm.tokenizer.token_byte_lengths).
 """
 
 import functools
@@ -26,28 +31,31 @@ def _eval_batches(arrays, batch_size: int, sharding):
            "mask": jax.device_put(batch["token_mask"], sharding)}
 
 
-def _sums(apply, mesh, variables, arrays, batch_size: int, reference=None):
-  """Per-split sums over real target tokens: nll, correct, count, and with `reference` (the teacher's
-  next-token argmax [N, L-1], from `predictions`) agree."""
+def _sums(apply, mesh, variables, arrays, batch_size: int, reference=None, bytes_per_id=None):
+  """Per-split sums over real target tokens: nll, correct, count, with `reference` (the teacher's
+  next-token argmax [N, L-1], from `predictions`) agree, and with `bytes_per_id` [V] the targets' bytes."""
   batch_sharding = jax.NamedSharding(mesh, jax.P("data"))
+  byte_table_V = jnp.asarray(bytes_per_id if bytes_per_id is not None else np.zeros(1), jnp.float32)
 
   @functools.partial(jax.jit, out_shardings=jax.NamedSharding(mesh, jax.P()))
-  def sums(variables, batch, reference_BxT):
+  def sums(variables, batch, reference_BxT, byte_table_V):
     logits = apply(variables, batch, train=False)["logits"][:, :-1]
     targets, weights = lm_tokens.next_token_targets(batch)
     nll = losses.token_cross_entropy(logits, targets, where=weights > 0)
     predictions = jnp.argmax(logits, -1)
+    target_bytes = byte_table_V[jnp.minimum(targets, byte_table_V.shape[0] - 1)] * weights
     return jnp.stack([jnp.sum(nll), jnp.sum((predictions == targets) * weights), jnp.sum(weights),
-                      jnp.sum((predictions == reference_BxT) * weights)])
+                      jnp.sum((predictions == reference_BxT) * weights), jnp.sum(target_bytes)])
 
-  total = np.zeros(4)
+  total = np.zeros(5)
   for start, batch in zip(range(0, data.num_examples(arrays), batch_size),
                           _eval_batches(arrays, batch_size, batch_sharding)):
     if reference is None:
       reference_BxT = np.zeros(batch["tokens"].shape[:1] + (batch["tokens"].shape[1] - 1,), np.int32)
     else:
       reference_BxT = _padded(reference[start:start + batch_size], batch_size)
-    total += np.asarray(sums(variables, batch, jax.device_put(reference_BxT, batch_sharding)), np.float64)
+    total += np.asarray(sums(variables, batch, jax.device_put(reference_BxT, batch_sharding), byte_table_V),
+                        np.float64)
   return total
 
 
@@ -55,24 +63,47 @@ def _padded(rows: np.ndarray, batch_size: int) -> np.ndarray:
   return np.concatenate([rows, np.zeros((batch_size - len(rows),) + rows.shape[1:], rows.dtype)])
 
 
-def _scalars(nll: float, correct: float, count: float) -> dict[str, float]:
+def _scalars(nll: float, correct: float, count: float, num_bytes: float | None = None) -> dict[str, float]:
   loss = nll / max(count, 1.0)
-  return {"eval/accuracy": correct / max(count, 1.0), "eval/loss": loss,
-          "eval/perplexity": math.exp(loss), "eval/bits_per_byte": loss / math.log(2)}
+  scalars = {"eval/accuracy": correct / max(count, 1.0), "eval/loss": loss,
+             "eval/perplexity": math.exp(loss), "eval/bits_per_token": loss / math.log(2)}
+  if num_bytes is not None:
+    scalars["eval/bits_per_byte"] = nll / math.log(2) / max(num_bytes, 1.0)
+  return scalars
 
 
-def make_evaluate(apply, mesh: jax.sharding.Mesh) -> Callable[..., dict[str, float]]:
+def bytes_per_id(data_name: str, num_classes: int) -> np.ndarray | None:
+  """The UTF-8 bytes each token id of a dataset stands for, [num_classes], or None where unknown.
+
+  `text_files/...`: from its tokenizer (ids beyond it, a padded vocabulary's, never occur: 0). A byte
+  vocabulary (256 ids, e.g. `stdlib_text`): one byte each.
+  """
+  from kd.data import text_files  # pylint: disable=g-import-not-at-top  # kd.data imports kd.lm.
+  from kd.lm import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+
+  if data_name.startswith(text_files.FAMILY + "/"):
+    lengths = tokenizer_lib.token_byte_lengths(text_files.tokenizer_for(data_name))
+    return np.concatenate([lengths, np.zeros(max(num_classes - len(lengths), 0), lengths.dtype)])[:num_classes]
+  if num_classes == 256:
+    return np.ones(256, np.int64)
+  return None
+
+
+def make_evaluate(apply, mesh: jax.sharding.Mesh, bytes_per_id=None) -> Callable[..., dict[str, float]]:
   """`evaluate(variables, arrays, batch_size) -> {"eval/loss", "eval/perplexity", "eval/accuracy", ...}`.
 
-  `eval/loss` is the mean negative log-likelihood per real token (nats), `eval/perplexity` its exp,
-  `eval/bits_per_byte` (bytes are the tokens here) it over log 2, `eval/accuracy` next-token accuracy.
-  With `reference` (next-token predictions of another model, `predictions`), also `agreement`: the
-  fraction of real tokens where this model's most likely next token is the reference's.
+  `eval/loss` is the mean negative log-likelihood per real token (nats), `eval/perplexity` its exp
+  (per token), `eval/bits_per_token` it over log 2, `eval/accuracy` next-token accuracy. With
+  `bytes_per_id` ([V], see `bytes_per_id`), also `eval/bits_per_byte`: the total NLL in bits over the
+  bytes the target tokens stand for. With `reference` (next-token predictions of another model,
+  `predictions`), also `agreement`: the fraction of real tokens where this model's most likely next
+  token is the reference's.
   """
 
   def evaluate(variables, arrays, batch_size: int, reference=None) -> dict[str, float]:
-    nll, correct, count, agree = _sums(apply, mesh, variables, arrays, batch_size, reference)
-    scalars = _scalars(nll, correct, count)
+    nll, correct, count, agree, num_bytes = _sums(apply, mesh, variables, arrays, batch_size, reference,
+                                                  bytes_per_id)
+    scalars = _scalars(nll, correct, count, num_bytes if bytes_per_id is not None else None)
     if reference is not None:
       scalars["agreement"] = agree / max(count, 1.0)
     return scalars

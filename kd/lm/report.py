@@ -1,11 +1,13 @@
 """The report card of a language-model experiment (`kd.report` hands token datasets over to it).
 
-For teacher, baseline and the distilled student, on `data.test_split`: perplexity (per byte), bits
-per byte, next-token accuracy, parameter count, size in bytes, and decode tokens/s with the KV cache
-at batch 1 and 32 (greedy, 16-token prompt, 112 new tokens, one device). For the student against the
+For teacher, baseline and the distilled student, on `data.test_split`: perplexity (per token), bits
+per token, bits per byte (the same NLL over the UTF-8 bytes the target tokens stand for: equal to bits
+per token on byte-level `stdlib_text`; from the tokenizer on `text_files` data; absent where the
+dataset's bytes are unknown), next-token accuracy, parameter count, size in bytes, and decode tokens/s
+with the KV cache at batch 1 and 32 (greedy, 16-token prompt, 112 new tokens, one device). For the student against the
 teacher: retention (teacher perplexity / student perplexity, 1 = as good as the teacher), compression,
 decode speedup, next-token agreement (same argmax) and KL(teacher || student) per token. Each stage in
-`report.compare` gets a row of perplexity, next-byte accuracy, retention and agreement with the teacher.
+`report.compare` gets a row of perplexity, next-token accuracy, retention and agreement with the teacher.
 """
 
 import os
@@ -25,9 +27,11 @@ ROLES = ("teacher", "baseline", "student")
 DECODE_BATCH_SIZES = (1, 32)
 
 
-def _measure(loaded: checkpoint.LoadedModel, arrays, mesh, batch_size: int, reference) -> dict[str, Any]:
-  metrics = lm_evaluation.make_evaluate(loaded.apply, mesh)(loaded.variables, arrays, batch_size, reference)
-  return {"perplexity": metrics["eval/perplexity"], "bits_per_byte": metrics["eval/bits_per_byte"],
+def _measure(loaded: checkpoint.LoadedModel, arrays, mesh, batch_size: int, reference, bytes_per_id) -> dict[str, Any]:
+  evaluate = lm_evaluation.make_evaluate(loaded.apply, mesh, bytes_per_id=bytes_per_id)
+  metrics = evaluate(loaded.variables, arrays, batch_size, reference)
+  return {"perplexity": metrics["eval/perplexity"], "bits_per_token": metrics["eval/bits_per_token"],
+          "bits_per_byte": metrics.get("eval/bits_per_byte"),
           "token_accuracy": metrics["eval/accuracy"], "agreement": metrics["agreement"],
           "params": models.count_params(loaded.variables["params"]),
           "bytes": models.count_bytes(loaded.variables)}
@@ -41,6 +45,8 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   for the report's student only.
   """
   arrays = data.load_arrays(config.data.name, config.data.test_split, config.data.data_dir)
+  num_classes = data.load_spec(config.data.name, config.data.data_dir).num_classes
+  bytes_per_id = lm_evaluation.bytes_per_id(config.data.name, num_classes)
   mesh = train.make_mesh(config.mesh)
   seed = config.seeds[0]
   run_dir = train.seed_dir(workdir, seed)
@@ -54,7 +60,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   for stage_name in dict.fromkeys([config.report[role] for role in ROLES] + list(config.report.compare)):
     loaded = (checkpoint.load_model(os.path.join(run_dir, stage_name)) if stage_name in config.stages
               else teacher_model)
-    measured[stage_name] = _measure(loaded, arrays, mesh, batch_size, reference)
+    measured[stage_name] = _measure(loaded, arrays, mesh, batch_size, reference, bytes_per_id)
     if stage_name in [config.report[role] for role in ROLES]:
       for decode_batch in DECODE_BATCH_SIZES:
         measured[stage_name][f"decode_tokens_per_s_b{decode_batch}"] = lm_evaluation.decode_tokens_per_second(
@@ -82,29 +88,36 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     rows.append({"stage": stage_name, "method": config.stages[stage_name].method.name,
                  "divergence": config.stages[stage_name].method.get("divergence", "")
                                if config.stages[stage_name].method.name != "lm_supervised" else "",
-                 "perplexity": m["perplexity"], "bits_per_byte": m["bits_per_byte"],
+                 "perplexity": m["perplexity"], "bits_per_token": m["bits_per_token"],
+                 "bits_per_byte": m["bits_per_byte"],
                  "token_accuracy": m["token_accuracy"], "retention": teacher["perplexity"] / m["perplexity"],
                  "agreement": m["agreement"], "params": m["params"]})
   report.update({"comparison": rows, "seeds": [seed], "dataset": config.data.name,
                  "split": config.data.test_split,
                  "tokens": int(np.sum(arrays["mask"][:, 1:])), "examples": int(len(arrays["tokens"])),
+                 "bytes_known": bytes_per_id is not None,
                  "device": jax.devices()[0].device_kind})
   return report
+
+
+def _bits_per_byte(value) -> str:
+  return "-" if value is None else f"{value:.3f}"
 
 
 def to_markdown(report: dict[str, Any]) -> str:
   lines = [
       f"Report card: {report['dataset']} {report['split']} ({report['examples']} windows, "
-      f"{report['tokens']:,} predicted bytes), seed {report['seeds'][0]}; decoding on {report['device']}",
+      f"{report['tokens']:,} predicted tokens), seed {report['seeds'][0]}; decoding on {report['device']}",
       "",
-      "| model | stage | perplexity | bits/byte | next-byte acc. | params | decode tok/s b1 | decode tok/s b32 |",
-      "|---|---|---:|---:|---:|---:|---:|---:|",
+      "| model | stage | perplexity (per token) | bits/token | bits/byte | next-token acc. | params | decode tok/s b1 "
+      "| decode tok/s b32 |",
+      "|---|---|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for role in ROLES:
     m = report[role]
-    lines.append(f"| {role} | {m['stage']} | {m['perplexity']:.3f} | {m['bits_per_byte']:.3f} | "
-                 f"{m['token_accuracy']:.2%} | {m['params']:,} | {m['decode_tokens_per_s_b1']:,.0f} | "
-                 f"{m['decode_tokens_per_s_b32']:,.0f} |")
+    lines.append(f"| {role} | {m['stage']} | {m['perplexity']:.3f} | {m['bits_per_token']:.3f} | "
+                 f"{_bits_per_byte(m['bits_per_byte'])} | {m['token_accuracy']:.2%} | {m['params']:,} | "
+                 f"{m['decode_tokens_per_s_b1']:,.0f} | {m['decode_tokens_per_s_b32']:,.0f} |")
   lines += [
       "",
       f"student vs teacher: retention {report['retention']:.2%} (teacher perplexity / student perplexity), "
@@ -113,11 +126,13 @@ def to_markdown(report: dict[str, Any]) -> str:
       f"KL(teacher||student) {report['kl']:.4f} nats/token",
       f"student vs baseline: perplexity {report['perplexity_gain_over_baseline']:+.3f} lower",
   ]
+  if not report.get("bytes_known", True):
+    lines.append("bits/byte: the dataset does not say how many bytes its tokens stand for")
   if report["comparison"]:
-    lines += ["", "| stage | method | divergence | perplexity | bits/byte | next-byte acc. | retention | agreement |",
-              "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "| stage | method | divergence | perplexity | bits/token | bits/byte | next-token acc. | retention "
+              "| agreement |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in report["comparison"]:
       lines.append(f"| {row['stage']} | {row['method']} | {row['divergence']} | {row['perplexity']:.3f} | "
-                   f"{row['bits_per_byte']:.3f} | {row['token_accuracy']:.2%} | {row['retention']:.2%} | "
-                   f"{row['agreement']:.2%} |")
+                   f"{row['bits_per_token']:.3f} | {_bits_per_byte(row['bits_per_byte'])} | "
+                   f"{row['token_accuracy']:.2%} | {row['retention']:.2%} | {row['agreement']:.2%} |")
   return "\n".join(lines) + "\n"

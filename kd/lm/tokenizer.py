@@ -35,6 +35,8 @@ import os
 import re
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
 from kd.errors import ConfigError
 from kd.errors import DataError
 
@@ -239,6 +241,45 @@ def check_vocabulary(tokenizer: Tokenizer, num_classes: int, where: str = "the m
         f"{where} has {num_classes} output classes but the tokenizer {tokenizer.path} has {size} ids "
         f"({relation} logits than ids): use the tokenizer the model was trained with, or a model whose "
         f"vocabulary size is {size}")
+
+
+_BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")
+
+
+def _is_byte_level(backend) -> bool:
+  """Whether the tokenizer.json decodes with GPT-2's byte-level alphabet (one symbol per byte)."""
+  def types(node):
+    if isinstance(node, dict):
+      yield node.get("type")
+      for child in node.get("decoders", None) or node.get("pretokenizers", None) or ():
+        yield from types(child)
+  spec = json.loads(backend.to_str())
+  return "ByteLevel" in {*types(spec.get("decoder")), *types(spec.get("pre_tokenizer"))}
+
+
+def token_byte_lengths(tokenizer: Tokenizer) -> np.ndarray:
+  """UTF-8 bytes of text each id stands for, int64 [vocab_size]: what bits per byte divides by.
+
+  Special tokens (bos, eos, pad, chat markers) stand for no text: 0. In a byte-level BPE (GPT-2,
+  Llama 3, Qwen, kd's `train_bpe`) every symbol of a token's string is one byte (GPT-2's byte-to-unicode
+  alphabet), so a text's ids add up to exactly `len(text.encode("utf-8"))`. Otherwise a token's string
+  is measured as text, with SentencePiece's "▁" as a space and a byte-fallback token `<0xNN>` as one
+  byte; for a word-level tokenizer, whose ids leave out the spaces between words, this undercounts.
+  """
+  byte_level = _is_byte_level(tokenizer.backend)
+  special = {token_id for token_id, token in tokenizer.backend.get_added_tokens_decoder().items() if token.special}
+  lengths = np.zeros(tokenizer.vocab_size, np.int64)
+  for token_id in range(tokenizer.vocab_size):
+    token = tokenizer.backend.id_to_token(token_id)
+    if token is None or token_id in special:
+      continue
+    if byte_level:
+      lengths[token_id] = len(token)
+    elif _BYTE_FALLBACK.fullmatch(token):
+      lengths[token_id] = 1
+    else:
+      lengths[token_id] = len(token.replace("\u2581", " ").encode("utf-8"))
+  return lengths
 
 
 # Private-use characters that mark where `{% generation %}` blocks begin and end in a rendering.
