@@ -37,6 +37,7 @@ import ml_collections
 from kd import distributed
 from kd import methods
 from kd import models
+from kd import pruning
 from kd.errors import ConfigError
 
 OPTIMIZERS = ("adamw", "sgd")
@@ -148,14 +149,16 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
 
 def stage_config(model: dict[str, Any], method: dict[str, Any], *, teacher: str = "",
                  teacher_model: dict[str, Any] | None = None, teacher_checkpoint: str = "",
-                 init_from: str = "", num_steps: int = 1000, **optimizer) -> ml_collections.ConfigDict:
+                 init_from: str = "", num_steps: int = 1000, prune: dict[str, Any] | None = None,
+                 **optimizer) -> ml_collections.ConfigDict:
   """One stage: train `model` with `method` for `num_steps`, distilling from `teacher`.
 
   `model` is filled with the model's defaults (`kd.models.model_config`) so that every attribute
   can be overridden from the command line; `method` likewise (`kd.methods.method_config`).
   The teacher is an earlier stage, "export:<dir>", a model given to kd.run(teachers=...) by name, or
   `teacher_checkpoint` read by `teacher_model` (which states its `preprocess`); `init_from` starts
-  the model from a checkpoint (see kd.external).
+  the model from a checkpoint (see kd.external). `prune` prunes the model's weights by magnitude
+  during training (kd.pruning.prune_config; off by default).
   """
   model = models.model_config(**model)
   method = methods.method_config(**method)
@@ -172,6 +175,7 @@ def stage_config(model: dict[str, Any], method: dict[str, Any], *, teacher: str 
       "init_from": init_from,
       "num_steps": num_steps,
       "optimizer": optimizer_config(**optimizer),
+      "prune": pruning.prune_config(**(prune or {})),  # Magnitude pruning to a sparsity (kd.pruning).
   })
 
 
@@ -210,6 +214,7 @@ def ensemble_stage(stages, members, *, combine: str = "mean_probs",
 
 
 _STAGE_SCHEMA = stage_config({"name": "cnn"}, {"name": "supervised"})
+_OPTIONAL_STAGE_KEYS = ("prune",)  # Added later: a stage block without it does what kd did before.
 # Checked against the model's attributes / method's parameters.
 _FREE_FORM = ("model", "method", "teacher_model")
 
@@ -253,7 +258,7 @@ def _check_stage(stage, where: str) -> None:
   if not isinstance(stage, (ml_collections.ConfigDict, dict)):
     raise ConfigError(f"{where} must be a stage built with kd.config.stage_config()")
   for key in _STAGE_SCHEMA.keys():
-    if key not in stage:
+    if key not in stage and key not in _OPTIONAL_STAGE_KEYS:
       raise ConfigError(f"{where} has no {key!r}: build stages with kd.config.stage_config()")
   rigid = {k: stage[k] for k in stage.keys() if k not in _FREE_FORM}
   _check_keys_and_types(rigid, _STAGE_SCHEMA, f"{where}.")
@@ -267,6 +272,8 @@ def _check_stage(stage, where: str) -> None:
   if stage.num_steps < 0 or (stage.num_steps == 0 and not stage.init_from):
     raise ConfigError(f"{where}.num_steps={stage.num_steps} must be > 0 (0 only with init_from: a stage that "
                       "imports a checkpoint, evaluates and exports it without training)")
+  if "prune" in stage:
+    pruning.check(stage.prune, stage.num_steps, f"{where}.prune")
   optimizer = stage.optimizer
   if optimizer.name not in OPTIMIZERS:
     raise ConfigError(f"{where}.optimizer.name={optimizer.name!r}: choose one of {OPTIMIZERS}")

@@ -47,16 +47,17 @@ def _plain(value):
 
 # Keys added to the stage block after stages were first fingerprinted, with the value that does what kd did
 # before them: left out of the identity at that value, so stages recorded earlier keep their identity.
-_ADDED_KEYS = {("optimizer", "reset_momentum_at_decays"): False}
+_ADDED_KEYS = {("optimizer", "reset_momentum_at_decays"): lambda value: value is False,
+               ("prune",): lambda block: not block.get("sparsity")}
 
 
 def _without_neutral_added_keys(stage: dict[str, Any]) -> dict[str, Any]:
-  for (*parents, key), neutral in _ADDED_KEYS.items():
+  for (*parents, key), is_neutral in _ADDED_KEYS.items():
     node = stage
     for parent in parents:
       node = node.get(parent) if isinstance(node, dict) else None
-    if isinstance(node, dict) and node.get(key, neutral) == neutral:
-      node.pop(key, None)
+    if isinstance(node, dict) and key in node and is_neutral(node[key]):
+      node.pop(key)
   return stage
 
 

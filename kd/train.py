@@ -36,6 +36,7 @@ from kd import methods
 from kd import models
 from kd import optimizer as optimizer_lib
 from kd import provenance
+from kd import pruning
 from kd import teacher_cache
 from kd.lm import evaluation as lm_evaluation
 from kd.errors import Interrupted
@@ -413,6 +414,7 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
                                       input_key=spec.input_key)
   # A stage of 0 steps (init_from, nothing trained) still builds a step, never run.
   optimizer, learning_rate = make_optimizer(stage.optimizer, max(stage.num_steps, 1), data_config.batch_size)
+  optimizer = pruning.wrap(optimizer, stage.get("prune"), stage.num_steps)  # Masks in the optimizer's state.
   peak_learning_rate = distributed.scaled_learning_rate(
       stage.optimizer.learning_rate, stage.optimizer.get("lr_scaling", "none"), data_config.batch_size,
       stage.optimizer.get("base_batch_size", data_config.batch_size))
@@ -551,6 +553,7 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
   result = {"stage": stage_name, "seed": seed, "step": step, **eval_scalars,
             "examples": {"train": data.num_examples(train_arrays),
                          **{role: data.num_examples(arrays) for role, arrays in eval_sets.items()}},
+            "nonzero_params": pruning.count_nonzero(variables["params"]),
             "train_seconds": seconds, "peak_learning_rate": peak_learning_rate,
             "train_examples_per_second": (step - start_step) * data_config.batch_size / max(seconds, 1e-9)}
   with _disk_errors(manager, stage_dir, writer):
