@@ -244,6 +244,29 @@ def test_bfloat16_weights_are_read(tmp_path):
   np.testing.assert_array_equal(kernel, tensors["model.layers.1.self_attn.q_proj.weight"].astype(np.float32).T)
 
 
+BFLOAT16_TOLERANCE = 0.05  # of the largest |logit|: bfloat16 keeps 8 bits of mantissa (2**-8 = 0.4% a step)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama3_gqa"])  # Learned positions and Conv1D; RoPE and GQA.
+def test_bfloat16_weights_load_as_stored_and_match_transformers_at_bfloat16_tolerance(tmp_path, name):
+  import ml_dtypes  # pylint: disable=g-import-not-at-top
+  tensors = _write_bfloat16_copy(_folder(name), str(tmp_path / "bf16"))
+  loaded = hf.load_model(str(tmp_path / "bf16"), dtype=None)
+  assert {leaf.dtype for leaf in jax.tree.leaves(loaded.variables)} == {np.dtype(ml_dtypes.bfloat16)}
+  assert loaded.model_config["dtype"] == "bfloat16"  # Computed in the stored dtype, as dtype="auto" does.
+  embedding = "wte" if name == "gpt2" else "embed_tokens"
+  stored = tensors[f"{'transformer' if name == 'gpt2' else 'model'}.{embedding}.weight"]
+  np.testing.assert_array_equal(loaded.variables["params"][embedding]["embedding"].view(np.uint16),
+                                stored.view(np.uint16))  # Bit for bit: no round trip through float32.
+  reference = _loaded(name)[3]
+  apply = jax.jit(functools.partial(loaded.apply, train=False), compiler_options={"xla_backend_optimization_level": 0})
+  logits = np.asarray(apply(loaded.variables, {"tokens": reference["tokens"]})["logits"], np.float32)
+  scale = np.abs(reference["logits"]).max()
+  assert np.abs(logits - reference["logits"]).max() < BFLOAT16_TOLERANCE * scale
+  # Against float32 weights, the default still reads float32, at float32 tolerance.
+  assert hf.load(str(tmp_path / "bf16"))[1]["params"][embedding]["embedding"].dtype == np.float32
+
+
 # --- Errors: one line each, naming the problem and the fix. --------------------------------------------
 
 

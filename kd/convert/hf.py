@@ -22,7 +22,8 @@ fit) are one `kd.errors.ConfigError` line, raised before any weight is read.
 
 Arrays are read one at a time (`safetensors.safe_open`; bfloat16 ones straight from the file's bytes,
 which numpy cannot name) and, with `shardings`, each is put on the devices at once, so the host never
-holds a second copy of the whole model.
+holds a second copy of the whole model. They become float32 by default; `dtype=None` keeps them as
+stored (`load_model(folder, dtype=None)` then also computes in bfloat16 for a bfloat16 checkpoint).
 """
 
 import json
@@ -297,7 +298,8 @@ def load(folder: str, *, shardings: Shardings = None, dtype=np.float32, where: s
     shardings: None (numpy arrays on the host); one `jax.sharding.Sharding` for every array; a pytree of
       shardings shaped like the variables (e.g. `jax.jit(init).out_shardings`, with or without the
       "params" level); or `(path, shape) -> Sharding`. Each array goes to its devices as it is read.
-    dtype: the parameters' dtype (kd's models hold float32 parameters).
+    dtype: the parameters' dtype (kd's models hold float32 parameters), or None: each array as the
+      file stores it (bfloat16 weights stay bfloat16: half the memory of float32).
     where: how errors name the folder (a config key).
     model_config: the kd model config to read the folder with (e.g. a config's `dtype` override);
       default: the one config.json describes.
@@ -329,7 +331,7 @@ def load(folder: str, *, shardings: Shardings = None, dtype=np.float32, where: s
   params: dict[str, Any] = {}
   for kd_path, hf_name, transposed in rows:
     array = arrays.get(names[hf_name])
-    array = np.ascontiguousarray(array.T if transposed else array, dtype=dtype)
+    array = np.ascontiguousarray(array.T if transposed else array, dtype=dtype or array.dtype)
     sharding = _sharding_of(shardings, kd_path, array.shape)
     node = params
     for key in kd_path[:-1]:
@@ -431,10 +433,15 @@ def load_model(folder: str, *, shardings: Shardings = None, dtype=np.float32):
 
   `loaded.apply(loaded.variables, {"tokens": ids_BxT}, train=False)["logits"]` is [B, T, vocab];
   `loaded.model_config` is the kd model config (with `tokenizer` when the folder has a tokenizer.json).
+  `dtype=None` keeps the weights as stored and, when they are all bfloat16 (or float16), computes in
+  that dtype too, as transformers' `from_pretrained(..., dtype="auto")` does.
   """
   from kd import checkpoint  # pylint: disable=g-import-not-at-top  # kd.checkpoint imports the model zoo.
 
   model_config, variables = load(folder, shardings=shardings, dtype=dtype)
+  stored = {np.dtype(leaf.dtype) for leaf in jax.tree.leaves(variables)}
+  if dtype is None and len(stored) == 1 and next(iter(stored)) in (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)):
+    model_config = {**model_config, "dtype": next(iter(stored)).name}
   vocab_size = vocab_size_of(variables)
   module = module_of(model_config, vocab_size)
   apply = models.make_apply(module, "tokens", preprocess=models.preprocess_of(model_config))
