@@ -331,7 +331,7 @@ def load(folder: str, *, shardings: Shardings = None, dtype=np.float32, where: s
   params: dict[str, Any] = {}
   for kd_path, hf_name, transposed in rows:
     array = arrays.get(names[hf_name])
-    array = np.ascontiguousarray(array.T if transposed else array, dtype=dtype or array.dtype)
+    array = np.ascontiguousarray(array.T if transposed else array, dtype=array.dtype if dtype is None else dtype)
     sharding = _sharding_of(shardings, kd_path, array.shape)
     node = params
     for key in kd_path[:-1]:
