@@ -5,11 +5,12 @@ Trains on `stdlib_text` (128-byte windows of the standard library's top-level mo
   baseline        a 2-layer, 64-wide student, cross-entropy only (labels only);
   student         the same student, token-level forward KL to the teacher (word-level KD);
   student_jsd     ... generalized JSD(0.5) (Agarwal et al. 2024, supervised, lambda = 0);
-  student_seqkd   ... trained on the teacher's greedy continuations of 16-byte prompts (Kim & Rush 2016);
+  student_seqkd   ... trained on the teacher's continuations of 16-byte prompts, sampled at T = 0.9
+                  (lm_seqkd's default; Kim & Rush 2016, experiments/kim2016_seqkd.py compares decodings);
   student_gkd     ... on-policy GKD, lambda = 0.5, JSD(0.5) (Agarwal et al. 2024, arXiv:2306.13649);
-then the report card on the validation split: perplexity of each, retention (teacher perplexity /
-student perplexity), parameter counts, decode tokens/s with the KV cache at batch 1 and 32, and
-teacher-student next-token agreement.
+then the report card on the test split: perplexity (per byte: each token is a byte) of each,
+retention (teacher perplexity / student perplexity), parameter counts, decode tokens/s with the KV
+cache at batch 1 and 32, and teacher-student next-token agreement.
 
     python -m kd.main --config=experiments/lm_stdlib.py --workdir=runs/lm_stdlib
 
