@@ -22,6 +22,7 @@ from kd import models
 from kd import methods
 from kd import report as report_lib
 from kd import train
+from kd.models import lora
 from kd.errors import ConfigError
 from kd.errors import WorkdirError
 
@@ -122,7 +123,7 @@ def _check_exported_model(config: ml_collections.ConfigDict, stage_name: str, st
   if not train.is_finished(stage_dir):
     return
   exported = checkpoint.read_model_description(stage_dir)
-  expected = json.loads(json.dumps(config.stages[stage_name].model.to_dict()))
+  expected = json.loads(json.dumps(lora.exported_config(config.stages[stage_name].model.to_dict())))
   if json.loads(json.dumps(exported["model"])) != expected:
     raise ConfigError(
         f"the model exported in {stage_dir} is {exported['model']}, but stages.{stage_name}.model is "

@@ -46,6 +46,7 @@ from kd.config import init_stages
 from kd.data import DatasetSpec
 from kd.errors import ConfigError
 from kd.errors import UserError
+from kd.models import lora
 from kd.models import nnx_bridge
 from kd.models import preprocessing
 
@@ -397,8 +398,8 @@ def teacher_module(config: ml_collections.ConfigDict, stage_name: str, spec: Dat
   stage, kind = config.stages[stage_name], teacher_kind(config, stage_name)
   if kind == "":
     return None
-  if kind == "stage":
-    return models.build_model(config.stages[stage.teacher].model, spec.num_classes)
+  if kind == "stage":  # As its export holds it (a LoRA stage's merged into its base).
+    return models.build_model(lora.exported_config(config.stages[stage.teacher].model), spec.num_classes)
   if kind == "ema":  # The student's own architecture.
     return models.build_model(stage.model, spec.num_classes)
   if kind == "memory":
@@ -440,19 +441,29 @@ def initial_variables(config: ml_collections.ConfigDict, stage_name: str, module
     return _ensemble_variables([os.path.join(run_dir, name) for name in starts_from], module, spec, where)
   if starts_from:
     path = os.path.join(run_dir, starts_from[0])
+  if lora.is_lora(stage.model):  # init_from holds the base's weights; the factors keep their initialisation.
+    base = stage.model.base
+    base_variables = _read_initial(path, base, models.build_model(dict(base), spec.num_classes), spec, where,
+                                   f"stages.{stage_name}.model.base")
+    return lora.initial_variables_of_base(base_variables)
+  return _read_initial(path, stage.model, module, spec, where, f"stages.{stage_name}.model")
+
+
+def _read_initial(path: str, model_config, module, spec: DatasetSpec, where: str, model_where: str):
+  """init_from's variables for `module` (the stage's model, or a LoRA model's base)."""
   if path.startswith(EXPORT):
     path = path[len(EXPORT):]
     if not os.path.exists(os.path.join(path, checkpoint.MODEL_JSON)):
       raise ConfigError(f"{where}: no kd export in {path} (no {checkpoint.MODEL_JSON})")
   if os.path.exists(os.path.join(path, checkpoint.MODEL_JSON)):
     exported = checkpoint.read_model_description(path)
-    stated, own = models.preprocess_of(exported["model"]), models.preprocess_of(stage.model)
+    stated, own = models.preprocess_of(exported["model"]), models.preprocess_of(model_config)
     if stated != own:
       raise ConfigError(f"{where}={path!r} was trained on inputs preprocessed as {stated!r}, but "
-                        f"stages.{stage_name}.model.preprocess is {own!r}: set it to {stated!r}")
+                        f"{model_where}.preprocess is {own!r}: set it to {stated!r}")
   elif not _is_hf_folder(path):  # A Hugging Face decoder reads token ids: no preprocessing to state.
-    _stated_preprocess(stage.model, f"stages.{stage_name}.model", f"{where}={path!r}")
-  return read_checkpoint(path, stage.model, module, spec.input_shape, where)
+    _stated_preprocess(model_config, model_where, f"{where}={path!r}")
+  return read_checkpoint(path, model_config, module, spec.input_shape, where)
 
 
 def _ensemble_variables(member_dirs, module, spec: DatasetSpec, where: str):

@@ -39,6 +39,7 @@ from kd import provenance
 from kd import pruning
 from kd import teacher_cache
 from kd.lm import evaluation as lm_evaluation
+from kd.models import lora
 from kd.errors import Interrupted
 from kd.errors import TrainingError
 from kd.errors import WorkdirError
@@ -87,8 +88,8 @@ def init_train_state(rng: jax.Array, example_batch, teacher_variables=None, init
   """
   init_rng, connector_rng, step_rng = jax.random.split(rng, 3)
   variables = models.init_variables(module, init_rng, example_batch[input_key])
-  if initial_variables is not None:
-    variables = dict(initial_variables)
+  if initial_variables is not None:  # Over the random initialisation: a LoRA student's factors keep theirs.
+    variables = _overlay(variables, initial_variables)
   params = {"student": variables.pop("params"), "connector": {}}
   if init_from_teacher is not None:
     params["student"] = init_from_teacher(params["student"], teacher_variables["params"])
@@ -106,6 +107,13 @@ def init_train_state(rng: jax.Array, example_batch, teacher_variables=None, init
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                     opt_state=optimizer.init(params), rng=step_rng,
                     nonfinite_count=jnp.zeros((), jnp.int32))
+
+
+def _overlay(initialised, given):
+  """`given`'s arrays in place of `initialised`'s; what `given` lacks stays (nested dicts; any other: `given`)."""
+  if not isinstance(given, dict) or not isinstance(initialised, dict):
+    return given
+  return {**initialised, **{key: _overlay(initialised.get(key), value) for key, value in given.items()}}
 
 
 def student_variables(state: TrainState) -> dict[str, Any]:
@@ -414,6 +422,7 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
                                       input_key=spec.input_key)
   # A stage of 0 steps (init_from, nothing trained) still builds a step, never run.
   optimizer, learning_rate = make_optimizer(stage.optimizer, max(stage.num_steps, 1), data_config.batch_size)
+  optimizer = lora.freeze_base(optimizer, stage.model)  # A LoRA student trains its factors only.
   optimizer = pruning.wrap(optimizer, stage.get("prune"), stage.num_steps)  # Masks in the optimizer's state.
   peak_learning_rate = distributed.scaled_learning_rate(
       stage.optimizer.learning_rate, stage.optimizer.get("lr_scaling", "none"), data_config.batch_size,
@@ -559,7 +568,9 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
   with _disk_errors(manager, stage_dir, writer):
     writer.write(step, eval_scalars)
     writer.close()
-    checkpoint.export_model(stage_dir, stage.model.to_dict(), spec, jax.device_get(variables))
+    # A LoRA student is exported merged into its base's architecture.
+    exported_model, exported_variables = lora.exported(stage.model.to_dict(), jax.device_get(variables))
+    checkpoint.export_model(stage_dir, exported_model, spec, exported_variables)
     if methods.exports_connector(stage.method):
       checkpoint.export_connector(stage_dir, jax.device_get(
           {"params": state.params["connector"], **state.model_state["connector"]}))

@@ -95,3 +95,36 @@ def test_bad_pruning_blocks_are_one_line_errors(overrides, message):
   config.stages.student.prune.update(overrides)
   with pytest.raises(ConfigError, match=message):
     config_lib.validate(config, num_devices=1)
+
+
+def test_a_lora_student_trains_its_factors_only_and_exports_merged_into_its_base():
+  import functools  # pylint: disable=g-import-not-at-top
+  from kd import methods, models  # pylint: disable=g-import-not-at-top
+  from kd.models import lora  # pylint: disable=g-import-not-at-top
+  base_config = models.model_config("cnn", channels=(4,), hidden=16)
+  config = models.model_config("lora", base=base_config, rank=2, alpha=4.0, targets="(hidden|head)/kernel$")
+  module, base = models.build_model(config, 10), models.build_model(base_config, 10)
+  apply, base_apply = models.make_apply(module, "image"), models.make_apply(base, "image")
+  batch = {"image": np.random.default_rng(0).integers(0, 255, (16, 8, 8, 1), dtype=np.uint8),
+           "label": np.arange(16, dtype=np.int32) % 10, "index": np.arange(16, dtype=np.int32)}
+  base_variables = models.init_variables(base, jax.random.PRNGKey(7), jnp.zeros((1, 8, 8, 1)))
+  optimizer, schedule = train.make_optimizer(config_lib.optimizer_config(learning_rate=1e-2), 100)
+  optimizer = lora.freeze_base(optimizer, config)
+  state = train.init_train_state(jax.random.PRNGKey(0), batch, module=module, optimizer=optimizer,
+                                 initial_variables=lora.initial_variables_of_base(base_variables))
+  assert sorted(k for k in state.params["student"] if k != "base") == [
+      "head.kernel.lora_a", "head.kernel.lora_b", "hidden.kernel.lora_a", "hidden.kernel.lora_b"]
+  start = apply(train.student_variables(state), batch, train=False)["logits"]
+  np.testing.assert_array_equal(start, base_apply(base_variables, batch, train=False)["logits"])  # B = 0.
+  step = jax.jit(functools.partial(train.train_step, student_apply=apply, teacher_apply=None,
+                                   loss_fn=methods.build_loss(methods.method_config("supervised")),
+                                   optimizer=optimizer, learning_rate=schedule))
+  for _ in range(3):
+    state, _ = step(state, {}, batch)
+  jax.tree.map(np.testing.assert_array_equal, base_variables["params"],
+               jax.tree.map(np.asarray, state.params["student"]["base"]))  # Frozen: bitwise as loaded.
+  assert float(jnp.abs(state.params["student"]["head.kernel.lora_b"]).max()) > 0  # The factors trained.
+  exported_config, exported = lora.exported(config, jax.device_get(train.student_variables(state)))
+  assert exported_config == base_config
+  np.testing.assert_allclose(base_apply(exported, batch, train=False)["logits"],
+                             apply(train.student_variables(state), batch, train=False)["logits"], rtol=1e-5, atol=1e-6)

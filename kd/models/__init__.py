@@ -36,6 +36,7 @@ from kd.models import cifar_resnet
 from kd.models import ensemble
 from kd.models import hf_decoders
 from kd.models import imagenet_resnet
+from kd.models import lora
 from kd.models import mobilenetv2
 from kd.models import nnx_bridge
 from kd.models import nnx_cnn
@@ -71,6 +72,8 @@ MODELS: dict[str, type[nn.Module]] = {
     "qwen3": hf_decoders.Qwen3,
     # Trained classifiers combined (kd.config.ensemble_stage assembles one from earlier stages).
     "ensemble": ensemble.Ensemble,
+    # A frozen base plus trained low-rank updates of its kernels, merged at export (kd.models.lora).
+    "lora": lora.LoRA,
 }
 
 # The CIFAR-100 zoo of the CRD benchmark (Tian et al. 2020) and ImageNet ResNets, by their usual
