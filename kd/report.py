@@ -3,11 +3,14 @@
 For each of teacher, baseline (the student architecture trained on labels only) and the distilled
 student: accuracy, parameter count, size in bytes, inference latency at batch 1 and 256, ECE. For the
 student against the teacher: retention, compression, speedup, top-1 agreement, KL(teacher || student).
-Written to `<workdir>/report.json` and `<workdir>/report.md`.
+Written to `<workdir>/report.json` and `<workdir>/report.md`. When the run's config file holds the
+paper's numbers (`REPORTED`, see kd.sweep_report), one more line gives them as the paper defines them
+(its last or best epoch) next to kd's last step and step of best validation accuracy.
 """
 
 import json
 import os
+import re
 from typing import Any
 
 import jax
@@ -110,8 +113,10 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   for role in ROLES:
     mean[role]["stage"] = (config.report[role] if config.report[role] in config.stages
                            else external.describe(config, config.report.student))
+  paper = paper_numbers(config, workdir)
   return {
       **mean,
+      **({"paper": paper} if paper else {}),
       "comparison": compare(config, workdir, arrays, mesh),
       "std": std,
       "per_seed": {str(seed): run for seed, run in zip(config.seeds, runs)},
@@ -122,6 +127,50 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "splits": _splits(config, train.seed_dir(workdir, config.seeds[0])),
       "device": jax.devices()[0].device_kind,
   }
+
+
+def config_file_of(config: ml_collections.ConfigDict, workdir: str) -> tuple[str, str | None] | None:
+  """(experiment file, its argument) that trained the report's student: the `--config=<file>[:arg]`
+  of the command in its provenance.json (kd.main's), or None (a config built in Python)."""
+  stage_dir = os.path.join(train.seed_dir(workdir, config.seeds[0]), config.report.student)
+  try:
+    with open(os.path.join(stage_dir, "provenance.json")) as f:
+      command = json.load(f).get("command") or []
+  except (OSError, ValueError):
+    return None
+  for index, item in enumerate(command):
+    value = item[len("--config="):] if item.startswith("--config=") else (
+        command[index + 1] if item == "--config" and index + 1 < len(command) else None)
+    match = re.fullmatch(r"(.+?\.py)(?::(.*))?", value or "")
+    if match and os.path.isfile(match.group(1)):
+      return match.group(1), match.group(2)
+  return None
+
+
+def paper_numbers(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
+  """The paper's accuracy (%) for each stage of the report card that its config file's REPORTED
+  holds, and how the paper defines it ("last" or "best" epoch); None without any."""
+  from kd import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  from kd import sweep_report  # pylint: disable=g-import-not-at-top
+
+  found = config_file_of(config, workdir)
+  if found is None:
+    return None
+  path, arg = found
+  try:
+    module = sweep_lib.load_module(path)
+  except Exception:  # pylint: disable=broad-except  # The report card never fails on the paper's numbers.
+    return None
+  reported = getattr(module, "REPORTED", None)
+  if not isinstance(reported, dict):
+    return None
+  stages = [config.report[role] for role in ROLES] + [s for s in config.report.compare if s not in
+                                                       [config.report[role] for role in ROLES]]
+  numbers = {stage: number for stage in stages
+             if (number := sweep_report.paper_number(reported, stage, (arg,), arg)) is not None}
+  if not numbers:
+    return None
+  return {"source": path, "arg": arg, "as": sweep_report.reported_definition(module), "accuracy": numbers}
 
 
 def _splits(config: ml_collections.ConfigDict, run_dir: str) -> dict[str, Any]:
@@ -202,6 +251,27 @@ def _splits_line(report: dict[str, Any]) -> list[str]:
   return ["", f"Splits: {part('train')}; {validation}; {part('test')}, every number below."]
 
 
+def _paper_line(report: dict[str, Any]) -> list[str]:
+  """The paper's numbers (as it defines them) next to kd's last step and step of best validation."""
+  paper = report.get("paper")
+  if not paper:
+    return []
+  kd_numbers = {}
+  for role in ROLES:
+    m = report[role]
+    best = (_pm(report, (role, "at_best_validation", "test_accuracy"), ".2%") if "at_best_validation" in m
+            else "-")
+    kd_numbers.setdefault(m["stage"], (_pm(report, (role, "accuracy"), ".2%"), best))
+  for row in report.get("comparison", []):
+    kd_numbers.setdefault(row["stage"], (f"{row['accuracy']:.2%}", "-"))
+  definition = {"last": "its last epoch", "best": "its best epoch"}.get(paper.get("as"), "as it reports it")
+  parts = [f"{stage} {number:.2f}% (kd: {kd_numbers.get(stage, ('-', '-'))[0]} last, "
+           f"{kd_numbers.get(stage, ('-', '-'))[1]} at best validation)"
+           for stage, number in paper["accuracy"].items()]
+  source = os.path.basename(paper["source"]) + (f":{paper['arg']}" if paper.get("arg") else "")
+  return [f"paper ({source}, {definition}): " + ", ".join(parts)]
+
+
 def to_markdown(report: dict[str, Any]) -> str:
   """The report card as a Markdown table and summary lines."""
   if report.get("kind") == "language_model":
@@ -234,6 +304,7 @@ def to_markdown(report: dict[str, Any]) -> str:
       f"agreement {_pm(report, ('agreement',), '.2%')}, "
       f"KL(teacher||student) {_pm(report, ('kl',), '.4f')} nats, ECE {_pm(report, ('ece',), '.4f')}",
       f"student vs baseline: {_pm(report, ('gain_over_baseline',), '+.2%')} accuracy",
+      *_paper_line(report),
   ] + _comparison_markdown(report)
   return "\n".join(lines) + "\n"
 
