@@ -96,3 +96,70 @@ def test_ab_and_fsp_run_an_init_stage_then_labels_from_its_student(method):
   assert init.num_steps == round(30 * 50_000 / 64) and init.optimizer.schedule == "constant"
   assert main.method.name == "supervised" and main.init_from == f"stage:{method}_init" and not main.teacher
   assert main.num_steps == round(240 * 50_000 / 64) and main.optimizer.schedule == "multistep"
+
+
+# RepDistiller's `feat` lists of the light students (models/mobilenetv2.py, ShuffleNetv1.py, ShuffleNetv2.py
+# at 32x32, batch B): f0 the stem after its ReLU; MobileNetV2's f1-f4 the (linear) outputs of blocks[1],
+# [2], [4], [6]; the ShuffleNets' f1-f3 each layer's output (after its ReLU; ShuffleNetV2's after the
+# shuffle), `preact` the last block's sum (V1) or concatenation (V2, before the shuffle) before that ReLU.
+REFERENCE_SHAPES = {
+    "mobile_half": {"feat": [(16, 16, 16), (16, 16, 12), (8, 8, 16), (4, 4, 48), (2, 2, 160)]},
+    "ShuffleV1": {"feat": [(32, 32, 24), (16, 16, 240), (8, 8, 480), (4, 4, 960)],
+                  "preact": [(16, 16, 240), (8, 8, 480), (4, 4, 960)]},
+    "ShuffleV2": {"feat": [(32, 32, 24), (16, 16, 116), (8, 8, 232), (4, 4, 464)],
+                  "preact": [(16, 16, 116), (8, 8, 232), (4, 4, 464)]},
+}
+
+
+def _capture(module, variables, images):
+  return module.apply(variables, images, train=False, capture_intermediates=True)[1]["intermediates"]
+
+
+def _tap(intermediates, path):
+  for part in path.split("/"):
+    intermediates = intermediates[part]
+  return intermediates["__call__"][0]
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_SHAPES))
+def test_light_student_taps_are_repdistillers_feature_maps(name):
+  from kd import models  # pylint: disable=g-import-not-at-top
+  module = models.build_model(models.zoo_model_config(name), 100)
+  images = np.zeros((2, 32, 32, 3), np.float32)
+  variables = jax.eval_shape(lambda: module.init(jax.random.key(0), images, train=False))
+  intermediates = jax.eval_shape(lambda v: _capture(module, v, images), variables)
+  taps = _crd().REFERENCE_FEATURES[name]
+  for table, shapes in REFERENCE_SHAPES[name].items():
+    assert [_tap(intermediates, path).shape for path in taps[table]] == [(2, *shape) for shape in shapes], table
+  if name == "mobile_half":  # Its preact=True list is its feat list (the blocks have no ReLU at the end).
+    assert taps["preact"] == taps["feat"][1:]
+
+
+def test_shufflenetv2_preact_is_before_the_relu_and_the_shuffle():
+  # ShuffleNetv2.py BasicBlock: preact = cat([x1, bn3(conv3(...))]); out = shuffle(cat([x1, relu(...)])).
+  # A narrow network of the same blocks (the relation does not depend on the widths), NumPy weights.
+  from kd.models import shufflenetv2  # pylint: disable=g-import-not-at-top
+  from kd.models.shufflenetv1 import channel_shuffle  # pylint: disable=g-import-not-at-top
+  module = shufflenetv2.ShuffleNetV2(10, stage_widths=(8, 16, 32), blocks_per_stage=(1, 1, 1), last_width=16)
+  images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+  shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), images, train=False))
+  rng = np.random.default_rng(1)
+
+  def draw(path, leaf):  # Zero-mean kernels, BatchNorm at its identity: pre-ReLU maps of both signs.
+    name = path[-1].key
+    if name in ("scale", "var"):
+      return np.ones(leaf.shape, leaf.dtype)
+    if name in ("bias", "mean"):
+      return np.zeros(leaf.shape, leaf.dtype)
+    return (rng.normal(size=leaf.shape) * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))).astype(leaf.dtype)
+
+  variables = jax.tree_util.tree_map_with_path(draw, shapes)
+  intermediates = jax.jit(lambda v: _capture(module, v, images),
+                          compiler_options={"xla_backend_optimization_level": 0})(variables)
+  assert np.all(_tap(intermediates, "stem") >= 0)  # f0: after the stem's ReLU.
+  for path in ("layer1_1", "layer2_1", "layer3_1"):
+    preact = _tap(intermediates, f"{path}/preact")
+    assert np.any(preact < 0), path
+    np.testing.assert_array_equal(_tap(intermediates, path), channel_shuffle(jax.nn.relu(preact), 2))
+    # The shuffle moves channels: the map is not relu(preact) in place.
+    assert not np.array_equal(_tap(intermediates, path), jax.nn.relu(preact))
