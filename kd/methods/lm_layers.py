@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from kd import features as features_lib
 from kd.errors import ConfigError
+from kd.methods import lm_common
 from kd.models import hf_decoders
 
 
@@ -96,12 +97,17 @@ def resolve_layer_map(params: dict[str, Any], num_student: int, num_teacher: int
   return (tuple(i % num_student for i in student_layers), tuple(i % num_teacher for i in teacher_layers))
 
 
-def check_layer_indices(key: str, layers: Sequence[int], paths: Sequence[str], where: str, what: str) -> None:
-  """Raises ConfigError when an index names no layer among `paths` (listed in the message)."""
+def check_layer_indices(key: str, layers: Sequence[int], paths: Sequence[str], where: str, what: str,
+                        shown: Any = None) -> None:
+  """Raises ConfigError when an index names no layer among `paths` (listed in the message).
+
+  `shown` is the parameter's value as the message quotes it (default: `layers` as a tuple).
+  """
   for layer in layers:
     if not -len(paths) <= layer < len(paths):
       listed = ", ".join(f"{i}: {path}" for i, path in enumerate(paths))
-      raise ConfigError(f"{where}.{key}={tuple(layers)} names layer {layer}, which does not exist: the "
+      raise ConfigError(f"{where}.{key}={tuple(layers) if shown is None else shown!r} names layer {layer}, "
+                        "which does not exist: the "
                         f"{what} has {len(paths)} selected layers ({listed}); use indices 0..{len(paths) - 1} "
                         "(or negative from the end)")
 
@@ -192,7 +198,6 @@ def check_lm_terms(params: dict[str, Any], where: str, feature_weights: Sequence
   """The next-token terms (`kd.methods.lm_common`) and the method's own weights: all >= 0, one > 0."""
   check_weights(params, ("kd_weight", "ce_weight", *feature_weights), where)
   # lm_common's own check wants kd or ce on; here a feature term may be the only one.
-  from kd.methods import lm_common  # pylint: disable=g-import-not-at-top  # lm_common imports nothing of this.
   lm_common.check_divergence({**params, "kd_weight": params["kd_weight"] or 1.0}, where)
 
 

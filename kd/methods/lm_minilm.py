@@ -80,7 +80,7 @@ def check(params: dict[str, Any], where: str) -> None:
 def _layer(params, side: str, paths, where: str) -> list[str]:
   layers = lm_layers.attention_layers(params[f"{side}_features"], paths, 3, where, f"{side}_features")
   lm_layers.check_layer_indices(f"{side}_layer", (params[f"{side}_layer"],), [" + ".join(l) for l in layers],
-                                where, side)
+                                where, side, shown=params[f"{side}_layer"])
   return layers[params[f"{side}_layer"]]
 
 
