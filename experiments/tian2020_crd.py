@@ -250,7 +250,10 @@ def table_methods(teacher: str, student: str) -> dict[str, dict]:
       "vid": method_config("vid", student_features=_paths(groups_s), teacher_features=_paths(groups_t)),
       "rkd": method_config("rkd", student_features=pool, teacher_features=pool),
       "pkt": method_config("pkt", student_features=pool, teacher_features=pool, pkt_weight=30000.0),
-      "ab": method_config("ab", student_features=ab_s, teacher_features=ab_t),
+      # RepDistiller's Connector is the identity where a map pair has equal channels and size (the
+      # same-width pairs), else ConvReg, at equal resolution a 1x1 convolution and BatchNorm.
+      "ab": method_config("ab", student_features=ab_s, teacher_features=ab_t,
+                          connector=not _same_family_and_width(teacher, student)),
       "nst": method_config("nst", student_features=_paths(groups_s), teacher_features=_paths(groups_t),
                            nst_weight=50.0),
       "crd": method_config("crd", student_features=pool, teacher_features=pool, nce_k=16384,
@@ -412,6 +415,11 @@ def _taps(table: str, of: str, start: int, stop: int | None = None) -> dict:
 
 
 _POOL = ("pool",)  # feat[-1], the pooled embedding.
+_SAME_WIDTH_PAIRS = ("wrn_40_2_wrn_16_2", "resnet56_resnet20", "resnet110_resnet20", "resnet110_resnet32",
+                     "resnet32x4_resnet8x4", "vgg13_vgg8")
+_AB_CONNECTOR = ("where the widths differ (wrn_40_2 -> wrn_40_1, the cross-family pairs), kd's connector is the AB "
+                 "authors' 1x1 convolution without bias, N(0, 2 / C_T), and BatchNorm; RepDistiller's ConvReg at "
+                 "equal resolution is a 1x1 convolution with a bias and torch's default init, and BatchNorm")
 _CROSS_FAMILY = "kd's at and ab compare maps of equal resolution; RepDistiller pools the larger map (AT.py, AB's ConvReg)"
 _INIT_MODULES = ("helper/pretrain.py's optimizer holds the connector and get_feat_modules() only; WRN's final "
                  "BatchNorm (AB's last pre-activation map, preact f3) is not among them, and the student is in eval "
@@ -523,7 +531,9 @@ RECIPE = [
                      "resnet32x4_ShuffleV1": ("layer2_4/preact", "layer3_4/preact"),
                      "resnet32x4_ShuffleV2": ("layer2_4/preact", "layer3_4/preact"),
                      "wrn_40_2_ShuffleV1": ("block3_0/bn1", "bn_final")}),
-        ("ABLoss margin=1.0", "margin", 1.0, f"{_ZOO}/AB.py"), ("Connector (ConvReg)", "connector", True, _TRAIN),
+        ("ABLoss margin=1.0", "margin", 1.0, f"{_ZOO}/AB.py"), ("Connector: identity where channels and size agree, else ConvReg", "connector",
+         {"*": True, **{pair: False for pair in _SAME_WIDTH_PAIRS}}, f"{_REPO}/models/util.py",
+         {"by": "pair", "departs": _AB_CONNECTOR, "reference": "ConvReg: 1x1 conv with bias, torch's default init"}),
         ("ABLoss: loss / 1000 * 3; init(): loss = sum(loss_group)", "ab_weight", 3e-3, f"{_ZOO}/AB.py"),
         ("init(): the AB loss alone, no cross-entropy", "ce_weight", 0.0, _PRETRAIN)]),
     *_init_stage_rows("ab"),

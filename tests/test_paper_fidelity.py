@@ -163,3 +163,10 @@ def test_shufflenetv2_preact_is_before_the_relu_and_the_shuffle():
     np.testing.assert_array_equal(_tap(intermediates, path), channel_shuffle(jax.nn.relu(preact), 2))
     # The shuffle moves channels: the map is not relu(preact) in place.
     assert not np.array_equal(_tap(intermediates, path), jax.nn.relu(preact))
+
+
+@pytest.mark.parametrize("pair, connector", [("resnet32x4_resnet8x4", False), ("vgg13_vgg8", False),
+                                             ("wrn_40_2_wrn_40_1", True), ("resnet32x4_ShuffleV2", True)])
+def test_ab_connector_is_the_identity_where_repdistillers_is(pair, connector):
+  # models/util.py Connector: nn.Sequential() where a pair's channels and size agree, else ConvReg.
+  assert _crd().get_config(f"pair={pair},method=ab").stages.ab_init.method.connector is connector
