@@ -103,7 +103,8 @@ def sweep(add) -> None:
 _PAPER = "arXiv:1503.02531, Section 3"
 _CHOSEN = "the paper does not give it; chosen here"
 _OPTIMIZER = {"name": "sgd", "learning_rate": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0,
-              "weight_decay_mode": "", "weight_decay_mask": "all", "schedule": "cosine", "decay_boundaries": (),
+              "weight_decay_mode": "", "weight_decay_mask": "all", "reset_momentum_at_decays": False,
+              "schedule": "cosine", "decay_boundaries": (),
               "decay_factor": 0.1, "warmup_steps": 0, "grad_clip_norm": 0.0, "lr_scaling": "none",
               "base_batch_size": 256}
 RECIPE = [

@@ -25,6 +25,7 @@ from conftest import REPO
 from kd import config as config_lib
 from kd import data
 from kd import features
+from kd import external
 from kd import methods
 from kd import models
 
@@ -37,7 +38,10 @@ SMOKE_RUN_ELSEWHERE = {"quickstart.py": "tests/test_end_to_end.py and conftest.s
                        # Their smoke variants read a tokenizer and a Hugging Face teacher made by an earlier
                        # step (not a stage), on real text: mock data cannot stand in.
                        "qwen3_stdlib.py": "tests/test_lm_students.py (every step of the experiment)",
-                       "hf_distill.py": "tests/test_lm_students.py (on the qwen3 fixture checkpoint)"}
+                       "hf_distill.py": "tests/test_lm_students.py (on the qwen3 fixture checkpoint)",
+                       # Their stages' paths (an ensemble stage and a student of it; a pruned stage resumed)
+                       # run end to end in tests/test_ensembles.py and tests/test_compression.py.
+                       "ensemble_mnist1d.py": "tests/test_ensembles.py", "zhu2017_prune.py": "tests/test_compression.py"}
 MOCK_EXAMPLES = 24  # Per split: enough for batches of 8 and CRD's negatives.
 
 
@@ -195,7 +199,9 @@ def test_smoke_variant_trains_every_stage_through_kd_main(path, tmp_path):
   # Every stage but the baseline: the baseline trains like the teacher (labels only), and without it
   # no report card is built, whose latency measurements at batch 256 would take most of the time
   # (the report card is tested on the quickstart).
-  stages = [name for name in config.stage_order if name != config.report.baseline]
+  # (Unless a later stage starts from or distils from it, as born-again generations do.)
+  needed = {dependency for name in config.stage_order for dependency in external.stage_dependencies(config, name)}
+  stages = [name for name in config.stage_order if name != config.report.baseline or name in needed]
   workdir = str(tmp_path / "run")
   # Without jit: two steps of the CIFAR models run op by op in seconds, where compiling each stage's
   # fused step takes ~30 s of CPU; the compiled step is tested elsewhere (tests/test_train_step.py,

@@ -27,12 +27,14 @@ directly and needs equal shapes; the authors drop the connector when the widths 
 RepDistiller's `Connector` uses a 3x3 `ConvReg` when they differ. A 1x1 convolution keeps the
 resolution, so student and teacher features must have the same height and width.
 
-Training schedule (not reproduced here). The paper transfers activation boundaries in an
+Training schedule. The paper transfers activation boundaries in an
 initialisation stage (the student and connectors minimise the AB loss alone), then trains the
 student on the task. RepDistiller does the same: 30 `init_epochs` of the AB loss alone
 (`helper/pretrain.py`), then cross-entropy only (`loss_kd = 0` for 'abound' in `helper/loops.py`;
 its `-b 1` multiplies nothing). This module is the one-stage form: cross-entropy plus
-ab_weight times the AB loss from the first step; `ce_weight = 0` gives the initialisation stage.
+ab_weight times the AB loss from the first step; `ce_weight = 0` gives the initialisation stage, and
+`tian2020_crd.py` runs RepDistiller's two stages: `ab_init` (this loss alone), then the `ab` stage on
+labels from that student (`init_from="stage:ab_init"`).
 
 Features: pre-ReLU maps. For the zoo's resnets these are the `preact` tap points of the stage
 outputs (the reference's `feat[1:-1]` with `preact=True`, e.g. `layer1_4/preact`,

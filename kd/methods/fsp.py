@@ -19,15 +19,15 @@ pools, which is what the defaults of the zoo experiments do. The distance (eq. 2
 The paper sums the squared differences over (i, j) with equal weights lambda_k; RepDistiller
 (`compute_loss`) takes their mean, so its fsp_weight absorbs the 1/(M N).
 
-Training schedule (not reproduced here). The paper trains in two stages: first the student
+Training schedule. The paper trains in two stages: first the student
 minimises the FSP loss alone, then it is trained on the task (its learning procedure, Section 3).
 RepDistiller does the same: `helper/pretrain.py` trains the student's feature layers on the unweighted FSP loss for
 `init_epochs` = 30 epochs, then the main 240 epochs use cross-entropy alone (`loss_kd = 0` for
 'fsp' in `helper/loops.py`), so its `-b 50` multiplies nothing. This module is the one-stage form:
 cross-entropy plus fsp_weight (50 by default, the value in the benchmark's script) times the FSP
 loss, from the first step; a two-stage run is `ce_weight = 0` (the student's head gets no gradient)
-followed by supervised training of that student, which needs a stage that starts from another's
-weights.
+followed by supervised training of that student, as `tian2020_crd.py` runs it: `fsp_init` (this loss
+alone, fsp_weight 1), then the `fsp` stage on labels from it (`init_from="stage:fsp_init"`).
 
 Features follow the benchmark's resnets: the stem and the three stage outputs (the reference's
 `feat[:-1]`, e.g. `stem`, `layer1_4`, `layer2_4`, `layer3_4` for resnet32x4 against `stem`,
