@@ -301,7 +301,7 @@ def _stage_config(name, **params):
      r"student_layers=\(3,\) names layer 3, which does not exist: the student has 1 selected layers \(0: layers_0\)"),
     ("lm_tinybert", {"student_layers": (0,), "teacher_layers": (2,)}, r"teacher_layers=\(2,\) names layer 2"),
     ("lm_minilm", {"teacher_layer": 5}, "teacher_layer=5 names layer 5, which does not exist: the teacher has 2 selected layers"),
-    ("lm_minilm", {"relation_heads": 3}, r"relation_heads=3 does not divide the student's q width 16"),
+    ("lm_minilm", {"relation_heads": 3}, r"relation_heads=3 does not divide the student's width 16 .* choose one of \[1, 2, 4, 8, 16\]"),
     ("lm_tinybert", {"student_features": ("embed", "re:layers_[0-9]+", "layers_9/attention/qkv")},
      "feature path 'layers_9/attention/qkv' matches no tap point"),
 ])

@@ -85,7 +85,7 @@ def _layer(params, side: str, paths, where: str) -> list[str]:
 
 
 def check_features(params, student_shapes, teacher_shapes, where: str) -> None:
-  lengths = set()
+  lengths, sides = set(), {}
   for side, shapes in (("student", student_shapes), ("teacher", teacher_shapes)):
     paths = _layer(params, side, list(shapes), where)
     try:
@@ -100,11 +100,15 @@ def check_features(params, student_shapes, teacher_shapes, where: str) -> None:
         raise ConfigError(f"{where}.relations: {relation!r} pairs the {side}'s {relation[0]} ({first} wide) "
                           f"with its {relation[1]} ({second} wide, grouped-query attention); relate "
                           "projections of equal width, e.g. ('qq', 'kk', 'vv')")
-      if first % params["relation_heads"]:
-        divisors = [d for d in range(1, first + 1) if first % d == 0]
+    sides[side] = (paths, {widths[PROJECTIONS.index(c)] for relation in params["relations"] for c in relation})
+  every_width = sides["student"][1] | sides["teacher"][1]
+  for side, (paths, side_widths) in sides.items():
+    for width in sorted(side_widths):
+      if width % params["relation_heads"]:
+        common = [d for d in range(1, min(every_width) + 1) if all(w % d == 0 for w in every_width)]
         raise ConfigError(f"{where}.relation_heads={params['relation_heads']} does not divide the {side}'s "
-                          f"{relation[0]} width {first} ({', '.join(paths)}): pick a number that divides both "
-                          f"models' widths (the {side}'s divisors: {divisors})")
+                          f"width {width} ({', '.join(paths)}); relation heads split every related projection "
+                          f"of both models: choose one of {common}")
   if len(lengths) != 1:
     raise ConfigError(f"{where}: the student's and teacher's relations cover different lengths {sorted(lengths)}")
 
