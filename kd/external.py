@@ -293,7 +293,8 @@ def _matching_hf_config(path: str, model_config: Mapping[str, Any] | None, where
   return {**stated, **{key: full[key] for key in _FREE_HF_ATTRIBUTES if key in full}}
 
 
-def _from_hf_folder(path: str, teacher_model: Mapping[str, Any] | None, spec: DatasetSpec, where: str) -> Teacher:
+def _from_hf_folder(path: str, teacher_model: Mapping[str, Any] | None, spec: DatasetSpec, where: str,
+                    placement=None) -> Teacher:
   """A teacher from a Hugging Face checkpoint folder: config.json says the model, the vocabulary its classes."""
   from kd.convert import hf  # pylint: disable=g-import-not-at-top
 
@@ -303,7 +304,8 @@ def _from_hf_folder(path: str, teacher_model: Mapping[str, Any] | None, spec: Da
     raise ConfigError(f"{where}={path!r} has a vocabulary of {vocab_size} tokens, but {spec.name} has token ids up "
                       f"to {spec.num_classes - 1}: tokenize the data with the checkpoint's tokenizer")
   module = models.build_model(model_config, vocab_size)
-  _, variables = hf.load(path, where=f"{where}={path!r}", model_config=model_config)
+  shardings = (lambda _, shape: placement(shape)) if placement is not None else None
+  _, variables = hf.load(path, where=f"{where}={path!r}", model_config=model_config, shardings=shardings)
   source = {"kind": "checkpoint", "path": os.path.abspath(path), "format": "huggingface"}
   return Teacher(source, module, variables, models.preprocess_of(model_config), model_config, None)
 
@@ -369,8 +371,12 @@ def _from_memory(name: str, config: ml_collections.ConfigDict, stage_name: str) 
 
 
 def load_teacher(config: ml_collections.ConfigDict, stage_name: str, run_dir: str,
-                 spec: DatasetSpec) -> Teacher | None:
-  """The teacher of a stage, from whichever source its config names (see the module docstring)."""
+                 spec: DatasetSpec, placement=None) -> Teacher | None:
+  """The teacher of a stage, from whichever source its config names (see the module docstring).
+
+  `placement(shape) -> jax.sharding.Sharding`, if given, is where each of a Hugging Face checkpoint's
+  arrays goes as it is read: a teacher larger than one device loads sharded, never whole on the host.
+  """
   stage, kind = config.stages[stage_name], teacher_kind(config, stage_name)
   where = f"stages.{stage_name}"
   if kind in ("", "ema"):  # The moving average lives in the student's train state (kd.train).
@@ -385,7 +391,7 @@ def load_teacher(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
   if os.path.exists(os.path.join(path, checkpoint.MODEL_JSON)):
     return _from_export(path, spec, "checkpoint", f"{where}.teacher_checkpoint")
   if _is_hf_folder(path):
-    return _from_hf_folder(path, stage.get("teacher_model", None), spec, f"{where}.teacher_checkpoint")
+    return _from_hf_folder(path, stage.get("teacher_model", None), spec, f"{where}.teacher_checkpoint", placement)
   model_config, module = _model_from(stage.teacher_model, spec.num_classes, f"{where}.teacher_model")
   preprocess = _stated_preprocess(model_config, f"{where}.teacher_model", f"{where}.teacher_checkpoint={path!r}")
   variables = read_checkpoint(path, model_config, module, spec.input_shape, f"{where}.teacher_checkpoint")

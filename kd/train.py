@@ -397,11 +397,13 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
   student_apply = models.make_apply(module, spec.input_key, preprocess=preprocess)  # Eval, export: no features.
   student_train_apply = models.make_apply(module, spec.input_key, stage_features.student_paths, preprocess)
   initial_variables = external.initial_variables(config, stage_name, module, spec, run_dir)
-  teacher = external.load_teacher(config, stage_name, run_dir, spec)
+  teacher_mode = config.mesh.get("teacher", "replicated")
+  # A Hugging Face teacher's arrays go straight to their shardings as they are read.
+  teacher = external.load_teacher(config, stage_name, run_dir, spec, placement=lambda shape: distributed.teacher_shardings(
+      jax.ShapeDtypeStruct(shape, jnp.float32), mesh, teacher_mode))
   ema_decay = external.ema_decay(config, stage_name)
   teacher_apply = _teacher_apply(teacher, ema_decay, module, spec.input_key, stage_features.teacher_paths, preprocess)
-  teacher_sharding = distributed.teacher_shardings(teacher.variables if teacher else {}, mesh,
-                                                   config.mesh.get("teacher", "replicated"))
+  teacher_sharding = distributed.teacher_shardings(teacher.variables if teacher else {}, mesh, teacher_mode)
   teacher_variables = jax.device_put(teacher.variables, teacher_sharding) if teacher else {}
   if teacher and config.teacher_cache.enabled:  # Read the teacher's outputs by example index instead.
     teacher_name = stage.teacher if teacher.source["kind"] == "stage" else f"{stage_name}_teacher"

@@ -109,3 +109,40 @@ def test_fsdp_and_sharded_teacher_match_one_device(tmp_path):
       # Same global batch, same math: only the order of floating-point sums differs.
       assert got["max_loss_difference"] < 1e-4, (name, stage, got)
       assert got["max_param_difference"] < 1e-4, (name, stage, got)
+
+
+LOAD_SHARDED = textwrap.dedent("""
+    import sys
+    import jax, numpy as np
+    from kd import distributed, external
+    from kd.config import base_config, stage_config
+    from kd.convert import hf
+    from kd.data import DatasetSpec
+    from kd.methods import method_config
+    assert jax.device_count() == 4, jax.devices()
+    folder = sys.argv[1]
+    config = base_config()
+    config.stages.student = stage_config({"name": "cnn"}, method_config("lm_kd"), teacher_checkpoint=folder)
+    spec = DatasetSpec("tokens", "tokens", (8,), "int32", 96, {})
+    config.mesh.data, config.mesh.fsdp = 1, 4
+    mesh = distributed.make_mesh(config.mesh)
+    place = lambda shape: distributed.teacher_shardings(jax.ShapeDtypeStruct(shape, np.float32), mesh, "fsdp")
+    teacher = external.load_teacher(config, "student", "", spec, placement=place)
+    on_host = hf.load(folder)[1]
+    leaves = jax.tree_util.tree_leaves_with_path(teacher.variables)
+    sharded = 0
+    for (path, leaf), host in zip(leaves, jax.tree.leaves(on_host)):
+      assert leaf.sharding == place(leaf.shape), (path, leaf.sharding)
+      np.testing.assert_array_equal(np.asarray(leaf), host)
+      sharded += any(axis is not None for axis in leaf.sharding.spec)
+    print("sharded", sharded, "of", len(leaves))
+""")
+
+
+def test_a_hugging_face_teacher_loads_straight_into_its_shardings(tmp_path):
+  result = subprocess.run([sys.executable, "-c", LOAD_SHARDED, os.path.join(REPO, "tests", "fixtures", "hf", "qwen3")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  sharded, total = (int(word) for word in result.stdout.split()[1::2])
+  assert sharded > 0 and total > sharded / 2  # Its matrices split over the 4 devices; its vectors too if divisible.
