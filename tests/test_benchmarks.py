@@ -80,6 +80,26 @@ def test_performance_benchmark_emits_every_figure_and_checks_its_targets(tmp_pat
   assert all(isinstance(t["pass"], bool) for t in targets.values())
 
 
+def test_lm_memory_benchmark_prints_chunked_against_unchunked_memory_and_time(tmp_path):
+  out = tmp_path / "lm_memory.json"
+  result = subprocess.run(
+      [sys.executable, "benchmarks/lm_memory.py", "--vocab_sizes=512,4096", "--timed_vocab_sizes=512",
+       "--length=64", "--width=32", "--chunk_size=16", "--repeats=1", f"--json={out}"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "memory x = unchunked / chunked memory" in result.stdout and "V=4096 not timed" in result.stdout
+  with open(out) as f:
+    figures = json.load(f)
+  small, large = figures["results"]
+  for name in ("unchunked", "chunked"):
+    assert small[name]["total_bytes"] == sum(small[name][k] for k in ("temp_bytes", "argument_bytes", "output_bytes"))
+    assert small[name]["step_ms"] > 0 and large[name]["step_ms"] is None  # 4096 is compiled, not run.
+  # Both heads' weights are arguments of both steps; the logits' memory is what differs.
+  assert large["unchunked"]["argument_bytes"] == large["chunked"]["argument_bytes"]
+  assert large["unchunked"]["temp_bytes"] > 2 * 64 * 4096 * 4 > large["chunked"]["temp_bytes"]
+  assert large["memory_ratio"] > 1 and small["time_ratio"] > 0 and large["time_ratio"] is None
+
+
 def test_cached_teacher_step_equals_the_online_step():
   """The KD step fed precomputed teacher logits makes exactly the online step's update."""
   method = methods.method_config("hinton_kd")
