@@ -466,6 +466,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
         raise ConfigError(f"stages.{name}.method {stage.method.name!r} needs a teacher: set "
                           f"stages.{name}.teacher to an earlier stage (one of {seen}), to 'export:<dir>', "
                           "or set teacher_model and teacher_checkpoint")
+      if "," in stage.teacher and not external:
+        members = tuple(member.strip() for member in stage.teacher.split(","))
+        raise ConfigError(f"stages.{name}.teacher={stage.teacher!r} names several teachers: make them one stage, "
+                          f"config.stages.ensemble = kd.config.ensemble_stage(config.stages, {members}), run it "
+                          f"before {name!r} and set stages.{name}.teacher='ensemble'")
       if stage.teacher.startswith("ema:"):
         _check_ema_teacher(config, name)
       elif not external and stage.teacher not in seen:

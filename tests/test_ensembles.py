@@ -76,3 +76,39 @@ def test_bad_ensembles_are_one_line_errors(change, message):
   change(config)
   with pytest.raises(ConfigError, match=message):
     config_lib.validate(config, num_devices=1)
+
+
+def test_per_teacher_kd_is_the_weighted_sum_of_each_teachers_kl_by_hand():
+  from kd import methods  # pylint: disable=g-import-not-at-top
+  student = np.array([[1.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+  teachers = {"member_0": np.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),
+              "member_1": np.array([[0.0, 0.0, 3.0], [1.0, 0.0, 0.0]])}
+  params = {**methods.multi_teacher_kd.DEFAULTS, "temperature": 2.0, "teacher_weights": (3.0, 1.0)}
+  total, terms = methods.multi_teacher_kd.loss({"logits": student}, {"logits": None, "features": teachers},
+                                               {"label": np.array([0, 1])}, **params)
+
+  def softmax(z):
+    e = np.exp(z / 2.0)
+    return e / e.sum(-1, keepdims=True)
+
+  q = softmax(student)
+  kl = [4.0 * np.mean(np.sum(softmax(t) * np.log(softmax(t) / q), -1)) for t in teachers.values()]
+  np.testing.assert_allclose([terms["kd_member_0"], terms["kd_member_1"]], kl, rtol=1e-5)
+  np.testing.assert_allclose(terms["kd"], 0.75 * kl[0] + 0.25 * kl[1], rtol=1e-5)
+  ce = -np.mean(np.log(np.exp(student) / np.exp(student).sum(-1, keepdims=True))[[0, 1], [0, 1]])
+  np.testing.assert_allclose(total, 0.9 * terms["kd"] + 0.1 * ce, rtol=1e-5)
+  # Its gradient is the cross-entropy's to the weighted average of the softened targets.
+  average = 0.75 * softmax(teachers["member_0"]) + 0.25 * softmax(teachers["member_1"])
+  grad = jax.grad(lambda s: methods.multi_teacher_kd.loss(
+      {"logits": s}, {"logits": None, "features": teachers}, {"label": np.array([0, 1])},
+      **{**params, "ce_weight": 0.0, "kd_weight": 1.0})[0])(student)
+  cross_entropy = jax.grad(lambda s: 4.0 * np.float32(1) * -jax.numpy.mean(
+      jax.numpy.sum(average * jax.nn.log_softmax(s / 2.0), -1)))(student)
+  np.testing.assert_allclose(grad, cross_entropy, rtol=1e-5, atol=1e-7)
+
+
+def test_a_tuple_of_teachers_points_at_ensemble_stage():
+  config = _config()
+  config.stages.student.teacher = "teacher,teacher_b"
+  with pytest.raises(ConfigError, match=r"names several teachers: .*ensemble_stage\(config.stages, \('teacher', 'teacher_b'\)\)"):
+    config_lib.validate(config, num_devices=1)

@@ -72,6 +72,7 @@ from kd.methods import lm_tinybert
 from kd.methods import hinton_kd
 from kd.methods import logit_mse
 from kd.methods import logit_std
+from kd.methods import multi_teacher_kd
 from kd.methods import nst
 from kd.methods import pkt
 from kd.methods import reviewkd
@@ -89,6 +90,8 @@ METHODS = {
     "logit_std": logit_std,
     "logit_mse": logit_mse,
     "deit": deit,  # The teacher's logits, learned by a distillation token's head (a feature tap).
+    # Each member of an ensemble teacher (its `member_<i>` taps), weighted.
+    "multi_teacher_kd": multi_teacher_kd,
     # Feature-based: intermediate features, through trainable connectors where shapes differ.
     "fitnets": fitnets,
     "at": attention_transfer,
