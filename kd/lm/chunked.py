@@ -29,8 +29,11 @@ logits for the backward pass, so the loss is a `jax.custom_vjp` whose forward pa
 chunk, the loss and its gradient with respect to the student's hidden states and head (the gradient
 of a chunk's logits, [C, V], is used at once and dropped): the backward pass only scales those by the
 incoming cotangent. No gradient reaches the teacher's inputs. The matrix products are those of the
-unchunked step (two forward, two backward), so the time is the unchunked step's; without
-differentiation the primal loop runs alone and computes no gradient. This is the design of
+unchunked step (two forward, two backward; none is recomputed), the head's gradient [D, V] being
+accumulated over the chunks, in vocabulary blocks so that only one block's product exists at a
+time; without differentiation the primal loop runs alone and computes no gradient. Memory grows
+with chunk_size (a few [C, V] float32 arrays per chunk), the accumulation's passes over [D, V]
+with 1 / chunk_size: `benchmarks/lm_memory.py` measures both. This is the design of
 Liger-Kernel's fused linear cross-entropy and fused linear JSD (Hsu et al., "Liger Kernel: Efficient
 Triton Kernels for LLM Training", arXiv:2410.10989, Section 3: gradients computed in the forward
 pass, chunk by chunk, instead of materialising the logits), here in JAX for every divergence above.
