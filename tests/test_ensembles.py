@@ -47,7 +47,9 @@ def _config():
 
 def test_an_ensemble_stage_holds_its_members_weights_and_a_student_distils_from_it(tmp_path):
   workdir = str(tmp_path)
-  kd.run(_config(), workdir)
+  config = _config()
+  config.teacher_cache.enabled = True  # The student reads the ensemble's stored outputs.
+  kd.run(config, workdir)
   run = os.path.join(workdir, "seed_0")
   loaded = kd.load_model(os.path.join(run, "ensemble"))
   members = [kd.load_model(os.path.join(run, name)) for name in ("teacher", "teacher_b")]
@@ -62,6 +64,7 @@ def test_an_ensemble_stage_holds_its_members_weights_and_a_student_distils_from_
   with open(os.path.join(run, "student", "provenance.json")) as f:
     assert "ensemble" in json.dumps(json.load(f))
   assert os.path.exists(os.path.join(run, "student", "result.json"))
+  assert [name for name in os.listdir(os.path.join(run, "teacher_cache")) if name.startswith("ensemble")]
 
 
 @pytest.mark.parametrize("change, message", [
