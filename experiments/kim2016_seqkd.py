@@ -37,15 +37,17 @@ jobs at a load of about 10 during the beam run, so times are loose):
 
 So at this scale sequence-level KD from sampled continuations comes near the baseline but does not
 beat it (8.79 against 8.49; next-byte accuracy 45.3% against 45.1%), and the mode-seeking decodings
-cost a factor of 3.6 (beam) to 4 (greedy) in perplexity.
+cost a factor of 3.6 (beam) to 4 (greedy) in perplexity. (The word_kd and seq_kd_word_kd students were
+not part of this measurement.)
 
-    python -m kd.main --config=experiments/kim2016_seqkd.py --workdir=runs/kim2016_seqkd
+    python -m kd.main --config=experiments/kim2016_seqkd.py --workdir=runs/kim2016_sample \
+        --stage_store=runs/stages
     python -m kd.main --config=experiments/kim2016_seqkd.py:decoding=beam --workdir=runs/kim2016_beam \
         --stage_store=runs/stages      # with the same --stage_store, runs share teacher and baseline
 
 The teacher decodes every training batch of the two seq-KD stages (300 steps each, batch 16): the
-teacher trains in about 80 s and each student in 25 s (baseline) to 140 s (sampled seq-KD) on 2 idle
-CPU cores, plus 30-90 s of evaluation per stage; a beam of 5 decodes a batch in 1.5-3.6 s, so
+teacher trains in about 80 s and each student in 25 s (baseline) to 140 s (sampled seq-KD) on 2 lightly
+loaded CPU cores, plus 30-90 s of evaluation per stage; a beam of 5 decodes a batch in 1.5-3.6 s, so
 each beam seq-KD stage adds 8-18 minutes. `:smoke` runs in seconds.
 """
 
