@@ -7,7 +7,8 @@ dataset's bytes are unknown), next-token accuracy, parameter count, size in byte
 with the KV cache at batch 1 and 32 (greedy, 16-token prompt, 112 new tokens, one device). For the student against the
 teacher: retention (teacher perplexity / student perplexity, 1 = as good as the teacher), compression,
 decode speedup, next-token agreement (same argmax) and KL(teacher || student) per token. Each stage in
-`report.compare` gets a row of perplexity, next-token accuracy, retention and agreement with the teacher.
+`report.compare` gets a row of perplexity, next-token accuracy, retention and agreement with the teacher;
+a stage of it that has not finished (a run of some `--stages` only) is listed as such, not measured.
 """
 
 import os
@@ -57,7 +58,9 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   teacher_model = report_lib.role_model(config, "teacher", run_dir)
   reference = lm_evaluation.predictions(teacher_model.apply, teacher_model.variables, arrays, batch_size, mesh)
   measured = {}
-  for stage_name in dict.fromkeys([config.report[role] for role in ROLES] + list(config.report.compare)):
+  compare = [name for name in config.report.compare if train.is_finished(os.path.join(run_dir, name))]
+  not_finished = [name for name in config.report.compare if name not in compare]
+  for stage_name in dict.fromkeys([config.report[role] for role in ROLES] + compare):
     loaded = (checkpoint.load_model(os.path.join(run_dir, stage_name)) if stage_name in config.stages
               else teacher_model)
     measured[stage_name] = _measure(loaded, arrays, mesh, batch_size, reference, bytes_per_id)
@@ -83,7 +86,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       "perplexity_gain_over_baseline": baseline["perplexity"] - student["perplexity"],
   })
   rows = []
-  for stage_name in config.report.compare:
+  for stage_name in compare:
     m = measured[stage_name]
     rows.append({"stage": stage_name, "method": config.stages[stage_name].method.name,
                  "divergence": config.stages[stage_name].method.get("divergence", "")
@@ -95,7 +98,7 @@ def build(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   report.update({"comparison": rows, "seeds": [seed], "dataset": config.data.name,
                  "split": config.data.test_split,
                  "tokens": int(np.sum(arrays["mask"][:, 1:])), "examples": int(len(arrays["tokens"])),
-                 "bytes_known": bytes_per_id is not None,
+                 "bytes_known": bytes_per_id is not None, "not_finished": not_finished,
                  "device": jax.devices()[0].device_kind})
   return report
 
@@ -126,6 +129,8 @@ def to_markdown(report: dict[str, Any]) -> str:
       f"KL(teacher||student) {report['kl']:.4f} nats/token",
       f"student vs baseline: perplexity {report['perplexity_gain_over_baseline']:+.3f} lower",
   ]
+  if report.get("not_finished"):
+    lines.append(f"not finished, so not compared: {', '.join(report['not_finished'])}")
   if not report.get("bytes_known", True):
     lines.append("bits/byte: the dataset does not say how many bytes its tokens stand for")
   if report["comparison"]:
