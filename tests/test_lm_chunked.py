@@ -16,6 +16,7 @@ from kd import train
 from kd.errors import ConfigError
 from kd.lm import chunked
 from kd.methods import lm_common
+from kd.methods import lm_gkd
 from kd.methods import lm_kd
 
 DIVERGENCES = sorted(losses.TOKEN_DIVERGENCES)
@@ -44,12 +45,17 @@ def _unchunked_loss(arrays, batch, **params):
   return lm_common.distillation_loss({"logits": student_logits}, {"logits": teacher_logits}, batch, **params)
 
 
-def _chunked_loss(arrays, batch, **params):
+def _outputs(arrays):
+  """(student_out, teacher_out) as the apply functions return them with the chunked loss's features."""
   student_out = {"features": {"final_norm": arrays["student_hidden"], "head_kernel": arrays["student_kernel"],
                               "head_bias": arrays["student_bias"]}}
   teacher_out = {"features": {"final_norm": arrays["teacher_hidden"],
                               "head_embedding": arrays["teacher_embedding"]}}
-  return lm_common.distillation_loss(student_out, teacher_out, batch, **params)
+  return student_out, teacher_out
+
+
+def _chunked_loss(arrays, batch, **params):
+  return lm_common.distillation_loss(*_outputs(arrays), batch, **params)
 
 
 # One compiled program per test (their compilation, not their arithmetic, is what takes time here).
@@ -95,6 +101,7 @@ def test_any_chunk_size_gives_the_same_loss_and_padding_positions_count_for_noth
             # 3 does not divide the 14 positions, 7 does, 100 is one chunk.
             "chunked": [loss(arrays, batch, chunk_size) for chunk_size in (3, 7, 100)],
             "changed": loss(changed, changed_batch, 3),
+            "gkd": lm_gkd.loss(*_outputs(arrays), batch, **{**lm_gkd.DEFAULTS, **_params(chunk_size=3)})[0],
             "grad": jax.grad(loss)(arrays, batch, 3)["student_kernel"],
             "changed_grad": jax.grad(loss)(changed, changed_batch, 3)["student_kernel"]}
 
@@ -102,6 +109,7 @@ def test_any_chunk_size_gives_the_same_loss_and_padding_positions_count_for_noth
   np.testing.assert_allclose(out["chunked"], [out["full"]] * 3, rtol=1e-5)
   # Positions without a real target: their hidden states and tokens change nothing.
   np.testing.assert_allclose(out["changed"], out["full"], rtol=1e-5)
+  np.testing.assert_allclose(out["gkd"], out["full"], rtol=1e-5)  # lm_gkd's loss is lm_kd's on its batch.
   np.testing.assert_allclose(out["changed_grad"], out["grad"], rtol=1e-5, atol=1e-7)
 
 
