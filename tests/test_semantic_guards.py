@@ -187,6 +187,8 @@ CNN_FEATURES = {
     "rkd": {"student_features": ("hidden",), "teacher_features": ("hidden",)},
     "pkt": {"student_features": ("hidden",), "teacher_features": ("hidden",)},
     "ft": {"student_features": ("conv0",), "teacher_features": ("conv1",)},
+    # An ensemble's members are its `member_<i>` logits; a CNN's own logits (its head) stand in for one.
+    "multi_teacher_kd": {"teacher_features": ("head",)},
 }
 # FSP compares C x C matrices of consecutive maps, so its student needs the teacher's conv0 width.
 CNN_STUDENTS = {"fsp": {**method_harness.STUDENT, "channels": (8,)}}
@@ -197,7 +199,7 @@ VARIANTS = {
     "cc": [{"variant": "repdistiller"}],
 }
 # Methods whose outputs the harness's CNNs cannot produce (a distillation head, tokens): hand-built.
-HAND_BUILT = ("deit", "lm_kd", "lm_seqkd", "lm_gkd", "lm_distilbert")
+HAND_BUILT = ("deit", "lm_kd", "lm_seqkd", "lm_gkd", "lm_distilbert", "lm_hidden", "lm_minilm", "lm_tinybert")
 TEACHER_METHODS = sorted(name for name, module in methods.METHODS.items() if module.NEEDS_TEACHER)
 CNN_CASES = [(name, {**CNN_FEATURES.get(name, {}), **variant})
              for name in TEACHER_METHODS if name not in HAND_BUILT
@@ -295,6 +297,10 @@ def _hand_built_outputs(name, rng):
   else:  # Language models: logits [B, L, V] and hidden states [B, L, D] over tokens with padding.
     student_out = {"logits": rng.normal(size=(2, 5, 7)), "features": {"final_norm": rng.normal(size=(2, 5, 3))}}
     teacher_out = {"logits": rng.normal(size=(2, 5, 7)), "features": {"final_norm": rng.normal(size=(2, 5, 3))}}
+    if name == "lm_tinybert":  # An embedding, a hidden state and kd's fused q/k/v [B, L, 3, H, D] per side.
+      for out in (student_out, teacher_out):
+        out["features"] = {"embed": rng.normal(size=(2, 5, 3)), "layers_0": rng.normal(size=(2, 5, 3)),
+                           "layers_0/attention/qkv": rng.normal(size=(2, 5, 3, 1, 2))}
     batch = {"tokens": np.array([[1, 4, 2, 6, 3], [5, 0, 2, 0, 0]], np.int32),
              "mask": np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool)}
   as_f32 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
@@ -304,7 +310,14 @@ def _hand_built_outputs(name, rng):
 HAND_BUILT_CASES = (
     [("deit", {"distillation": "hard"}), ("deit", {"distillation": "soft"})]
     + [("lm_kd", {"divergence": d}) for d in sorted(losses.TOKEN_DIVERGENCES)]
-    + [("lm_seqkd", {"kd_weight": 1.0}), ("lm_gkd", {}), ("lm_distilbert", {})])
+    + [("lm_seqkd", {"kd_weight": 1.0}), ("lm_gkd", {}), ("lm_distilbert", {})]
+    # final_norm [2, 5, 3] read as hidden states, and by MiniLM as a fused q | k | v of width 1 each.
+    + [("lm_hidden", {"student_features": ("final_norm",), "teacher_features": ("final_norm",)}),
+       ("lm_minilm", {"student_features": ("final_norm",), "teacher_features": ("final_norm",),
+                      "relation_heads": 1}),
+       ("lm_tinybert", {"student_features": ("embed", "layers_0", "layers_0/attention/qkv"),
+                        "teacher_features": ("embed", "layers_0", "layers_0/attention/qkv"),
+                        "student_rope_theta": 0.0, "teacher_rope_theta": 0.0})])
 
 
 def test_hand_built_cases_cover_the_hand_built_methods():
@@ -312,7 +325,8 @@ def test_hand_built_cases_cover_the_hand_built_methods():
 
 
 @pytest.mark.parametrize("name,params", HAND_BUILT_CASES,
-                         ids=[f"{n}-{'-'.join(map(str, p.values()))}" for n, p in HAND_BUILT_CASES])
+                         ids=[f"{n}-{'-'.join(str(v) for k, v in p.items() if 'features' not in k)}"
+                              for n, p in HAND_BUILT_CASES])
 def test_hand_built_method_loss_sends_no_gradient_to_the_teacher_outputs(name, params):
   # The in-step batch preparation of lm_seqkd and lm_gkd (generation) runs before the loss, on
   # stopped variables; this checks the loss on the batch it is given.
