@@ -503,7 +503,8 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
   start_step, start_time = step, time.perf_counter()
   predict = evaluation.make_predict(student_apply, mesh)
   if lm.is_language_model(spec):  # Perplexity and next-token accuracy, summed on the device.
-    predict = _LanguageModelEval(lm_evaluation.make_evaluate(student_apply, mesh))
+    predict = _LanguageModelEval(lm_evaluation.make_evaluate(
+        student_apply, mesh, bytes_per_id=lm_evaluation.bytes_per_id(data_config.name, spec.num_classes)))
   if not evaluated_at_restore and _is_eval_step(config, step, stage.num_steps):
     # A stage extended past its old end resumes from that end's checkpoint, where the evaluation of an
     # eval step was written after the save (as the final one) and so was not kept: write it again.
