@@ -157,8 +157,10 @@ class PrunedCifarResNet(cifar_resnet.CifarResNet):
     return logits.astype(jnp.float32)
 
 
-PRUNED_VGG = models.import_path(PrunedVGG)
-PRUNED_RESNET = models.import_path(PrunedCifarResNet)
+# By the package's path, not `models.import_path`: under `python -m kd.structured_pruning` this module is
+# `__main__`, a name no later process can import.
+PRUNED_VGG = "kd.structured_pruning:PrunedVGG"
+PRUNED_RESNET = "kd.structured_pruning:PrunedCifarResNet"
 FAMILIES = ("cnn", "cnn1d", "mlp", "vgg", "cifar_resnet")
 # A pruned model can be pruned again: the families' names, and the classes that hold them pruned.
 _FAMILY_OF = {**{name: name for name in FAMILIES}, PRUNED_VGG: "vgg", PRUNED_RESNET: "cifar_resnet"}
@@ -481,8 +483,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(2)
   before, after = models.count_params(loaded.variables["params"]), models.count_params(pruned_variables["params"])
   chosen = f"keep={keep:.4g}" + (f", widths {widths}" if widths else "")
-  print(f"wrote {args.destination}: {pruned_config['name']} {_describe(loaded.model_config)} -> "
-        f"{_describe(pruned_config)} ({chosen}; {after:,} of {before:,} parameters)\n"
+  renamed = "" if pruned_config["name"] == loaded.model_config["name"] else f"{pruned_config['name']} "
+  print(f"wrote {args.destination}: {loaded.model_config['name']} {_describe(loaded.model_config)} -> "
+        f"{renamed}{_describe(pruned_config)} ({chosen}; {after:,} of {before:,} parameters)\n"
         f"model: {pruned_config}")
   start = f"--config.stages.<stage>.init_from=export:{os.path.abspath(args.destination)}"
   if pruned_config["name"] == loaded.model_config["name"]:
@@ -495,4 +498,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  # The package's module, not this `__main__` copy: the pruned configs name its classes.
+  from kd import structured_pruning  # pylint: disable=g-import-not-at-top,import-self
+  structured_pruning.main()

@@ -3,11 +3,14 @@
 import functools
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
+from conftest import REPO
 from kd import checkpoint
 from kd import external
 from kd import models
@@ -209,19 +212,26 @@ def test_cli_writes_a_loadable_export_that_init_from_accepts(tmp_path, capsys):
   assert not os.path.exists(tmp_path / "new")
 
 
-def test_pruned_resnet_exports_loads_and_prunes_again(tmp_path):
+def test_pruned_resnet_through_python_m_loads_and_prunes_again(tmp_path):
   model_config = models.model_config("cifar_resnet", depth=8, widths=(4, 4, 8, 8), preprocess="cifar10")
   spec = DatasetSpec(name="cifar10", input_key="image", input_shape=(8, 8, 3), input_dtype="uint8",
                      num_classes=5, split_sizes={"train": 10, "test": 10})
   variables = _model(model_config, spec.input_shape)
+  source, destination = str(tmp_path / "teacher"), str(tmp_path / "pruned")
+  checkpoint.export_model(source, model_config, spec, variables)
+  # As a user runs it: the config it writes must name the class by a path a later process imports.
+  result = subprocess.run([sys.executable, "-m", "kd.structured_pruning", source, destination, "--keep=0.5"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
   pruned_config, pruned_variables = structured_pruning.prune(model_config, variables, keep=0.5)
+  assert structured_pruning.PRUNED_RESNET == models.import_path(structured_pruning.PrunedCifarResNet)
+  assert structured_pruning.PRUNED_VGG == models.import_path(structured_pruning.PrunedVGG)
   assert pruned_config["name"] == structured_pruning.PRUNED_RESNET and pruned_config["preprocess"] == "cifar10"
   assert pruned_config["inner_widths"] == (2, 4, 4) and pruned_config["widths"] == (4, 4, 8, 8)
   # The residual path is whole: the second convolutions and shortcuts keep the stage widths.
   assert pruned_variables["params"]["layer2_0"]["conv2"]["kernel"].shape == (3, 3, 4, 8)
   assert pruned_variables["params"]["layer2_0"]["downsample_conv"]["kernel"].shape == (1, 1, 4, 8)
-  checkpoint.export_model(str(tmp_path), pruned_config, spec, pruned_variables)
-  loaded = checkpoint.load_model(str(tmp_path))
+  loaded = checkpoint.load_model(destination)
   assert loaded.model_config == pruned_config
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, loaded.variables), pruned_variables)
   again_config, again = structured_pruning.prune(loaded.model_config, loaded.variables, widths={"layer3_0/conv1": 1})
