@@ -165,7 +165,7 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
   if prepare_batch is not None:
     batch = prepare_batch(jax.lax.stop_gradient(student_variables(state)), teacher_variables, batch,
                           jax.random.fold_in(rng, 3))
-  teacher_batch = batch
+  teacher_batch = _teacher_view(batch)
   if make_views is not None:
     batch, teacher_batch = make_views(batch, jax.random.fold_in(rng, 2))
     loss_fn = augment.mixed_loss(loss_fn)  # Label terms weighted by mixup/cutmix's lambda, if mixed.
@@ -213,6 +213,17 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
              "learning_rate": learning_rate(state.step), "nonfinite": (~finite).astype(jnp.float32),
              "skipped_updates": new_state.nonfinite_count.astype(jnp.float32)}
   return new_state, metrics
+
+
+# A batch tokenized twice (a cross-tokenizer dataset) holds the teacher's own tokens under these keys.
+TEACHER_TOKENS = {"teacher_tokens": "tokens", "teacher_mask": "mask", "teacher_loss_mask": "loss_mask"}
+
+
+def _teacher_view(batch):
+  """The batch as the teacher reads it: its own tokenization, where the batch has one (TEACHER_TOKENS)."""
+  if "teacher_tokens" not in batch:
+    return batch
+  return {**batch, **{own: batch[key] for key, own in TEACHER_TOKENS.items() if key in batch}}
 
 
 def _update_moving_average(state: TrainState, decay: float) -> TrainState:
