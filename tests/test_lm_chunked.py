@@ -216,7 +216,7 @@ def test_a_training_step_with_chunks_matches_full_logits_and_never_computes_them
   teacher_variables, state = initial(tokens)
   results = {}
   for chunk_size in (0, 16):
-    method = methods.method_config("lm_kd", divergence="jsd", chunk_size=chunk_size, ce_weight=0.5)
+    method = methods.method_config("lm_kd", chunk_size=chunk_size, ce_weight=0.5)
     methods.check_method_config(method, "stages.student.method")
     student_paths, teacher_paths = _resolved_patterns(method, student, teacher, 32)
     assert (student_paths, teacher_paths) == ((("final_norm", "head_kernel", "head_bias"),
