@@ -22,6 +22,12 @@ paths are from the working directory):
                               checkpoint whose embedding is padded beyond its tokenizer (Qwen3: 151,936
                               rows for 151,669 ids; `kd.convert.hf.read_config(folder)[1]` is its size),
                               so that a student has the teacher's vocabulary; never smaller
+    teacher_tokenizer         a second tokenizer (a tokenizer.json or folder, or `bytes`: the UTF-8
+                              bytes as ids 0-255, no specials) for a teacher with another vocabulary:
+                              every example also holds the teacher's tokenization of the same text
+                              (below), for cross-tokenizer methods (kd.methods.lm_uld)
+    teacher_max_length        the teacher's tokens per example, default max_length (a byte-level
+                              teacher of a BPE student needs about 3-4x as many)
 
 Files:
 
@@ -41,6 +47,22 @@ Examples (features):
     prompt_length  int32 []            tokens before the first masked one (0 for text): where methods
                                        that generate continue from
 
+With teacher_tokenizer, also (the train step feeds them to the teacher as its tokens / mask / loss_mask):
+
+    teacher_tokens     int32 [teacher_max_length]  the teacher's ids of the same text, padded with its
+                                                   padding id
+    teacher_mask       bool  [teacher_max_length]  True for the teacher's real (non-padding) tokens
+    teacher_loss_mask  bool  [teacher_max_length]  True where its loss counts, by the rule of `mask`
+
+The same text, tokenized twice: a JSONL example is tokenized by each tokenizer as a whole (a chat with
+each one's own template); a window of a .txt file is the span of text its student tokens cover (from
+the start of its first token to the start of the next window's first), and holds the teacher's tokens
+of the whole file that start in that span, so that neither tokenization is cut mid-word by the other's
+windows. The teacher's side is truncated at teacher_max_length (counted as `teacher_truncated`); a JSONL
+example with nothing left to learn on either side is dropped. The metadata records `teacher_vocab_size`
+(the teacher model's vocabulary must equal it) and `teacher_tokenizer`; `teacher_vocab_size_of(name)`
+reads it from a dataset name.
+
 A prompt and its completion are tokenized apart and concatenated (the prompt with the tokenizer's
 specials, the completion then eos), so the boundary is exact. A chat is rendered with the tokenizer's
 chat template (`kd.lm.tokenizer`, as transformers renders it; ChatML when it has none) and tokenized
@@ -54,7 +76,7 @@ the counts are in the dataset's metadata (`builder.info.metadata`, also metadata
 
 Each source gets its own TFDS config, `<first file's stem>_<max_length>_<digest>`, where the digest covers
 the files' names and contents, the tokenizer (its tokenizer.json, special tokens and chat template),
-max_length, format and split: editing a file or changing the tokenizer prepares a new dataset, and two
+max_length, format and split (and the teacher's tokenizer and length): editing a file or changing the tokenizer prepares a new dataset, and two
 sources never share one.
 """
 
@@ -81,7 +103,9 @@ SPLITS = ("train", "validation", "test")
 DEFAULT_SPLIT = (90, 5, 5)
 DEFAULT_MAX_LENGTH = 128
 RELEASE_NOTES = {VERSION: ".txt windows and JSONL text, prompt/completion and chat, with a tokenizer.json."}
-KEYS = ("train", "validation", "test", "files", "split", "tokenizer", "max_length", "format", "vocab_size")
+KEYS = ("train", "validation", "test", "files", "split", "tokenizer", "max_length", "format", "vocab_size",
+        "teacher_tokenizer", "teacher_max_length")
+BYTES = "bytes"  # teacher_tokenizer=bytes: the UTF-8 bytes as ids.
 # What each JSONL format needs in a line, in the order `auto` tries them.
 FORMAT_KEYS = {"chat": ("messages",), "prompt_completion": ("prompt", "completion"), "text": ("text",)}
 
@@ -96,15 +120,61 @@ class Source:
   max_length: int
   format: str
   vocab_size: int = 0  # The models' vocabulary; 0: the tokenizer's number of ids.
+  teacher_tokenizer: str = ""  # The teacher's tokenizer.json, or BYTES; "": the teacher shares `tokenizer`.
+  teacher_max_length: int = 0  # 0: max_length.
+
+  @property
+  def teacher_length(self) -> int:
+    return self.teacher_max_length or self.max_length
+
+
+@dataclasses.dataclass(frozen=True)
+class ByteTokenizer:
+  """UTF-8 bytes as ids 0-255 (`teacher_tokenizer=bytes`), with the interface of kd.lm.tokenizer.Tokenizer.
+
+  No special tokens (as stdlib_text's byte windows): a byte-level model trained there reads these ids.
+  """
+
+  path: str = BYTES
+  digest: str = BYTES
+  chat_template: str | None = None
+  vocab_size: int = 256
+  bos_id: int | None = None
+  eos_id: int | None = None
+  pad_id: int | None = None
+  padding_id: int = 0
+
+  def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+    del add_special_tokens  # There are none.
+    return list(text.encode("utf-8"))
+
+  def encode_with_offsets(self, text: str, add_special_tokens: bool = False):
+    del add_special_tokens
+    ids, offsets = [], []
+    for index, char in enumerate(text):
+      encoded = char.encode("utf-8")
+      ids.extend(encoded)
+      offsets.extend([(index, index + 1)] * len(encoded))
+    return ids, offsets
+
+  def template_variables(self) -> dict[str, str]:
+    return {}
+
+
+def load_tokenizer(path: str):
+  """A tokenizer by its `tokenizer=` / `teacher_tokenizer=` value: BYTES, or a tokenizer.json (kd.lm.tokenizer)."""
+  return ByteTokenizer() if path == BYTES else tokenizer_lib.load(path)
 
 
 def dataset_name(*, tokenizer: str, train: str = "", validation: str = "", test: str = "", files: str = "",
                  split: str = "", max_length: int = DEFAULT_MAX_LENGTH, format: str = "auto",  # pylint: disable=redefined-builtin
-                 vocab_size: int = 0) -> str:
+                 vocab_size: int = 0, teacher_tokenizer: str = "", teacher_max_length: int = 0) -> str:
   """The `data.name` of a text source: `text_files/key=value,...` (see the module docstring)."""
   values = {"train": train, "validation": validation, "test": test, "files": files, "split": split,
             "tokenizer": tokenizer, "max_length": str(max_length) if max_length != DEFAULT_MAX_LENGTH else "",
-            "format": format if format != "auto" else "", "vocab_size": str(vocab_size) if vocab_size else ""}
+            "format": format if format != "auto" else "", "vocab_size": str(vocab_size) if vocab_size else "",
+            "teacher_tokenizer": teacher_tokenizer,
+            "teacher_max_length": str(teacher_max_length) if teacher_max_length else ""}
   return f"{FAMILY}/" + ",".join(f"{key}={value}" for key, value in values.items() if value)
 
 
@@ -156,6 +226,7 @@ def parse(config_name: str) -> Source:
   if vocab_size < 0 or ("vocab_size" in values and vocab_size == 0):
     raise DataError(f"{FAMILY}: vocab_size={values['vocab_size']} must be a positive integer (the models' "
                     "vocabulary, at least the tokenizer's number of ids)")
+  teacher = _teacher_keys(values)
   given = [split for split in SPLITS if split in values]
   if "files" in values:
     if given:
@@ -168,14 +239,32 @@ def parse(config_name: str) -> Source:
       raise DataError(f"{FAMILY}: split={values.get('split')} must be train/validation/test percentages "
                       "summing to 100, train > 0 (e.g. 90/5/5)")
     return Source(splits={"*": _expand(values["files"], "files")}, fractions=fractions, tokenizer=tokenizer,
-                  max_length=max_length, format=data_format, vocab_size=vocab_size)
+                  max_length=max_length, format=data_format, vocab_size=vocab_size, **teacher)
   if "split" in values:
     raise DataError(f"{FAMILY}: split= divides files= by hash; with train=/validation=/test= the files "
                     "are the splits")
   if "train" not in values:
     raise DataError(f"{FAMILY}: no train files given: {usage}")
   return Source(splits={split: _expand(values[split], split) for split in given}, fractions=None,
-                tokenizer=tokenizer, max_length=max_length, format=data_format, vocab_size=vocab_size)
+                tokenizer=tokenizer, max_length=max_length, format=data_format, vocab_size=vocab_size, **teacher)
+
+
+def _teacher_keys(values: dict[str, str]) -> dict[str, Any]:
+  """The Source fields of teacher_tokenizer / teacher_max_length; DataError for unusable values."""
+  if "teacher_tokenizer" not in values:
+    if "teacher_max_length" in values:
+      raise DataError(f"{FAMILY}: teacher_max_length is the length of the teacher's tokenization: give "
+                      "teacher_tokenizer=<tokenizer.json or folder, or bytes> with it")
+    return {}
+  path = values["teacher_tokenizer"]
+  path = BYTES if path == BYTES else tokenizer_lib.tokenizer_file(path)
+  try:
+    length = int(values.get("teacher_max_length", 0))
+  except ValueError:
+    length = -1
+  if length < 0 or ("teacher_max_length" in values and length < 2):
+    raise DataError(f"{FAMILY}: teacher_max_length={values['teacher_max_length']} must be an integer >= 2")
+  return {"teacher_tokenizer": path, "teacher_max_length": length}
 
 
 @functools.lru_cache(maxsize=4096)
@@ -213,6 +302,8 @@ def identity(source: Source, tokenizer: tokenizer_lib.Tokenizer) -> str:
   }
   if source.vocab_size:  # Only when given: the datasets prepared before the key existed keep their names.
     payload["vocab_size"] = source.vocab_size
+  if source.teacher_tokenizer:  # Likewise.
+    payload["teacher"] = [load_tokenizer(source.teacher_tokenizer).digest, source.teacher_length]
   return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -233,6 +324,11 @@ class TextFilesConfig(tfds.core.BuilderConfig):
                      version=tfds.core.Version(VERSION), description=config_name, release_notes=RELEASE_NOTES)
     self.source = source
     self.tokenizer = tokenizer
+    self.teacher_tokenizer = load_tokenizer(source.teacher_tokenizer) if source.teacher_tokenizer else None
+    if self.teacher_tokenizer is not None and self.teacher_tokenizer.digest == tokenizer.digest:
+      raise DataError(f"{FAMILY}: teacher_tokenizer={source.teacher_tokenizer} is the same tokenizer as "
+                      f"tokenizer={source.tokenizer}: leave teacher_tokenizer out (a same-tokenizer method "
+                      "such as lm_kd reads the teacher on the student's tokens)")
 
 
 def builder_config(config_name: str) -> TextFilesConfig:
@@ -264,6 +360,19 @@ def tokenizer_for(name: str) -> tokenizer_lib.Tokenizer:
   return tokenizer_lib.load(parse(config_name).tokenizer)
 
 
+def teacher_vocab_size_of(name: str) -> int:
+  """The teacher's vocabulary of a dataset with teacher_tokenizer (its number of ids); 0 for any other dataset.
+
+  What a stage compares its teacher model's vocabulary with (and what tells a cross-tokenizer method
+  that the batches carry `teacher_tokens`).
+  """
+  family, _, config_name = name.partition("/")
+  if family != FAMILY:
+    return 0
+  source = parse(config_name)
+  return load_tokenizer(source.teacher_tokenizer).vocab_size if source.teacher_tokenizer else 0
+
+
 def _split_of_hash(text: bytes, fractions: tuple[int, int, int]) -> str:
   bucket = int(hashlib.sha256(text).hexdigest()[:8], 16) % 100
   low = 0
@@ -281,6 +390,7 @@ class Counts:
   examples: int = 0
   truncated: int = 0  # Longer than max_length: cut at the end.
   dropped: int = 0  # Nothing left to learn after truncation (or a chat without an assistant turn).
+  teacher_truncated: int = 0  # The teacher's tokens longer than teacher_max_length: cut at the end.
 
 
 def text_tokens(tokenizer: tokenizer_lib.Tokenizer, text: str) -> list[int]:
@@ -415,19 +525,32 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     tokenizer = config.tokenizer
     length = config.source.max_length
+    features = {
+        "tokens": tfds.features.Tensor(shape=(length,), dtype=np.int32),
+        "mask": tfds.features.Tensor(shape=(length,), dtype=np.bool_),
+        "prompt_length": tfds.features.Scalar(dtype=np.int32),
+    }
+    teacher_metadata = {}
+    if config.teacher_tokenizer is not None:
+      teacher_length = config.source.teacher_length
+      features.update({
+          "teacher_tokens": tfds.features.Tensor(shape=(teacher_length,), dtype=np.int32),
+          "teacher_mask": tfds.features.Tensor(shape=(teacher_length,), dtype=np.bool_),
+          "teacher_loss_mask": tfds.features.Tensor(shape=(teacher_length,), dtype=np.bool_),
+      })
+      teacher_metadata = {"teacher_vocab_size": config.teacher_tokenizer.vocab_size,
+                          "teacher_tokenizer": config.teacher_tokenizer.path,
+                          "teacher_padding_id": config.teacher_tokenizer.padding_id,
+                          "teacher_max_length": teacher_length}
     return tfds.core.DatasetInfo(
         builder=self,
         description=f"{__doc__}\nSource: {config.description}",
-        features=tfds.features.FeaturesDict({
-            "tokens": tfds.features.Tensor(shape=(length,), dtype=np.int32),
-            "mask": tfds.features.Tensor(shape=(length,), dtype=np.bool_),
-            "prompt_length": tfds.features.Scalar(dtype=np.int32),
-        }),
+        features=tfds.features.FeaturesDict(features),
         metadata=tfds.core.MetadataDict(
             vocab_size=vocab_size_of(config.source, tokenizer), tokenizer_vocab_size=tokenizer.vocab_size,
             bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id,
             pad_id=tokenizer.pad_id, padding_id=tokenizer.padding_id, tokenizer=tokenizer.path,
-            max_length=length, counts={}),
+            max_length=length, counts={}, **teacher_metadata),
     )
 
   def _split_generators(self, dl_manager):
@@ -440,53 +563,123 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split: str, paths: tuple[str, ...], only_split: str | None):
     source, tokenizer = self.builder_config.source, self.builder_config.tokenizer
+    teacher_tokenizer = self.builder_config.teacher_tokenizer
     counts = Counts()
     for file_index, path in enumerate(paths):
       if not path.endswith(".jsonl"):
         if only_split and _split_of_hash(os.path.basename(path).encode(), source.fractions) != only_split:
           continue
-        for window, example in enumerate(self._windows(path, tokenizer, source.max_length)):
+        for window, example in enumerate(self._windows(path, tokenizer, source.max_length, counts)):
           counts.examples += 1
           yield f"{file_index}:{window}", example
         continue
       for number, raw, line_format, record in _jsonl_records(path, source.format):
         if only_split and _split_of_hash(raw, source.fractions) != only_split:
           continue
-        if line_format == "text":
-          ids = text_tokens(tokenizer, record["text"])
-          mask = [True] * len(ids)
-        elif line_format == "prompt_completion":
-          ids, mask = prompt_completion_tokens(tokenizer, record["prompt"], record["completion"])
-        else:
-          try:
-            ids, mask = chat_tokens(tokenizer, record["messages"])
-          except DataError as e:
-            raise DataError(f"{path}:{number}: {e}") from e
+        try:
+          ids, mask = example_tokens(tokenizer, line_format, record)
+          teacher = None if teacher_tokenizer is None else example_tokens(teacher_tokenizer, line_format, record)
+        except DataError as e:
+          raise DataError(f"{path}:{number}: {e}") from e
         example = fixed_length(ids, mask, source.max_length, tokenizer.padding_id)
-        if example is None:
+        teacher_example = None if teacher is None else fixed_length(*teacher, source.teacher_length,
+                                                                     teacher_tokenizer.padding_id)
+        if example is None or (teacher is not None and teacher_example is None):
           counts.dropped += 1
           continue
         tokens, full_mask, prompt_length, truncated = example
         counts.examples += 1
         counts.truncated += truncated
-        yield f"{file_index}:{number}", {"tokens": tokens, "mask": full_mask, "prompt_length": prompt_length}
+        features = {"tokens": tokens, "mask": full_mask, "prompt_length": prompt_length}
+        if teacher is not None:
+          teacher_tokens, teacher_loss_mask, _, teacher_truncated = teacher_example
+          counts.teacher_truncated += teacher_truncated
+          real = np.zeros(source.teacher_length, bool)
+          real[:min(len(teacher[0]), source.teacher_length)] = True
+          features.update({"teacher_tokens": teacher_tokens, "teacher_mask": real,
+                           "teacher_loss_mask": teacher_loss_mask})
+        yield f"{file_index}:{number}", features
     self.info.metadata["counts"][split] = dataclasses.asdict(counts)
     if counts.truncated or counts.dropped:
       logging.warning("%s split %s: of %d examples, %d were longer than max_length=%d and were truncated, and "
                       "%d more were dropped (nothing left to learn once truncated)", FAMILY, split,
                       counts.examples + counts.dropped, counts.truncated, source.max_length, counts.dropped)
+    if counts.teacher_truncated:
+      logging.warning("%s split %s: the teacher's tokens of %d examples were longer than teacher_max_length=%d "
+                      "and were truncated", FAMILY, split, counts.teacher_truncated, source.teacher_length)
 
-  def _windows(self, path: str, tokenizer: tokenizer_lib.Tokenizer, length: int):
+  def _windows(self, path: str, tokenizer: tokenizer_lib.Tokenizer, length: int, counts: Counts):
     try:
       with open(path, encoding="utf-8") as f:
         text = f.read()
     except UnicodeDecodeError as e:
       raise DataError(f"{path}: not UTF-8 text ({e})") from e
-    ids = text_tokens(tokenizer, text)
-    for start in range(0, len(ids), length):
+    teacher_tokenizer = self.builder_config.teacher_tokenizer
+    if teacher_tokenizer is None:
+      ids = text_tokens(tokenizer, text)
+      teacher_windows = None
+    else:
+      ids, starts = text_tokens_with_starts(tokenizer, text)
+      teacher_ids, teacher_starts = text_tokens_with_starts(teacher_tokenizer, text)
+      teacher_windows = window_teacher_tokens(starts, teacher_ids, teacher_starts, length)
+      teacher_length = self.builder_config.source.teacher_length
+    for window_index, start in enumerate(range(0, len(ids), length)):
       window = ids[start:start + length]
       tokens = np.full(length, tokenizer.padding_id, np.int32)
       tokens[:len(window)] = window
       mask = np.zeros(length, bool)
       mask[:len(window)] = True
-      yield {"tokens": tokens, "mask": mask, "prompt_length": np.int32(0)}
+      example = {"tokens": tokens, "mask": mask, "prompt_length": np.int32(0)}
+      if teacher_windows is not None:
+        own = teacher_windows[window_index][:teacher_length]
+        counts.teacher_truncated += len(teacher_windows[window_index]) > teacher_length
+        teacher_tokens = np.full(teacher_length, teacher_tokenizer.padding_id, np.int32)
+        teacher_tokens[:len(own)] = own
+        teacher_mask = np.zeros(teacher_length, bool)
+        teacher_mask[:len(own)] = True
+        example.update({"teacher_tokens": teacher_tokens, "teacher_mask": teacher_mask,
+                        "teacher_loss_mask": teacher_mask.copy()})
+      yield example
+
+
+def example_tokens(tokenizer, line_format: str, record: dict[str, Any]) -> tuple[list[int], list[bool]]:
+  """(ids, loss mask) of one JSONL record in its format, before the window's truncation and padding."""
+  if line_format == "text":
+    ids = text_tokens(tokenizer, record["text"])
+    return ids, [True] * len(ids)
+  if line_format == "prompt_completion":
+    return prompt_completion_tokens(tokenizer, record["prompt"], record["completion"])
+  return chat_tokens(tokenizer, record["messages"])
+
+
+def text_tokens_with_starts(tokenizer, text: str) -> tuple[list[int], np.ndarray]:
+  """`text_tokens(tokenizer, text)` and where each token starts in `text` (characters, non-decreasing).
+
+  Special tokens stand for no text: a leading one (bos) starts at 0, one the post-processor adds later
+  starts where the token before it does, and the appended eos at len(text).
+  """
+  ids, offsets = tokenizer.encode_with_offsets(text, add_special_tokens=True)
+  ids = list(ids)
+  starts = [start for start, _ in offsets]
+  if tokenizer.eos_id is not None and (not ids or ids[-1] != tokenizer.eos_id):
+    ids.append(tokenizer.eos_id)
+    starts.append(len(text))
+  if ids != text_tokens(tokenizer, text):
+    raise AssertionError("encode_with_offsets and encode disagree")  # The windows would not be the student's.
+  return ids, np.maximum.accumulate(np.asarray(starts, np.int64)) if starts else np.zeros(0, np.int64)
+
+
+def window_teacher_tokens(starts: np.ndarray, teacher_ids: list[int], teacher_starts: np.ndarray,
+                          length: int) -> list[list[int]]:
+  """The teacher's ids of each student window of `length` tokens: those starting in the window's text.
+
+  Window w covers the text from the start of its first token to the start of window w+1's first (the
+  first from 0, the last to the end), so the windows partition the text and each teacher token, by
+  where it starts, falls in exactly one.
+  """
+  boundaries = starts[length::length]  # Where windows 1, 2, ... begin.
+  window_of = np.searchsorted(boundaries, teacher_starts, side="right")
+  windows = [[] for _ in range(len(boundaries) + 1)]
+  for token_id, window in zip(teacher_ids, window_of):
+    windows[window].append(int(token_id))
+  return windows
