@@ -1,0 +1,191 @@
+"""Universal Logit Distillation (ULD): distillation between language models with different tokenizers.
+
+The teacher reads its own tokenization of the same text (a `text_files` dataset with
+`teacher_tokenizer=...` stores it as `teacher_tokens` / `teacher_mask` / `teacher_loss_mask`, and the train
+step feeds those to the teacher as its `tokens` / `mask` / `loss_mask`). The two vocabularies share no
+ids, so no token's probability can be compared with another's; ULD compares the *sorted* distributions
+instead (Boizard et al. 2024, Sec. 3): at each matched response position, each model's
+next-token probabilities are sorted in decreasing order, the smaller vocabulary is padded with zeros,
+and the loss is the L1 distance between the sorted vectors, which for two distributions on the same
+ordered support is their closed-form Wasserstein-1 distance under the paper's unit cost:
+
+    ULD_t = sum_i | sort(p_student(t))_i - sort(p_teacher(t))_i |     (Sec. 3: W1 over sorted probabilities)
+    loss  = ce_weight * CE(student, data) + uld_weight * mean_matched_t ULD_t      (Sec. 3: CE + lambda * ULD)
+
+It depends on the two distributions only up to a permutation of either vocabulary, which is what makes
+it tokenizer-free (and also what it cannot see: which token the teacher prefers).
+
+Positions (the paper's "the sequences are truncated to the shorter one", Sec. 3): each side's response
+positions are those whose next-token target counts in that side's loss (the student's `mask` and
+`loss_mask`, the teacher's `teacher_mask` and `teacher_loss_mask`, shifted by one as for
+cross-entropy). In each example the k-th response position of the student is matched with the k-th of
+the teacher, in order, for k below the smaller of the two counts; the longer side's remaining positions
+get no ULD term (the student's still get cross-entropy). No alignment of tokens is attempted: where the
+tokenizers cut the text at different places, matched positions predict different pieces of text, which
+is the approximation the paper makes (its Sec. 3 and 5.4 discuss it).
+
+`temperature` divides both models' logits before their softmaxes (the reference code's student and
+teacher temperatures, both 1 by default); unlike KL-based KD there is no T^2 factor (the paper has
+none). The mean is over the matched positions of the batch, never over batch x length.
+
+Memory: both [B, K, V] probabilities are sorted (K = the shorter sequence), so this is for vocabularies
+that fit; a top-k of the teacher (ULD's tail mass is small) would cut it, but is not done here.
+
+Reference: N. Boizard, K. El Haddad, C. Hudelot, P. Colombo, "Towards Cross-Tokenizer Distillation: the
+Universal Logit Distillation Loss for LLMs", arXiv:2402.12030, Sec. 3; reference code
+github.com/Nicolas-BZRD/llm-recipes (models/distillation_model.py).
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from kd import losses
+from kd.errors import ConfigError
+from kd.lm import tokens as lm_tokens
+
+LANGUAGE_MODEL = True  # Reads next-token targets of a token dataset (kd.lm.check_stages).
+NEEDS_TEACHER = True
+CROSS_TOKENIZER = True  # The teacher reads its own tokenization of the text (batch["teacher_tokens"]).
+DEFAULTS: dict[str, Any] = {"uld_weight": 1.0, "ce_weight": 1.0, "temperature": 1.0}
+
+
+def check(params: dict[str, Any], where: str) -> None:
+  if not params["temperature"] > 0:
+    raise ConfigError(f"{where}.temperature={params['temperature']} must be > 0 (1: the models' own distributions)")
+  for key in ("uld_weight", "ce_weight"):
+    if not params[key] >= 0:
+      raise ConfigError(f"{where}.{key}={params[key]} must be >= 0")
+  if params["uld_weight"] == 0 and params["ce_weight"] == 0:
+    raise ConfigError(f"{where}: uld_weight and ce_weight are both 0, so nothing is learned; set one > 0")
+
+
+def check_tokenizers(method_name: str, method_module, data_name: str, student_vocab_size: int,
+                     teacher_vocab_size: int, where: str) -> None:
+  """ConfigError unless the method, the dataset and the two models agree on one or two tokenizers.
+
+  A cross-tokenizer method (`CROSS_TOKENIZER = True`) needs a dataset that carries the teacher's
+  tokenization (text_files' `teacher_tokenizer`), and a teacher whose vocabulary covers that
+  tokenizer's ids; a same-tokenizer method (lm_kd, ...) needs a teacher with the student's vocabulary
+  and a dataset without a second tokenization (whose `teacher_tokens` it would feed the teacher while
+  comparing its probabilities id by id with the student's).
+
+  Args:
+    method_name: the stage's method.name, for the message.
+    method_module: its module (kd.methods.METHODS[method_name]).
+    data_name: data.name.
+    student_vocab_size: the student's number of logits (the dataset's num_classes).
+    teacher_vocab_size: the teacher model's number of logits.
+    where: the config path of the stage's method, for the message.
+  """
+  from kd.data import text_files  # pylint: disable=g-import-not-at-top  # kd.data imports kd.lm, which imports kd.methods.
+
+  data_teacher_vocab = text_files.teacher_vocab_size_of(data_name)
+  if getattr(method_module, "CROSS_TOKENIZER", False):
+    if not data_teacher_vocab:
+      raise ConfigError(
+          f"{where}.name={method_name!r} distils across tokenizers, but data.name={data_name!r} carries no "
+          "teacher tokenization: add teacher_tokenizer=<the teacher's tokenizer.json or folder, or bytes> to "
+          "the text_files dataset name, or use lm_kd for a teacher with the student's tokenizer")
+    if teacher_vocab_size < data_teacher_vocab:
+      raise ConfigError(
+          f"{where}: the teacher has {teacher_vocab_size} logits but the dataset's teacher_tokenizer has "
+          f"{data_teacher_vocab} ids: give the teacher its own tokenizer's data (teacher_tokenizer=...)")
+    return
+  if data_teacher_vocab:
+    raise ConfigError(
+        f"{where}.name={method_name!r} compares the two models' probabilities id by id, but data.name carries "
+        f"a second (teacher) tokenization of {data_teacher_vocab} ids: use a cross-tokenizer method (lm_uld), "
+        "or leave teacher_tokenizer out of the dataset name for a teacher with the student's tokenizer")
+  if teacher_vocab_size != student_vocab_size:
+    raise ConfigError(
+        f"{where}.name={method_name!r} needs one vocabulary, but the student has {student_vocab_size} logits "
+        f"and the teacher {teacher_vocab_size}: the models have different tokenizers; use lm_uld with "
+        "text_files' teacher_tokenizer=<the teacher's tokenizer>")
+
+
+def _response_order(weights_BxT: jax.Array, length: int) -> tuple[jax.Array, jax.Array]:
+  """(positions [B, length] of the response positions first, in order; their count [B])."""
+  on_BxT = weights_BxT > 0
+  # A stable sort of "not on" puts the on positions first, each group in position order.
+  order_BxT = jnp.argsort(~on_BxT, axis=-1, stable=True)
+  return order_BxT[:, :length], jnp.sum(on_BxT, axis=-1)
+
+
+def sorted_probabilities(logits_BxKxV: jax.Array, temperature: float) -> jax.Array:
+  """softmax(logits / temperature), sorted in decreasing order along the vocabulary (float32)."""
+  probabilities = jax.nn.softmax(logits_BxKxV.astype(jnp.float32) / temperature, axis=-1)
+  return -jnp.sort(-probabilities, axis=-1)
+
+
+def uld_distance(student_sorted_BxKxVs: jax.Array, teacher_sorted_BxKxVt: jax.Array) -> jax.Array:
+  """sum_i |s_i - t_i| of two decreasingly sorted distributions, the shorter padded with zeros: [B, K].
+
+  Boizard et al. 2024, Sec. 3. Only the first min(Vs, Vt) entries are compared pairwise; the longer
+  vocabulary's tail is compared with the zeros, so it adds its own mass (the tail's entries are >= 0).
+  """
+  shared = min(student_sorted_BxKxVs.shape[-1], teacher_sorted_BxKxVt.shape[-1])
+  head = jnp.sum(jnp.abs(student_sorted_BxKxVs[..., :shared] - teacher_sorted_BxKxVt[..., :shared]), axis=-1)
+  return (head + jnp.sum(student_sorted_BxKxVs[..., shared:], axis=-1)
+          + jnp.sum(teacher_sorted_BxKxVt[..., shared:], axis=-1))
+
+
+def uld_terms(student_logits_BxTsxVs: jax.Array, student_weights_BxTs: jax.Array,
+              teacher_logits_BxTtxVt: jax.Array, teacher_weights_BxTt: jax.Array,
+              temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """(ULD per matched position [B, K], matched [B, K] as 0/1 float) of the module docstring.
+
+  Args:
+    student_logits_BxTsxVs: the student's next-token logits at its positions.
+    student_weights_BxTs: > 0 at the student's response positions.
+    teacher_logits_BxTtxVt: the teacher's, on its own tokenization (any length and vocabulary).
+    teacher_weights_BxTt: > 0 at the teacher's response positions.
+    temperature: divides both models' logits.
+
+  Returns:
+    the L1 distance of the sorted distributions at the k-th matched position of each example, and
+    whether that k is below both sides' counts of response positions.
+  """
+  length = min(student_logits_BxTsxVs.shape[1], teacher_logits_BxTtxVt.shape[1])
+  student_order, student_count = _response_order(student_weights_BxTs, length)
+  teacher_order, teacher_count = _response_order(teacher_weights_BxTt, length)
+  student_BxKxV = jnp.take_along_axis(student_logits_BxTsxVs, student_order[..., None], axis=1)
+  teacher_BxKxV = jnp.take_along_axis(teacher_logits_BxTtxVt, teacher_order[..., None], axis=1)
+  per_position = uld_distance(sorted_probabilities(student_BxKxV, temperature),
+                              sorted_probabilities(teacher_BxKxV, temperature))
+  matched = jnp.arange(length)[None] < jnp.minimum(student_count, teacher_count)[:, None]
+  return per_position, matched.astype(jnp.float32)
+
+
+def _teacher_targets(batch) -> jax.Array:
+  """The teacher's next-token weights [B, Tt-1]: its own tokenization's masks, as the train step feeds them."""
+  teacher_batch = {"tokens": batch["teacher_tokens"]}
+  if "teacher_mask" in batch:
+    teacher_batch["mask"] = batch["teacher_mask"]
+  if "teacher_loss_mask" in batch:
+    teacher_batch["loss_mask"] = batch["teacher_loss_mask"]
+  return lm_tokens.next_token_targets(teacher_batch)[1]
+
+
+def loss(student_out, teacher_out, batch, *, uld_weight: float, ce_weight: float,
+         temperature: float) -> tuple[Any, dict[str, Any]]:
+  """ce_weight * CE + uld_weight * mean ULD over the matched response positions; and the terms."""
+  targets_BxT, weights_BxT = lm_tokens.next_token_targets(batch)
+  student_logits = student_out["logits"][:, :-1]
+  ce = lm_tokens.masked_mean(losses.token_cross_entropy(student_logits, targets_BxT, where=weights_BxT > 0),
+                             weights_BxT)
+  metrics = {"ce": ce, "tokens": jnp.sum(weights_BxT),
+             "token_accuracy": lm_tokens.masked_mean(jnp.argmax(student_logits, -1) == targets_BxT, weights_BxT)}
+  total = ce_weight * ce
+  if teacher_out is not None and uld_weight:
+    if "teacher_tokens" not in batch:
+      raise ConfigError("lm_uld needs the teacher's own tokenization in the batch (teacher_tokens): tokenize "
+                        "the data with text_files' teacher_tokenizer=<the teacher's tokenizer>")
+    teacher_logits = jax.lax.stop_gradient(teacher_out["logits"][:, :-1])
+    per_position, matched = uld_terms(student_logits, weights_BxT, teacher_logits, _teacher_targets(batch),
+                                      temperature)
+    uld = lm_tokens.masked_mean(per_position, matched)
+    total = total + uld_weight * uld
+    metrics.update({"uld": uld, "matched_positions": jnp.sum(matched)})
+  return total, metrics
