@@ -69,6 +69,7 @@ from kd.methods import lm_minilm
 from kd.methods import lm_seqkd
 from kd.methods import lm_supervised
 from kd.methods import lm_tinybert
+from kd.methods import lm_uld
 from kd.methods import hinton_kd
 from kd.methods import logit_mse
 from kd.methods import logit_std
@@ -119,6 +120,7 @@ METHODS = {
     "lm_hidden": lm_hidden,  # Hidden states through a layer map and learned projections.
     "lm_minilm": lm_minilm,  # Self-attention relations (q, k, v) per relation head.
     "lm_tinybert": lm_tinybert,  # Embedding, attention-score, hidden-state and prediction layers.
+    "lm_uld": lm_uld,  # Across tokenizers: sorted next-token probabilities (Boizard et al. 2024).
 }
 
 PRETRAINED = ft.PRETRAINED  # The connector collection filled from connector_source.
