@@ -271,3 +271,66 @@ def test_a_prompt_that_fills_the_window_is_dropped_and_counted(tmp_path):
   assert _rows(data.load_arrays(name, "train")) == {_row([BOS, 22, 23, 19, 20], {3, 4}, 5)}
   assert data.pipeline._builder(name, "").info.metadata["counts"]["train"] == {
       "examples": 1, "truncated": 1, "dropped": 1}
+
+
+def test_a_teacher_tokenizer_stores_the_teachers_tokens_of_the_same_text():
+  # Plain text: window w holds the teacher's tokens that start in its text (here bytes, no specials).
+  name = _name(test=_fixture("story.txt"), train=_fixture("text.jsonl"), max_length=6, teacher_tokenizer="bytes",
+               teacher_max_length=20)
+  spec = data.load_spec(name)
+  assert spec.num_classes == 27 and spec.input_shape == (6,)  # Still the student's vocabulary and length.
+  assert text_files.teacher_vocab_size_of(name) == 256 and text_files.teacher_vocab_size_of(_name(train=_fixture("text.jsonl"))) == 0
+  test = data.load_arrays(name, "test")
+  windows = {}
+  for tokens, teacher, teacher_mask, teacher_loss_mask in zip(test["tokens"], test["teacher_tokens"],
+                                                              test["teacher_mask"], test["teacher_loss_mask"]):
+    assert teacher.shape == (20,) and (teacher_mask == teacher_loss_mask).all()
+    windows[tuple(tokens.tolist())] = bytes(teacher[teacher_mask].tolist()).decode()
+    assert (teacher[~teacher_mask] == 0).all()  # Padded with the byte teacher's padding id.
+  # <s> the cat sat on the | mat the dog ran </s>: the first window's text ends where "mat" starts.
+  assert windows == {(BOS, 17, 18, 19, 20, 17): "the cat sat on the ", (21, 17, 23, 24, EOS, PAD): "mat\nthe dog ran\n"}
+  metadata = data.pipeline._builder(name, "").info.metadata
+  assert (metadata["teacher_vocab_size"], metadata["teacher_max_length"]) == (256, 20)
+  # JSONL: each tokenizer reads the whole example; the teacher's loss mask by the same rule (the completion).
+  name = _name(train=_fixture("prompt_completion.jsonl"), max_length=10, teacher_tokenizer="bytes",
+               teacher_max_length=10)
+  train = data.load_arrays(name, "train")
+  rows = {tuple(t.tolist()): (bytes(tt[m].tolist()), tuple(np.flatnonzero(lm).tolist()))
+          for t, tt, m, lm in zip(train["tokens"], train["teacher_tokens"], train["teacher_mask"],
+                                  train["teacher_loss_mask"])}
+  assert rows == {
+      (BOS, 17, 18, 19, 20, 17, 21, EOS, PAD, PAD): (b"the catsat", (7, 8, 9)),  # Truncated at 10 bytes.
+      (BOS, 22, 23, 24, EOS) + (PAD,) * 5: (b"a dogran", (5, 6, 7)),
+  }  # "what is two plus two" fills the teacher's 10 bytes: nothing left to learn, dropped.
+  assert data.pipeline._builder(name, "").info.metadata["counts"]["train"] == {
+      "examples": 2, "truncated": 0, "dropped": 1, "teacher_truncated": 1}
+  batch = next(data.train_iterator(train, batch_size=2, seed=0))
+  assert {"teacher_tokens", "teacher_mask", "teacher_loss_mask"} <= set(batch)
+
+
+def test_the_teacher_tokenizer_is_part_of_the_datasets_identity(stdlib_bpe):
+  tokenizer, files = stdlib_bpe
+  plain = text_files.prepared_name(_name(train=_fixture("text.jsonl")))
+  with_bytes = text_files.prepared_name(_name(train=_fixture("text.jsonl"), teacher_tokenizer="bytes"))
+  with_bpe = text_files.prepared_name(_name(train=_fixture("text.jsonl"), teacher_tokenizer=tokenizer.path))
+  longer = text_files.prepared_name(_name(train=_fixture("text.jsonl"), teacher_tokenizer="bytes",
+                                          teacher_max_length=300))
+  assert len({plain, with_bytes, with_bpe, longer}) == 4
+  with pytest.raises(DataError, match="is the same tokenizer as tokenizer=.* leave teacher_tokenizer out"):
+    text_files.builder_config(_name(train=_fixture("text.jsonl"), teacher_tokenizer=WORDS).partition("/")[2])
+  with pytest.raises(DataError, match="teacher_max_length is the length of the teacher's tokenization"):
+    text_files.parse(_name(train=_fixture("text.jsonl"), teacher_max_length=64).partition("/")[2])
+  # A BPE teacher of a source file: its windows' tokens, in order, are its tokenization of the whole file.
+  ids, starts = text_files.text_tokens_with_starts(text_files.ByteTokenizer(), "é and ß")
+  assert ids == list("é and ß".encode()) and starts.tolist() == [0, 0, 1, 2, 3, 4, 5, 6, 6]
+  with open(files[0], encoding="utf-8") as f:
+    text = f.read()
+  student_ids, student_starts = text_files.text_tokens_with_starts(text_files.ByteTokenizer(), text)
+  teacher_ids, teacher_starts = text_files.text_tokens_with_starts(tokenizer, text)
+  windows = text_files.window_teacher_tokens(student_starts, teacher_ids, teacher_starts, 128)
+  assert len(windows) == -(-len(student_ids) // 128) and sum(windows, []) == teacher_ids
+  assert "".join(tokenizer.decode(window, skip_special_tokens=True) for window in windows) == text
+  # Each teacher window begins in its student window's text (not empty, not late).
+  for index, window in enumerate(windows[1:], start=1):
+    boundary, first = student_starts[128 * index], teacher_starts[sum(map(len, windows[:index]))]
+    assert boundary <= first < boundary + 16

@@ -599,7 +599,10 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
           features.update({"teacher_tokens": teacher_tokens, "teacher_mask": real,
                            "teacher_loss_mask": teacher_loss_mask})
         yield f"{file_index}:{number}", features
-    self.info.metadata["counts"][split] = dataclasses.asdict(counts)
+    counted = dataclasses.asdict(counts)
+    if teacher_tokenizer is None:  # As datasets without a teacher's tokenization always recorded them.
+      del counted["teacher_truncated"]
+    self.info.metadata["counts"][split] = counted
     if counts.truncated or counts.dropped:
       logging.warning("%s split %s: of %d examples, %d were longer than max_length=%d and were truncated, and "
                       "%d more were dropped (nothing left to learn once truncated)", FAMILY, split,
