@@ -32,13 +32,13 @@ def _percent(value: str) -> float:
 
 
 def test_the_beyond_one_teacher_notebook_runs_headless_and_its_figures_hold(smoke_workdir, tmp_path):
-  from test_end_to_end import _run_notebook, _unoptimised_xla  # pylint: disable=g-import-not-at-top
+  from test_end_to_end import _run_notebook  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "beyond")
   # The quickstart's smoke teacher and baseline, trained once for the session, are the notebook's first
   # two stages (same config, seed and data): the notebook finds them finished and trains the rest.
   for stage in ("teacher", "baseline"):
     shutil.copytree(os.path.join(smoke_workdir, "seed_0", stage), os.path.join(workdir, "seed_0", stage))
-  outputs = _run_notebook("beyond_one_teacher.ipynb", workdir, env=_unoptimised_xla())
+  outputs = _run_notebook("beyond_one_teacher.ipynb", workdir)  # Its first cell sets XLA's fast-compile flag.
   text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and o.get("name") == "stdout")
   run = os.path.join(workdir, "seed_0")
 
