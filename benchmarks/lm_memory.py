@@ -1,7 +1,7 @@
 r"""Memory and time of a language-model distillation step: chunked divergences against full logits.
 
     python benchmarks/lm_memory.py [--vocab_sizes=32768,131072,262144] [--length=2048] [--width=1024]
-        [--chunk_size=64] [--divergence=forward_kl] [--repeats=2] [--json=out.json]
+        [--chunk_size=64] [--divergence=forward_kl] [--repeats=3] [--json=out.json]
 
 The step is the loss of `kd.methods.lm_kd` (here forward KL, `--divergence` for another) and its
 gradient with respect to the student's final hidden states and head, the part of a distillation
@@ -26,9 +26,9 @@ About 10 minutes at the default sizes on 2 idle CPU cores; `--timed_vocab_sizes=
 measures the memory alone, in about a minute; `--length=256 --width=256` is the same comparison,
 smaller.
 
-Measured here (2 shared CPU cores, load average about 10, L = 2048, D = 1024, chunk_size = 64):
-memory 4.11x less at V = 32k, 4.36x at 128k, 4.40x at 256k; step time 0.74x at 32k and 1.28x at
-128k (one noisy run each; 256k not run).
+Measured here (2 CPU cores shared with other jobs, load average about 10, L = 2048, D = 1024,
+chunk_size = 64): memory 4.11x less at V = 32k, 4.36x at 128k, 4.40x at 256k; step time 0.74x at
+32k, and 1.28x then 1.03x at 128k in two runs (2 and 3 repeats); 256k not run (18 GiB for both).
 """
 
 import json
@@ -49,7 +49,7 @@ _LENGTH = flags.DEFINE_integer("length", 2048, "Tokens per sequence L (batch 1).
 _WIDTH = flags.DEFINE_integer("width", 1024, "Hidden width D of both models.")
 _CHUNK_SIZE = flags.DEFINE_integer("chunk_size", 64, "Tokens per chunk of the chunked loss.")
 _DIVERGENCE = flags.DEFINE_enum("divergence", "forward_kl", sorted(losses.TOKEN_DIVERGENCES), "The divergence.")
-_REPEATS = flags.DEFINE_integer("repeats", 2, "Timed runs per step (the fastest is reported).")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per step (the fastest is reported).")
 _MAX_TIMED_FRACTION = flags.DEFINE_float("max_timed_fraction", 0.6, "Run a step only if its memory is at most "
                                          "this fraction of the host's available memory.")
 _TIMED_VOCAB_SIZES = flags.DEFINE_list("timed_vocab_sizes", None, "Time only these V (default: all); the "
