@@ -48,7 +48,8 @@ def check(config: ml_collections.ConfigDict, workdir: str, stages: Sequence[str]
       run_dir = train.seed_dir(workdir, seed)
       for dependency in external.stage_dependencies(config, name):  # Its teacher, its init_from stages.
         if dependency not in stages and not train.is_finished(os.path.join(run_dir, dependency)):
-          raise ConfigError(f"stage {name!r} needs stage {dependency!r}, which has no finished run in "
+          role = "teacher stage" if dependency == config.stages[name].teacher else "stage (init_from)"
+          raise ConfigError(f"stage {name!r} needs {role} {dependency!r}, which has no finished run in "
                             f"{run_dir}: run it too (leave out --stages) or point --workdir at its run")
         _check_exported_model(config, dependency, os.path.join(run_dir, dependency))
       source = methods.connector_source(config.stages[name].method)

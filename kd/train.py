@@ -178,7 +178,9 @@ def train_step(state: TrainState, teacher_variables, batch, *, student_apply, te
                                 train=True, rngs={"dropout": rng})
     if inject_nonfinite_at_step > 0:
       poison = jnp.where(state.step + 1 == inject_nonfinite_at_step, jnp.nan, 1.0)
-      student_out = {**student_out, "logits": student_out["logits"] * poison}
+      # The features too: a chunked LM loss reads hidden states and head, not the logits.
+      student_out = {**student_out, "logits": student_out["logits"] * poison,
+                     "features": jax.tree.map(lambda f: f * poison, student_out.get("features", {}))}
     model_state = {**state.model_state, "student": student_out.get("state", state.model_state["student"])}
     if connector is not None:
       connector_variables = {"params": params["connector"], **state.model_state["connector"]}

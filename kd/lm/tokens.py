@@ -39,7 +39,9 @@ def check_stages(config, spec, stages) -> None:
   for name in stages:
     stage = config.stages[name]
     lm_method = getattr(methods.METHODS[stage.method.name], "LANGUAGE_MODEL", False)
-    lm_model = getattr(models.resolve_model_class(stage.model.name), "integer_inputs", False)
+    # A LoRA student reads what its base reads.
+    model_name = stage.model.base["name"] if stage.model.name == "lora" else stage.model.name
+    lm_model = getattr(models.resolve_model_class(model_name), "integer_inputs", False)
     if token_data and not lm_method:
       language_methods = sorted(k for k, v in methods.METHODS.items() if getattr(v, "LANGUAGE_MODEL", False))
       raise ConfigError(f"stages.{name}.method.name={stage.method.name!r} is a classifier method but "
@@ -52,6 +54,10 @@ def check_stages(config, spec, stages) -> None:
       raise ConfigError(f"stages.{name}.method.name={stage.method.name!r} runs the teacher model itself "
                         "(generation or layers), so its outputs cannot come from the teacher cache: use "
                         "'lm_kd' or set teacher_cache.enabled=False")
+    if token_data and config.teacher_cache.enabled and stage.teacher and stage.method.get("chunk_size", 0):
+      raise ConfigError(f"stages.{name}.method.chunk_size={stage.method.chunk_size} computes the divergence from "
+                        "the teacher's hidden states and head, which the teacher cache does not hold: set "
+                        "chunk_size=0 or teacher_cache.enabled=False")
     if not token_data and (lm_method or lm_model):
       what = f"method.name={stage.method.name!r}" if lm_method else f"model.name={stage.model.name!r}"
       raise ConfigError(f"stages.{name}.{what} is for language models but data.name={spec.name!r} is not a "

@@ -169,8 +169,15 @@ def needs_teacher(method_config: Mapping[str, Any]) -> bool:
 
 
 def feature_patterns(method_config: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-  """(student patterns, teacher patterns) of the features a method reads; empty for logits only."""
-  params = {**METHODS[method_config["name"]].DEFAULTS, **method_params(method_config)}
+  """(student patterns, teacher patterns) of the features a method reads; empty for logits only.
+
+  A method with `feature_patterns(params)` decides them from its parameters (lm_kd and lm_gkd read the
+  hidden states and heads when chunk_size > 0); others name them in student_features / teacher_features.
+  """
+  module = METHODS[method_config["name"]]
+  params = {**module.DEFAULTS, **method_params(method_config)}
+  if hasattr(module, "feature_patterns"):
+    return module.feature_patterns(params)
   return tuple(params.get("student_features", ())), tuple(params.get("teacher_features", ()))
 
 
