@@ -587,9 +587,7 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
     # A LoRA student is exported merged into its base's architecture.
     exported_model, exported_variables = lora.exported(stage.model.to_dict(), jax.device_get(variables))
     checkpoint.export_model(stage_dir, exported_model, spec, exported_variables)
-    if methods.exports_connector(stage.method):
-      checkpoint.export_connector(stage_dir, jax.device_get(
-          {"params": state.params["connector"], **state.model_state["connector"]}))
+    _export_parts(stage_dir, stage, spec, state)
     if distributed.is_primary():
       with open(os.path.join(stage_dir, RESULT_JSON + ".tmp"), "w") as f:
         json.dump(result, f, indent=2)
@@ -598,6 +596,18 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
       f"{role} accuracy {eval_scalars[role + '/accuracy']:.4f} ({data.splits.describe(data_config, role)})"
       for role in sorted(eval_sets, key=("test", "validation").index)))
   return result
+
+
+def _export_parts(stage_dir: str, stage, spec, state: TrainState) -> None:
+  """What a stage trains besides its student: the method's connector (`<stage>/connector/`, e.g. FT's
+  paraphraser, mutual learning's peers) and a moving-average teacher (`<stage>/ema_teacher/`, a kd export
+  of the student's architecture: `kd.load_model(<stage>/ema_teacher)`)."""
+  if methods.exports_connector(stage.method):
+    checkpoint.export_connector(stage_dir, jax.device_get(
+        {"params": state.params["connector"], **state.model_state["connector"]}))
+  if EMA_TEACHER in state.model_state:
+    model_config, variables = lora.exported(stage.model.to_dict(), jax.device_get(state.model_state[EMA_TEACHER]))
+    checkpoint.export_model(os.path.join(stage_dir, EMA_TEACHER), model_config, spec, variables)
 
 
 def _teacher_apply(teacher: external.Teacher | None, ema_decay: float, module, input_key: str, feature_paths,

@@ -106,3 +106,18 @@ def test_a_bad_moving_average_teacher_is_one_line(teacher, message):
   config.stages.student.teacher = teacher
   with pytest.raises(ConfigError, match=message):
     config_lib.validate(config, num_devices=1)
+
+
+def test_a_stage_with_a_moving_average_teacher_exports_it(tmp_path):
+  import kd  # pylint: disable=g-import-not-at-top
+  config = kd.load_config("experiments/quickstart.py", "smoke")
+  config.stages.student.teacher = "ema:0.9"
+  config.stages.student.num_steps = 4
+  run_dir = str(tmp_path)
+  train.train_stage(config, "student", run_dir, seed=0)
+  student = kd.load_model(f"{run_dir}/student")
+  average = kd.load_model(f"{run_dir}/student/ema_teacher")
+  assert average.model_config == student.model_config
+  differs = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), student.variables["params"],
+                         average.variables["params"])
+  assert any(jax.tree.leaves(differs))  # Four steps at decay 0.9: the average lags the student.
