@@ -6,8 +6,8 @@ step feeds those to the teacher as its `tokens` / `mask` / `loss_mask`). The two
 ids, so no token's probability can be compared with another's; ULD compares the *sorted* distributions
 instead (Boizard et al. 2024, Sec. 3): at each matched response position, each model's
 next-token probabilities are sorted in decreasing order, the smaller vocabulary is padded with zeros,
-and the loss is the L1 distance between the sorted vectors, which for two distributions on the same
-ordered support is their closed-form Wasserstein-1 distance under the paper's unit cost:
+and the loss is the L1 distance between the sorted vectors (the paper's closed form of the
+Wasserstein distance between the two distributions, which needs no map between the vocabularies):
 
     ULD_t = sum_i | sort(p_student(t))_i - sort(p_teacher(t))_i |     (Sec. 3: W1 over sorted probabilities)
     loss  = ce_weight * CE(student, data) + uld_weight * mean_matched_t ULD_t      (Sec. 3: CE + lambda * ULD)
