@@ -412,8 +412,9 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
   initial_variables = external.initial_variables(config, stage_name, module, spec, run_dir)
   teacher_mode = config.mesh.get("teacher", "replicated")
   # A Hugging Face teacher's arrays go straight to their shardings as they are read.
-  teacher = external.load_teacher(config, stage_name, run_dir, spec, placement=lambda shape: distributed.teacher_shardings(
-      jax.ShapeDtypeStruct(shape, jnp.float32), mesh, teacher_mode))
+  placement = lambda shape: distributed.teacher_shardings(jax.ShapeDtypeStruct(shape, jnp.float32), mesh,
+                                                          teacher_mode)
+  teacher = external.load_teacher(config, stage_name, run_dir, spec, placement=placement)
   ema_decay = external.ema_decay(config, stage_name)
   teacher_apply = _teacher_apply(teacher, ema_decay, module, spec.input_key, stage_features.teacher_paths, preprocess)
   teacher_sharding = distributed.teacher_shardings(teacher.variables if teacher else {}, mesh, teacher_mode)
