@@ -33,7 +33,6 @@ from typing import Any, ClassVar, Mapping
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 
 from kd.models import attributes
