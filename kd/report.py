@@ -23,6 +23,7 @@ from kd import evaluation
 from kd import external
 from kd import lm
 from kd import models
+from kd import pruning
 from kd import selection
 from kd import train
 from kd.lm import report as lm_report
@@ -38,12 +39,19 @@ def _measure_model(loaded: checkpoint.LoadedModel, arrays, mesh, eval_batch_size
   metrics = {
       "accuracy": evaluation.accuracy(logits, arrays["label"]),
       "params": models.count_params(loaded.variables["params"]),
+      "nonzero_params": pruning.count_nonzero(loaded.variables["params"]),
       "bytes": models.count_bytes(loaded.variables),
       "latency_ms_b1": evaluation.latency_ms(loaded.apply, loaded.variables, example),
       "latency_ms_b256": evaluation.latency_ms(loaded.apply, loaded.variables, large),
       "ece": evaluation.expected_calibration_error(logits, arrays["label"]),
   }
   return metrics, logits
+
+
+def _params_cell(measured: dict[str, Any]) -> str:
+  """The parameter count, and how many are non-zero where a pruned model has many zeros (kd.pruning)."""
+  params, nonzero = measured["params"], measured.get("nonzero_params", measured["params"])
+  return f"{params:,.0f} ({nonzero:,.0f} non-zero)" if nonzero < 0.9 * params else f"{params:,.0f}"
 
 
 def role_model(config: ml_collections.ConfigDict, role: str, run_dir: str) -> checkpoint.LoadedModel:
@@ -294,7 +302,7 @@ def to_markdown(report: dict[str, Any]) -> str:
       selected = (f"{_pm(report, (role, 'at_best_validation', 'test_accuracy'), '.2%')} "
                   f"({m['at_best_validation']['step']:.0f})")
     lines.append(f"| {role} | {m['stage']} | {_pm(report, (role, 'accuracy'), '.2%')} | {selected} | "
-                 f"{m['params']:,.0f} | {m['bytes']:,.0f} | {m['latency_ms_b1']:.3f} | "
+                 f"{_params_cell(m)} | {m['bytes']:,.0f} | {m['latency_ms_b1']:.3f} | "
                  f"{m['latency_ms_b256']:.3f} | {_pm(report, (role, 'ece'), '.4f')} |")
   lines += [
       "",
