@@ -64,7 +64,40 @@ def check_stages(config, spec, stages) -> None:
                         "token dataset: use data.name='stdlib_text' or a classifier method and model")
     if token_data:
       for key in ("teacher_checkpoint", "init_from"):
-        _check_checkpoint_vocabulary(stage.get(key, ""), spec, f"stages.{name}.{key}")
+        if not (key == "teacher_checkpoint" and _cross_tokenizer(spec)):  # Its vocabulary is the teacher's.
+          _check_checkpoint_vocabulary(stage.get(key, ""), spec, f"stages.{name}.{key}")
+    if token_data and lm_method and (stage.teacher or stage.get("teacher_checkpoint", "")):
+      _check_tokenizers(config, name, spec)
+
+
+def _cross_tokenizer(spec) -> bool:
+  from kd.data import text_files  # pylint: disable=g-import-not-at-top
+  return bool(text_files.teacher_vocab_size_of(spec.name))
+
+
+def _check_tokenizers(config, name: str, spec) -> None:
+  """One tokenizer for a same-tokenizer method, two for a cross-tokenizer one (kd.methods.lm_uld): the
+  dataset's tokenizations and the teacher's vocabulary (its logits, traced, not computed) must agree."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from kd import external, methods  # pylint: disable=g-import-not-at-top
+  from kd.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from kd.methods import lm_uld  # pylint: disable=g-import-not-at-top
+
+  stage = config.stages[name]
+  if stage.teacher.startswith(external.EMA):  # The student's own average: its vocabulary.
+    return
+  try:
+    module = external.teacher_module(config, name, spec)
+  except ConfigError:  # An apply function given in memory: nothing to trace here.
+    return
+  if not hasattr(module, "init"):  # Not a Linen module (an NNX model): its vocabulary is checked when it runs.
+    return
+  tokens = jax.ShapeDtypeStruct((2,) + tuple(spec.input_shape), "int32")
+  variables = jax.eval_shape(lambda x: module.init({"params": jax.random.key(0), "dropout": jax.random.key(0)}, x,
+                                                   train=False), tokens)
+  logits = jax.eval_shape(lambda v, x: module.apply(v, x, train=False), variables, tokens)
+  lm_uld.check_tokenizers(stage.method.name, methods.METHODS[stage.method.name], spec.name, spec.num_classes,
+                          int(logits.shape[-1]), f"stages.{name}.method")
 
 
 def _check_checkpoint_vocabulary(path: str, spec, where: str) -> None:
