@@ -41,7 +41,12 @@ SMOKE_RUN_ELSEWHERE = {"quickstart.py": "tests/test_end_to_end.py and conftest.s
                        "hf_distill.py": "tests/test_lm_students.py (on the qwen3 fixture checkpoint)",
                        # Their stages' paths (an ensemble stage and a student of it; a pruned stage resumed)
                        # run end to end in tests/test_ensembles.py and tests/test_compression.py.
-                       "ensemble_mnist1d.py": "tests/test_ensembles.py", "zhu2017_prune.py": "tests/test_compression.py"}
+                       "ensemble_mnist1d.py": "tests/test_ensembles.py", "zhu2017_prune.py": "tests/test_compression.py",
+                       # Generations chained by teacher= with their ensemble, a mutual-learning cohort, a LoRA
+                       # stage from init_from: the notebook test runs each (tests/test_notebook_beyond_one_teacher.py).
+                       "furlanello2018_ban.py": "tests/test_notebook_beyond_one_teacher.py",
+                       "zhang2018_dml.py": "tests/test_notebook_beyond_one_teacher.py",
+                       "hu2022_lora.py": "tests/test_notebook_beyond_one_teacher.py"}
 MOCK_EXAMPLES = 24  # Per split: enough for batches of 8 and CRD's negatives.
 
 
