@@ -119,7 +119,8 @@ def wrap(optimizer: optax.GradientTransformation, prune, num_steps: int) -> opta
     def next_mask(mask, weights):
       if mask is None:
         return None
-      return jnp.where(at_pruning_step, mask & magnitude_mask(weights, sparsity), mask)
+      # The ranking (two argsorts per kernel) runs at pruning steps only, not at every update.
+      return jax.lax.cond(at_pruning_step, lambda: mask & magnitude_mask(weights, sparsity), lambda: mask)
 
     masks = jax.tree.map(next_mask, state.masks, new_params, is_leaf=lambda x: x is None)
     pruned = jax.tree.map(lambda w, m: w if m is None else jnp.where(m, w, jnp.zeros_like(w)),
