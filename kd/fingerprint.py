@@ -48,7 +48,8 @@ def _plain(value):
 # Keys added to the stage block after stages were first fingerprinted, with the value that does what kd did
 # before them: left out of the identity at that value, so stages recorded earlier keep their identity.
 _ADDED_KEYS = {("optimizer", "reset_momentum_at_decays"): lambda value: value is False,
-               ("prune",): lambda block: not block.get("sparsity")}
+               ("prune",): lambda block: not block.get("sparsity"),
+               ("method", "top_k_cache"): lambda value: value == "dense"}
 
 
 def _without_neutral_added_keys(stage: dict[str, Any]) -> dict[str, Any]:
