@@ -289,6 +289,21 @@ def test_a_teacher_tokenizer_stores_the_teachers_tokens_of_the_same_text():
     assert (teacher[~teacher_mask] == 0).all()  # Padded with the byte teacher's padding id.
   # <s> the cat sat on the | mat the dog ran </s>: the first window's text ends where "mat" starts.
   assert windows == {(BOS, 17, 18, 19, 20, 17): "the cat sat on the ", (21, 17, 23, 24, EOS, PAD): "mat\nthe dog ran\n"}
+  # Aligned chunks, by hand: the words (the word-level tokenizer leaves spaces out, so a space is the
+  # teacher's alone); the first word of each window is dropped (its first byte or token, at position 0, is
+  # never predicted), as are <s>, </s> and padding. Token k's chunk is chunk_ids[k].
+  chunks = {tuple(t.tolist()): (c.tolist(), tc.tolist())
+            for t, c, tc in zip(test["tokens"], test["chunk_ids"], test["teacher_chunk_ids"])}
+  no = -1
+  assert chunks == {
+      # <s> the cat sat on the || t h e _ c a t _ s a t _ o n _ t h e _ (pad)
+      (BOS, 17, 18, 19, 20, 17): ([no, no, 0, 1, 2, 3],
+                                  [no, no, no, no, 0, 0, 0, no, 1, 1, 1, no, 2, 2, no, 3, 3, 3, no, no]),
+      # mat the dog ran </s> (pad) || m a t \n t h e _ d o g _ r a n \n (pad x 4)
+      (21, 17, 23, 24, EOS, PAD): ([no, 0, 1, 2, no, no],
+                                   [no, no, no, no, 0, 0, 0, no, 1, 1, 1, no, 2, 2, 2, no, no, no, no, no]),
+  }
+  assert test["chunk_ids"].dtype == np.int32 and test["teacher_chunk_ids"].shape == (2, 20)
   metadata = data.pipeline._builder(name, "").info.metadata
   assert (metadata["teacher_vocab_size"], metadata["teacher_max_length"]) == (256, 20)
   # JSONL: each tokenizer reads the whole example; the teacher's loss mask by the same rule (the completion).
@@ -302,13 +317,72 @@ def test_a_teacher_tokenizer_stores_the_teachers_tokens_of_the_same_text():
       (BOS, 17, 18, 19, 20, 17, 21, EOS, PAD, PAD): (b"the catsat", (7, 8, 9)),  # Truncated at 10 bytes.
       (BOS, 22, 23, 24, EOS) + (PAD,) * 5: (b"a dogran", (5, 6, 7)),
   }  # "what is two plus two" fills the teacher's 10 bytes: nothing left to learn, dropped.
+  # The text is the prompt then the completion ("the catsat ..."): chunks cat | sat, and dog | ran.
+  assert {tuple(t.tolist()): (c[:5].tolist(), tc.tolist()) for t, c, tc in
+          zip(train["tokens"], train["chunk_ids"], train["teacher_chunk_ids"])} == {
+      (BOS, 17, 18, 19, 20, 17, 21, EOS, PAD, PAD): ([-1, -1, 0, 1, -1], [-1, -1, -1, -1, 0, 0, 0, 1, 1, 1]),
+      (BOS, 22, 23, 24, EOS) + (PAD,) * 5: ([-1, -1, 0, 1, -1], [-1, -1, 0, 0, 0, 1, 1, 1, -1, -1])}
   assert data.pipeline._builder(name, "").info.metadata["counts"]["train"] == {
-      "examples": 2, "truncated": 0, "dropped": 1, "teacher_truncated": 1}
+      "examples": 2, "truncated": 0, "dropped": 1, "teacher_truncated": 1, "aligned_chunks": 4, "unaligned": 0}
   batch = next(data.train_iterator(train, batch_size=2, seed=0))
-  assert {"teacher_tokens", "teacher_mask", "teacher_loss_mask"} <= set(batch)
+  assert {"teacher_tokens", "teacher_mask", "teacher_loss_mask", "chunk_ids", "teacher_chunk_ids"} <= set(batch)
 
 
-def test_the_teacher_tokenizer_is_part_of_the_datasets_identity(stdlib_bpe):
+def test_aligned_chunks_by_hand_and_at_the_edges():
+  # "ab cd": the student reads "ab" " cd" (a BPE), the teacher "a" "b c" "d" (another). The only cut
+  # both share inside the text is none: 2 is inside "b c", 3 inside " cd". So one chunk, [0, 5), which
+  # holds the first tokens: dropped. With a bos in front of the student and a teacher token "" for it:
+  student, teacher = [(0, 0), (0, 2), (2, 5)], [(0, 1), (1, 4), (4, 5)]
+  assert [c.tolist() for c in text_files.align_chunks(student, teacher)] == [[-1, -1, -1], [-1, -1, -1]]
+  # Bytes against "ab" " cd" after a first token "x" (0, 1): cuts at 1, 3 and 6; chunks "ab", " cd".
+  student = [(0, 1), (1, 3), (3, 6)]
+  teacher = [(i, i + 1) for i in range(6)]
+  assert [c.tolist() for c in text_files.align_chunks(student, teacher)] == [[-1, 0, 1], [-1, 0, 0, 1, 1, 1]]
+  # The teacher's tokens cut off inside " cd" (truncation, or a window's edge): " cd" is not whole on its
+  # side, so it is no chunk; nor is a teacher token beyond the student's last (the next window's).
+  assert [c.tolist() for c in text_files.align_chunks(student, teacher[:5])] == [[-1, 0, -1], [-1, 0, 0, -1, -1]]
+  assert [c.tolist() for c in text_files.align_chunks(student[:2], teacher)] == [[-1, 0], [-1, 0, 0, -1, -1, -1]]
+  # Two pieces of one character (a byte-level BPE can split "é"; offsets give both the character) stay
+  # in one chunk, and zero-width special tokens (an eos) in none.
+  student = [(0, 1), (1, 2), (1, 2), (2, 3), (3, 3)]
+  teacher = [(0, 1), (1, 2), (2, 3)]
+  assert [c.tolist() for c in text_files.align_chunks(student, teacher)] == [[-1, 0, 0, 1, -1], [-1, 0, 1]]
+  # Nothing in common (a side without tokens): no chunk.
+  assert [c.tolist() for c in text_files.align_chunks([(0, 0)], teacher)] == [[-1], [-1, -1, -1]]
+
+
+def test_aligned_chunks_of_bpe_windows_and_their_bytes_partition_the_text(stdlib_bpe):
+  # Every boundary of a byte-level BPE is a byte boundary, so against bytes each BPE token after the
+  # first is a chunk of its own (the flagship case of Minixhofer et al. 2025), up to where the
+  # teacher's bytes are cut; each chunk's text is the same on both sides, in order.
+  tokenizer, files = stdlib_bpe
+  with open(files[0], encoding="utf-8") as f:
+    text = f.read()[:3000]
+  ids, spans = text_files.text_tokens_with_spans(tokenizer, text)
+  byte_ids, byte_spans = text_files.text_tokens_with_spans(text_files.ByteTokenizer(), text)
+  assert tokenizer.decode(ids, skip_special_tokens=True) == text and bytes(byte_ids).decode() == text
+  length, teacher_length = 32, 56
+  bounds = text_files.window_teacher_bounds(text_files._starts(spans), text_files._starts(byte_spans), length)
+  cut_windows = 0
+  for window, start in enumerate(range(0, len(ids), length)):
+    low = bounds[window]
+    high = min(bounds[window + 1], low + teacher_length)
+    chunk_ids, byte_chunk_ids = text_files.align_chunks(spans[start:start + length], byte_spans[low:high])
+    window_ids, window_bytes = ids[start:start + length], byte_ids[low:high]
+    kept = np.flatnonzero(chunk_ids >= 0)
+    assert kept.tolist() == list(range(1, len(kept) + 1)) and chunk_ids[kept].tolist() == list(range(len(kept)))
+    for chunk in range(len(kept)):
+      assert tokenizer.decode([window_ids[kept[chunk]]]).encode() == bytes(
+          [b for b, c in zip(window_bytes, byte_chunk_ids) if c == chunk])
+    # Only the first token, and the tokens past the teacher's last byte, are in no chunk.
+    covered = byte_spans[high - 1, 1]
+    whole = [k for k in range(1, len(window_ids)) if spans[start + k, 1] <= covered and spans[start + k, 1] > spans[start + k, 0]]
+    assert kept.tolist() == whole
+    cut_windows += bounds[window + 1] - low > teacher_length
+  assert cut_windows > 0  # Some windows' bytes were cut: the edge was exercised.
+
+
+def test_the_teacher_tokenizer_is_part_of_the_datasets_identity(stdlib_bpe, monkeypatch):
   tokenizer, files = stdlib_bpe
   plain = text_files.prepared_name(_name(train=_fixture("text.jsonl")))
   with_bytes = text_files.prepared_name(_name(train=_fixture("text.jsonl"), teacher_tokenizer="bytes"))
@@ -316,6 +390,11 @@ def test_the_teacher_tokenizer_is_part_of_the_datasets_identity(stdlib_bpe):
   longer = text_files.prepared_name(_name(train=_fixture("text.jsonl"), teacher_tokenizer="bytes",
                                           teacher_max_length=300))
   assert len({plain, with_bytes, with_bpe, longer}) == 4
+  # The alignment's version is part of a teacher dataset's name (one prepared before chunk ids existed,
+  # or with another alignment, is prepared again), not of other datasets' names.
+  monkeypatch.setattr(text_files, "ALIGNMENT", text_files.ALIGNMENT + 1)
+  assert text_files.prepared_name(_name(train=_fixture("text.jsonl"), teacher_tokenizer="bytes")) != with_bytes
+  assert text_files.prepared_name(_name(train=_fixture("text.jsonl"))) == plain
   with pytest.raises(DataError, match="is the same tokenizer as tokenizer=.* leave teacher_tokenizer out"):
     text_files.builder_config(_name(train=_fixture("text.jsonl"), teacher_tokenizer=WORDS).partition("/")[2])
   with pytest.raises(DataError, match="teacher_max_length is the length of the teacher's tokenization"):

@@ -185,8 +185,8 @@ def load_arrays(name: str, split: str, data_dir: str = "", image_size: int = 0) 
   if spec.input_key == "tokens" and "label" not in examples[0]:  # Language modelling: tokens, mask.
     features = builder.info.features
     # A second tokenization (text_files' teacher_tokenizer) travels with the batch to the teacher.
-    keys = [key for key in ("tokens", "mask", "prompt_length", "teacher_tokens", "teacher_mask", "teacher_loss_mask")
-            if key in examples[0]]
+    keys = [key for key in ("tokens", "mask", "prompt_length", "teacher_tokens", "teacher_mask", "teacher_loss_mask",
+                            "chunk_ids", "teacher_chunk_ids") if key in examples[0]]
     return {key: np.stack([np.asarray(e[key], features[key].np_dtype) for e in examples]) for key in keys}
   resize = (lambda image: resize_image(np.asarray(image), image_size)) if image_size else np.asarray
   return {

@@ -53,6 +53,24 @@ With teacher_tokenizer, also (the train step feeds them to the teacher as its to
                                                    padding id
     teacher_mask       bool  [teacher_max_length]  True for the teacher's real (non-padding) tokens
     teacher_loss_mask  bool  [teacher_max_length]  True where its loss counts, by the rule of `mask`
+    chunk_ids          int32 [max_length]          the aligned chunk of each student token, -1 for none
+    teacher_chunk_ids  int32 [teacher_max_length]  the aligned chunk of each teacher token, -1 for none
+
+Aligned chunks (for likelihood-matching methods, kd.methods.lm_alm; Minixhofer et al. 2025, Sec. 3): the
+shortest pieces of the example's text whose two ends are token boundaries of both tokenizations, found
+from the tokens' character offsets when the dataset is prepared. Chunks are numbered 0, 1, ... per
+example in text order, and `chunk_ids[k]` is the chunk that the token at position k belongs to, so it
+shifts with `tokens`: `chunk_ids[:, 1:]` goes with `logits[:, :-1]` as the targets `tokens[:, 1:]` do (the
+token at position k is predicted at position k-1). A chunk's likelihood under a model is then the
+product of its tokens' next-token probabilities on that side. A chunk is kept (numbered) only when both
+sides have tokens in it and every one of them is predicted: none at position 0 (never predicted), and
+the chunk lies inside the text that both sides' (possibly truncated) tokens cover, so a window's or a
+truncation's edge never leaves one side's part of a chunk behind. Special tokens (bos, eos, ...) stand
+for no text and belong to no chunk, nor do tokens in a dropped chunk, nor text that a tokenizer leaves
+out (a word-level tokenizer's spaces: a space alone is a chunk of the teacher's only, dropped). Which
+tokens count in a loss (the masks) is left to the method. A chat is aligned only when both tokenizers
+render it to the same text (the same chat template); otherwise its chunk ids are all -1, counted as
+`unaligned`. The counts also record `aligned_chunks` per split.
 
 The same text, tokenized twice: a JSONL example is tokenized by each tokenizer as a whole (a chat with
 each one's own template); a window of a .txt file is the span of text its student tokens cover (from
@@ -61,7 +79,8 @@ of the whole file that start in that span, so that neither tokenization is cut m
 windows. The teacher's side is truncated at teacher_max_length (counted as `teacher_truncated`); a JSONL
 example with nothing left to learn on either side is dropped. The metadata records `teacher_vocab_size`
 (the teacher model's vocabulary must equal it) and `teacher_tokenizer`; `teacher_vocab_size_of(name)`
-reads it from a dataset name.
+reads it from a dataset name. Offsets are taken as the tokenizer reports them: one that trims spaces
+from its offsets (`trim_offsets`) leaves those spaces in no token, so they fall out of the chunks.
 
 A prompt and its completion are tokenized apart and concatenated (the prompt with the tokenizer's
 specials, the completion then eos), so the boundary is exact. A chat is rendered with the tokenizer's
@@ -76,8 +95,10 @@ the counts are in the dataset's metadata (`builder.info.metadata`, also metadata
 
 Each source gets its own TFDS config, `<first file's stem>_<max_length>_<digest>`, where the digest covers
 the files' names and contents, the tokenizer (its tokenizer.json, special tokens and chat template),
-max_length, format and split (and the teacher's tokenizer and length): editing a file or changing the tokenizer prepares a new dataset, and two
-sources never share one.
+max_length, format and split (and the teacher's tokenizer and length, and the version of the alignment,
+ALIGNMENT): editing a file or changing the tokenizer prepares a new dataset, and two sources never share
+one; a dataset with a teacher tokenizer prepared before the chunk ids existed gets a new name, so it is
+prepared again rather than read without them.
 """
 
 import dataclasses
@@ -106,6 +127,9 @@ RELEASE_NOTES = {VERSION: ".txt windows and JSONL text, prompt/completion and ch
 KEYS = ("train", "validation", "test", "files", "split", "tokenizer", "max_length", "format", "vocab_size",
         "teacher_tokenizer", "teacher_max_length")
 BYTES = "bytes"  # teacher_tokenizer=bytes: the UTF-8 bytes as ids.
+# The version of the aligned chunks (chunk_ids / teacher_chunk_ids) in a dataset with a teacher tokenizer:
+# part of its identity, so a change of the alignment (or a dataset prepared without it) is prepared anew.
+ALIGNMENT = 1
 # What each JSONL format needs in a line, in the order `auto` tries them.
 FORMAT_KEYS = {"chat": ("messages",), "prompt_completion": ("prompt", "completion"), "text": ("text",)}
 
@@ -304,6 +328,7 @@ def identity(source: Source, tokenizer: tokenizer_lib.Tokenizer) -> str:
     payload["vocab_size"] = source.vocab_size
   if source.teacher_tokenizer:  # Likewise.
     payload["teacher"] = [load_tokenizer(source.teacher_tokenizer).digest, source.teacher_length]
+    payload["alignment"] = ALIGNMENT
   return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -391,6 +416,8 @@ class Counts:
   truncated: int = 0  # Longer than max_length: cut at the end.
   dropped: int = 0  # Nothing left to learn after truncation (or a chat without an assistant turn).
   teacher_truncated: int = 0  # The teacher's tokens longer than teacher_max_length: cut at the end.
+  aligned_chunks: int = 0  # Chunks of text aligned between the two tokenizations (module docstring).
+  unaligned: int = 0  # Examples the two tokenizers render to different texts (a chat): no chunk.
 
 
 def text_tokens(tokenizer: tokenizer_lib.Tokenizer, text: str) -> list[int]:
@@ -437,13 +464,19 @@ def assistant_spans(tokenizer: tokenizer_lib.Tokenizer, messages: list[dict[str,
 
 def chat_tokens(tokenizer: tokenizer_lib.Tokenizer, messages: list[dict[str, Any]]) -> tuple[list[int], list[bool]]:
   """(ids, mask): the rendered conversation tokenized whole; mask on the assistant turns' tokens."""
+  ids, mask, _, _ = chat_tokens_with_spans(tokenizer, messages)
+  return ids, mask
+
+
+def chat_tokens_with_spans(tokenizer, messages: list[dict[str, Any]]) -> tuple[list[int], list[bool], np.ndarray, str]:
+  """`chat_tokens`, each token's [start, end) characters in the rendered text [n, 2], and that text."""
   text, spans = assistant_spans(tokenizer, messages)
   ids, offsets = tokenizer.encode_with_offsets(text)
   mask = []
   for start, end in offsets:
     mask.append(any((start < span_end and end > span_start) or (start == end and span_start <= start < span_end)
                     for span_start, span_end in spans))
-  return ids, mask
+  return list(ids), mask, _spans(offsets), text
 
 
 def _check_messages(messages, where: str) -> list[dict[str, Any]]:
@@ -537,6 +570,8 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
           "teacher_tokens": tfds.features.Tensor(shape=(teacher_length,), dtype=np.int32),
           "teacher_mask": tfds.features.Tensor(shape=(teacher_length,), dtype=np.bool_),
           "teacher_loss_mask": tfds.features.Tensor(shape=(teacher_length,), dtype=np.bool_),
+          "chunk_ids": tfds.features.Tensor(shape=(length,), dtype=np.int32),
+          "teacher_chunk_ids": tfds.features.Tensor(shape=(teacher_length,), dtype=np.int32),
       })
       teacher_metadata = {"teacher_vocab_size": config.teacher_tokenizer.vocab_size,
                           "teacher_tokenizer": config.teacher_tokenizer.path,
@@ -577,8 +612,12 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
         if only_split and _split_of_hash(raw, source.fractions) != only_split:
           continue
         try:
-          ids, mask = example_tokens(tokenizer, line_format, record)
-          teacher = None if teacher_tokenizer is None else example_tokens(teacher_tokenizer, line_format, record)
+          if teacher_tokenizer is None:
+            ids, mask = example_tokens(tokenizer, line_format, record)
+            teacher = None
+          else:
+            ids, mask, spans, text = example_tokens_with_spans(tokenizer, line_format, record)
+            *teacher, teacher_spans, teacher_text = example_tokens_with_spans(teacher_tokenizer, line_format, record)
         except DataError as e:
           raise DataError(f"{path}:{number}: {e}") from e
         example = fixed_length(ids, mask, source.max_length, tokenizer.padding_id)
@@ -598,15 +637,28 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
           real[:min(len(teacher[0]), source.teacher_length)] = True
           features.update({"teacher_tokens": teacher_tokens, "teacher_mask": real,
                            "teacher_loss_mask": teacher_loss_mask})
+          if text == teacher_text:
+            chunk_ids, teacher_chunk_ids = align_chunks(spans[:source.max_length],
+                                                        teacher_spans[:source.teacher_length])
+          else:  # Two chat templates: offsets into two texts cannot be compared.
+            chunk_ids, teacher_chunk_ids = np.zeros(0, np.int32), np.zeros(0, np.int32)
+            counts.unaligned += 1
+          counts.aligned_chunks += int(chunk_ids.max(initial=-1)) + 1
+          features.update({"chunk_ids": _padded_ids(chunk_ids, source.max_length),
+                           "teacher_chunk_ids": _padded_ids(teacher_chunk_ids, source.teacher_length)})
         yield f"{file_index}:{number}", features
     counted = dataclasses.asdict(counts)
     if teacher_tokenizer is None:  # As datasets without a teacher's tokenization always recorded them.
-      del counted["teacher_truncated"]
+      for key in ("teacher_truncated", "aligned_chunks", "unaligned"):
+        del counted[key]
     self.info.metadata["counts"][split] = counted
     if counts.truncated or counts.dropped:
       logging.warning("%s split %s: of %d examples, %d were longer than max_length=%d and were truncated, and "
                       "%d more were dropped (nothing left to learn once truncated)", FAMILY, split,
                       counts.examples + counts.dropped, counts.truncated, source.max_length, counts.dropped)
+    if counts.unaligned:
+      logging.warning("%s split %s: the two tokenizers render %d examples (chats) to different texts, which "
+                      "have no aligned chunks", FAMILY, split, counts.unaligned)
     if counts.teacher_truncated:
       logging.warning("%s split %s: the teacher's tokens of %d examples were longer than teacher_max_length=%d "
                       "and were truncated", FAMILY, split, counts.teacher_truncated, source.teacher_length)
@@ -622,9 +674,10 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
       ids = text_tokens(tokenizer, text)
       teacher_windows = None
     else:
-      ids, starts = text_tokens_with_starts(tokenizer, text)
-      teacher_ids, teacher_starts = text_tokens_with_starts(teacher_tokenizer, text)
-      teacher_windows = window_teacher_tokens(starts, teacher_ids, teacher_starts, length)
+      ids, spans = text_tokens_with_spans(tokenizer, text)
+      teacher_ids, teacher_spans = text_tokens_with_spans(teacher_tokenizer, text)
+      teacher_bounds = window_teacher_bounds(_starts(spans), _starts(teacher_spans), length)
+      teacher_windows = [teacher_ids[low:high] for low, high in zip(teacher_bounds[:-1], teacher_bounds[1:])]
       teacher_length = self.builder_config.source.teacher_length
     for window_index, start in enumerate(range(0, len(ids), length)):
       window = ids[start:start + length]
@@ -640,9 +693,110 @@ class TextFiles(tfds.core.GeneratorBasedBuilder):
         teacher_tokens[:len(own)] = own
         teacher_mask = np.zeros(teacher_length, bool)
         teacher_mask[:len(own)] = True
+        first_teacher = teacher_bounds[window_index]
+        chunk_ids, teacher_chunk_ids = align_chunks(spans[start:start + length],
+                                                    teacher_spans[first_teacher:first_teacher + len(own)])
+        counts.aligned_chunks += int(chunk_ids.max(initial=-1)) + 1
         example.update({"teacher_tokens": teacher_tokens, "teacher_mask": teacher_mask,
-                        "teacher_loss_mask": teacher_mask.copy()})
+                        "teacher_loss_mask": teacher_mask.copy(), "chunk_ids": _padded_ids(chunk_ids, length),
+                        "teacher_chunk_ids": _padded_ids(teacher_chunk_ids, teacher_length)})
       yield example
+
+
+def example_tokens_with_spans(tokenizer, line_format: str,
+                              record: dict[str, Any]) -> tuple[list[int], list[bool], np.ndarray, str]:
+  """`example_tokens`, each token's [start, end) characters [n, 2] (empty for special tokens) and the text
+  they index: the text, the prompt then the completion, or the rendered chat."""
+  if line_format == "text":
+    ids, spans = text_tokens_with_spans(tokenizer, record["text"])
+    return ids, [True] * len(ids), spans, record["text"]
+  if line_format == "prompt_completion":
+    prompt, completion = record["prompt"], record["completion"]
+    prompt_ids, prompt_offsets = tokenizer.encode_with_offsets(prompt, add_special_tokens=True)
+    completion_ids, completion_offsets = tokenizer.encode_with_offsets(completion)
+    spans = [tuple(o) for o in prompt_offsets] + [(start + len(prompt), end + len(prompt))
+                                                  for start, end in completion_offsets]
+    ids = list(prompt_ids) + list(completion_ids)
+    if tokenizer.eos_id is not None:
+      ids.append(tokenizer.eos_id)
+      spans.append((len(prompt) + len(completion),) * 2)
+    return ids, [False] * len(prompt_ids) + [True] * (len(ids) - len(prompt_ids)), _spans(spans), prompt + completion
+  ids, mask, spans, text = chat_tokens_with_spans(tokenizer, record["messages"])
+  return ids, mask, spans, text
+
+
+def _spans(offsets) -> np.ndarray:
+  """[n, 2] int64 character spans; a zero-width one (a special token) kept as it is."""
+  return np.asarray(offsets, np.int64).reshape(-1, 2)
+
+
+def _starts(spans: np.ndarray) -> np.ndarray:
+  """Where each token starts, non-decreasing: a special token the post-processor adds (offsets 0, 0) after
+  text starts where the token before it does."""
+  return np.maximum.accumulate(spans[:, 0]) if len(spans) else np.zeros(0, np.int64)
+
+
+def _padded_ids(chunk_ids: np.ndarray, length: int) -> np.ndarray:
+  padded = np.full(length, -1, np.int32)
+  padded[:len(chunk_ids)] = chunk_ids[:length]
+  return padded
+
+
+def align_chunks(student_spans, teacher_spans) -> tuple[np.ndarray, np.ndarray]:
+  """The aligned chunk of each token of two tokenizations of one text (-1: none), numbered in text order.
+
+  Minixhofer et al. 2025, Sec. 3: a chunk is a piece of text whose both ends are token boundaries of both
+  tokenizations (tokenkit's `align.get_unconstrained_alignments`: the shortest such pieces). Here a cut
+  is a character position that no token of either side has strictly inside it, among the tokens' own
+  starts and ends, within the text both sides cover; chunks are the pieces between consecutive cuts.
+  A chunk is kept when both sides have tokens in it and none of them sits at position 0 (the first token
+  is never predicted, so its chunk's likelihood is unknown). Tokens with an empty span (special tokens)
+  are in no chunk; tokens that overlap (two pieces of one character) share their chunk.
+
+  Args:
+    student_spans: [n, 2] [start, end) character offsets of the student's tokens, in position order.
+    teacher_spans: [m, 2] the teacher's, into the same text.
+
+  Returns:
+    int32 [n] and [m]: each token's chunk, 0 .. chunks-1, or -1.
+  """
+  sides = (_spans(student_spans), _spans(teacher_spans))
+  chunk_ids = [np.full(len(spans), -1, np.int32) for spans in sides]
+  real = [spans[:, 1] > spans[:, 0] for spans in sides]
+  if not all(r.any() for r in real):
+    return chunk_ids[0], chunk_ids[1]
+  origin = min(int(spans[r, 0].min()) for spans, r in zip(sides, real))
+  sides = tuple(spans - origin for spans in sides)  # Offsets into a whole file can be large.
+  low = max(int(spans[r, 0].min()) for spans, r in zip(sides, real))
+  high = min(int(spans[r, 1].max()) for spans, r in zip(sides, real))
+  size = max(int(spans[r, 1].max()) for spans, r in zip(sides, real)) + 2
+  inside = np.zeros(size, np.int64)  # How many tokens have each position strictly inside them.
+  for spans, r in zip(sides, real):
+    np.add.at(inside, spans[r, 0] + 1, 1)
+    np.add.at(inside, spans[r, 1], -1)
+  inside = np.cumsum(inside)
+  candidates = np.unique(np.concatenate([spans[r].reshape(-1) for spans, r in zip(sides, real)]))
+  candidates = candidates[(candidates >= low) & (candidates <= high)]
+  cuts = candidates[inside[candidates] == 0]
+  if len(cuts) < 2:
+    return chunk_ids[0], chunk_ids[1]
+  chunk_of, has_tokens, first_token = [], [], []
+  for spans, r in zip(sides, real):
+    within = r & (spans[:, 0] >= cuts[0]) & (spans[:, 1] <= cuts[-1])
+    chunk = np.where(within, np.searchsorted(cuts, spans[:, 0], side="right") - 1, -1)
+    chunk_of.append(chunk)
+    has_tokens.append(np.bincount(chunk[within], minlength=len(cuts) - 1) > 0)
+    first_token.append(chunk[0] if within[0] else -1)
+  kept = has_tokens[0] & has_tokens[1]
+  for first in first_token:  # The chunk of a real token at position 0 on either side.
+    if first >= 0:
+      kept[first] = False
+  number = np.cumsum(kept) - 1
+  for side, chunk in enumerate(chunk_of):
+    good = chunk >= 0
+    good[good] = kept[chunk[good]]
+    chunk_ids[side][good] = number[chunk[good]]
+  return chunk_ids[0], chunk_ids[1]
 
 
 def example_tokens(tokenizer, line_format: str, record: dict[str, Any]) -> tuple[list[int], list[bool]]:
@@ -655,21 +809,30 @@ def example_tokens(tokenizer, line_format: str, record: dict[str, Any]) -> tuple
   return chat_tokens(tokenizer, record["messages"])
 
 
+def text_tokens_with_spans(tokenizer, text: str) -> tuple[list[int], np.ndarray]:
+  """`text_tokens(tokenizer, text)` and each token's [start, end) characters in `text` [n, 2] (int64).
+
+  Special tokens stand for no text: their spans are empty (the appended eos at len(text)).
+  """
+  ids, offsets = tokenizer.encode_with_offsets(text, add_special_tokens=True)
+  ids = list(ids)
+  spans = [tuple(offset) for offset in offsets]
+  if tokenizer.eos_id is not None and (not ids or ids[-1] != tokenizer.eos_id):
+    ids.append(tokenizer.eos_id)
+    spans.append((len(text), len(text)))
+  if ids != text_tokens(tokenizer, text):
+    raise AssertionError("encode_with_offsets and encode disagree")  # The windows would not be the student's.
+  return ids, _spans(spans)
+
+
 def text_tokens_with_starts(tokenizer, text: str) -> tuple[list[int], np.ndarray]:
   """`text_tokens(tokenizer, text)` and where each token starts in `text` (characters, non-decreasing).
 
   Special tokens stand for no text: a leading one (bos) starts at 0, one the post-processor adds later
   starts where the token before it does, and the appended eos at len(text).
   """
-  ids, offsets = tokenizer.encode_with_offsets(text, add_special_tokens=True)
-  ids = list(ids)
-  starts = [start for start, _ in offsets]
-  if tokenizer.eos_id is not None and (not ids or ids[-1] != tokenizer.eos_id):
-    ids.append(tokenizer.eos_id)
-    starts.append(len(text))
-  if ids != text_tokens(tokenizer, text):
-    raise AssertionError("encode_with_offsets and encode disagree")  # The windows would not be the student's.
-  return ids, np.maximum.accumulate(np.asarray(starts, np.int64)) if starts else np.zeros(0, np.int64)
+  ids, spans = text_tokens_with_spans(tokenizer, text)
+  return ids, _starts(spans)
 
 
 def window_teacher_tokens(starts: np.ndarray, teacher_ids: list[int], teacher_starts: np.ndarray,
@@ -680,9 +843,15 @@ def window_teacher_tokens(starts: np.ndarray, teacher_ids: list[int], teacher_st
   first from 0, the last to the end), so the windows partition the text and each teacher token, by
   where it starts, falls in exactly one.
   """
+  bounds = window_teacher_bounds(starts, teacher_starts, length)
+  return [[int(token_id) for token_id in teacher_ids[low:high]] for low, high in zip(bounds[:-1], bounds[1:])]
+
+
+def window_teacher_bounds(starts: np.ndarray, teacher_starts: np.ndarray, length: int) -> np.ndarray:
+  """[windows + 1]: window w's teacher tokens (`window_teacher_tokens`) are those from bounds[w] to bounds[w+1].
+
+  The teacher's starts do not decrease, so each window's tokens are consecutive.
+  """
   boundaries = starts[length::length]  # Where windows 1, 2, ... begin.
   window_of = np.searchsorted(boundaries, teacher_starts, side="right")
-  windows = [[] for _ in range(len(boundaries) + 1)]
-  for token_id, window in zip(teacher_ids, window_of):
-    windows[window].append(int(token_id))
-  return windows
+  return np.concatenate([[0], np.cumsum(np.bincount(window_of, minlength=len(boundaries) + 1))]).astype(np.int64)
