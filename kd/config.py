@@ -429,6 +429,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     raise ConfigError("teacher_cache.enabled=True but data.augment changes the inputs, so cached teacher "
                       "outputs (of un-augmented examples) would not match the student's view: turn "
                       "data.augment off, or set teacher_cache.allow_augment=True to train on them anyway")
+  for name in config.stage_order:  # Methods that read the cache in their own way (kd.methods.lm_common).
+    method = config.stages[name].method if name in config.stages else {}
+    if method.get("top_k_cache", "dense") == "sparse" and not (cache.enabled and cache.top_k > 0):
+      raise ConfigError(f"stages.{name}.method.top_k_cache='sparse' reads the teacher cache's top k, but "
+                        f"teacher_cache.enabled={cache.enabled} and top_k={cache.top_k}: set teacher_cache.enabled=True "
+                        "and teacher_cache.top_k=k > 0 (e.g. 64), or top_k_cache='dense'")
+    if cache.enabled and method.get("init_from_teacher", False):
+      raise ConfigError(f"stages.{name}.method.init_from_teacher=True copies the teacher's weights, which the "
+                        "teacher cache does not hold: set init_from_teacher=False, or teacher_cache.enabled=False")
   for key in ("workers", "prefetch"):
     if data[key] < 0:
       raise ConfigError(f"data.{key}={data[key]} must be >= 0")
