@@ -339,13 +339,29 @@ def _stated_preprocess(model_config: Mapping[str, Any], where: str, source: str)
   return text
 
 
+def teacher_data_shape(spec: DatasetSpec) -> tuple[int, tuple[int, ...]]:
+  """(classes, input shape) the teacher reads on a dataset: the student's, or on a dataset that carries the
+  teacher's own tokenization (text_files' teacher_tokenizer) that tokenizer's ids and teacher_max_length."""
+  from kd.data import text_files  # pylint: disable=g-import-not-at-top  # kd.data imports kd.lm, which imports this.
+  teacher_vocab = text_files.teacher_vocab_size_of(spec.name)
+  if not teacher_vocab:
+    return spec.num_classes, tuple(spec.input_shape)
+  return teacher_vocab, (text_files.parse(spec.name.partition("/")[2]).teacher_length,)
+
+
 def _from_export(directory: str, spec: DatasetSpec, kind: str, where: str) -> Teacher:
   loaded = checkpoint.load_model(directory)
-  if loaded.spec.num_classes != spec.num_classes or tuple(loaded.spec.input_shape) != tuple(spec.input_shape):
+  num_classes, input_shape = teacher_data_shape(spec)
+  from kd.data import text_files  # pylint: disable=g-import-not-at-top
+  cross_tokenizer = bool(text_files.teacher_vocab_size_of(spec.name))
+  # Across tokenizers the teacher's vocabulary may be padded beyond its tokenizer (a HF embedding).
+  classes_fit = loaded.spec.num_classes >= num_classes if cross_tokenizer else loaded.spec.num_classes == num_classes
+  if not classes_fit or tuple(loaded.spec.input_shape) != input_shape:
+    reads = "the teacher's tokenization of " if cross_tokenizer else ""
     raise UserError(
         f"{where}: the model in {directory} was trained on {loaded.spec.name} ({loaded.spec.num_classes} "
-        f"classes, inputs {tuple(loaded.spec.input_shape)}) but the stage uses {spec.name} ({spec.num_classes} "
-        f"classes, inputs {spec.input_shape}): use matching datasets")
+        f"classes, inputs {tuple(loaded.spec.input_shape)}) but the stage gives it {reads}{spec.name} "
+        f"({num_classes} classes, inputs {input_shape}): use matching datasets")
   source = {"kind": kind, "path": os.path.abspath(directory)}
   return Teacher(source, loaded.module, loaded.variables, models.preprocess_of(loaded.model_config),
                  loaded.model_config, loaded.spec)

@@ -89,6 +89,27 @@ def bytes_per_id(data_name: str, num_classes: int) -> np.ndarray | None:
   return None
 
 
+def teacher_tokenization(data_name: str, arrays, teacher_num_classes: int):
+  """(arrays as the teacher reads them, its bytes per id) on a dataset that carries the teacher's own
+  tokenization (text_files' teacher_tokenizer: `teacher_tokens` / `teacher_mask`); None elsewhere.
+
+  A teacher with another tokenizer is scored on its own tokens of the same text, so its bits per byte
+  compare with the student's; its perplexity per token, next-token agreement and KL do not.
+  """
+  from kd.data import text_files  # pylint: disable=g-import-not-at-top  # kd.data imports kd.lm.
+  from kd.lm import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+
+  if "teacher_tokens" not in arrays:
+    return None
+  source = text_files.parse(data_name.partition("/")[2])
+  if source.teacher_tokenizer == text_files.BYTES:
+    lengths = np.ones(256, np.int64)
+  else:
+    lengths = tokenizer_lib.token_byte_lengths(text_files.load_tokenizer(source.teacher_tokenizer))
+  lengths = np.concatenate([lengths, np.zeros(max(teacher_num_classes - len(lengths), 0), lengths.dtype)])
+  return {"tokens": arrays["teacher_tokens"], "mask": arrays["teacher_mask"]}, lengths[:teacher_num_classes]
+
+
 def make_evaluate(apply, mesh: jax.sharding.Mesh, bytes_per_id=None) -> Callable[..., dict[str, float]]:
   """`evaluate(variables, arrays, batch_size) -> {"eval/loss", "eval/perplexity", "eval/accuracy", ...}`.
 
