@@ -12,6 +12,16 @@ final hidden states and heads (their tap points `final_norm` and `head_kernel` /
 `head_bias`), `chunk_size` tokens at a time, so that neither model's [B, L, V] logits exist in the
 step: the values and gradients are the unchunked ones to float32 rounding. A method with a
 `chunk_size` parameter asks for those features through `feature_patterns(params)`.
+
+With `top_k_cache="sparse"` (lm_kd, lm_distilbert; the teacher read from a top-k teacher cache,
+`teacher_cache.top_k = k > 0`) D is computed on k + 1 buckets instead of the vocabulary: the k classes
+the cache holds for the position, and the rest. The student's rest is its exact mass outside those k
+(a log-sum-exp of its other logits); the teacher's is the cached remaining mass, tempered as the dense
+rebuild's even spread would be, in closed form (`kd.teacher_cache.teacher_bucket_logits`). No [B, L, V]
+teacher array exists in the step. For every divergence here (all f-divergences) the bucketed value is
+<= the value on the dense rebuild (`top_k_cache="dense"`, the default: data processing, Csiszar 1967),
+and equal to it, and to the live teacher's, when k = V. Top-k targets are biased for k < V (Anshumann
+et al., ACL 2025, arXiv:2503.16870); the sparse path changes what is computed, not that bias.
 """
 
 from typing import Any
@@ -20,11 +30,14 @@ import jax
 import jax.numpy as jnp
 
 from kd import losses
+from kd import teacher_cache
 from kd.errors import ConfigError
 from kd.lm import chunked
 from kd.lm import tokens as lm_tokens
 
 DECODINGS = ("sample", "greedy", "beam")
+
+TOP_K_CACHES = ("dense", "sparse")
 
 DIVERGENCE_DEFAULTS: dict[str, Any] = {"divergence": "forward_kl", "beta": 0.5, "alpha": 0.1,
                                        "temperature": 1.0, "kd_weight": 1.0, "ce_weight": 0.0}
@@ -60,6 +73,40 @@ def feature_patterns(params: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str
   if not params.get("chunk_size"):
     return (), ()
   return chunked.FEATURE_PATTERNS, chunked.FEATURE_PATTERNS if params["kd_weight"] else ()
+
+
+def check_top_k_cache(params: dict[str, Any], where: str) -> None:
+  if params["top_k_cache"] not in TOP_K_CACHES:
+    raise ConfigError(f"{where}.top_k_cache={params['top_k_cache']!r}: choose one of {TOP_K_CACHES} (dense: the "
+                      "top-k cache rebuilt to [B, L, V]; sparse: the divergence on its k + 1 buckets)")
+  if params["top_k_cache"] == "sparse" and params.get("chunk_size"):
+    raise ConfigError(f"{where}.top_k_cache='sparse' reads the teacher's cached top k but chunk_size="
+                      f"{params['chunk_size']} reads its hidden states and head: set one of them back (chunk_size=0 "
+                      "or top_k_cache='dense')")
+
+
+def sparse_token_divergence(student_logits_BxTxV: jax.Array, top: dict[str, jax.Array], *, divergence: str,
+                            beta: float, alpha: float, temperature: float, where=None) -> jax.Array:
+  """D on the k + 1 buckets of a top-k teacher cache, per position [B, T] (the module docstring).
+
+  Args:
+    student_logits_BxTxV: the student's next-token logits.
+    top: the teacher's cached `top_log_probs` [B, T, k], `top_indices` [B, T, k], `rest_log_mass` [B, T]
+      (`kd.teacher_cache.top_k_log_probs`), at the same positions; no gradient flows into them.
+    divergence, beta, alpha, temperature: as for the dense divergence (kd.losses.TOKEN_DIVERGENCES).
+    where: [B, T] the real positions.
+
+  Returns:
+    [B, T] >= 0, zero at masked positions; <= the dense divergence against `dense_log_probs(top, V)`,
+    equal to it when k = V.
+  """
+  top = jax.lax.stop_gradient({name: top[name] for name in teacher_cache.TOP_K_KEYS})
+  student_buckets = teacher_cache.student_bucket_logits(student_logits_BxTxV, top["top_indices"], temperature)
+  teacher_buckets = teacher_cache.teacher_bucket_logits(top, student_logits_BxTxV.shape[-1], temperature)
+  divergence_fn, extra = losses.TOKEN_DIVERGENCES[divergence]
+  extra_kwargs = {extra: {"beta": beta, "alpha": alpha}[extra]} if extra else {}
+  # The buckets are tempered already: T = 1 here, the T^2 factor stays with the caller.
+  return divergence_fn(student_buckets, teacher_buckets, temperature=1.0, where=where, **extra_kwargs)
 
 
 def check_features(params: dict[str, Any], student_shapes: dict, teacher_shapes: dict, where: str) -> None:
@@ -107,8 +154,9 @@ def check_decoding(params: dict[str, Any], where: str) -> None:
 
 def distillation_loss(student_out, teacher_out, batch, *, divergence: str, beta: float, alpha: float,
                       temperature: float, kd_weight: float, ce_weight: float,
-                      chunk_size: int = 0) -> tuple[Any, dict[str, Any]]:
-  """The combined loss of the module docstring, and its terms (chunked when chunk_size > 0)."""
+                      chunk_size: int = 0, top_k_cache: str = "dense") -> tuple[Any, dict[str, Any]]:
+  """The combined loss of the module docstring, and its terms (chunked when chunk_size > 0, on the
+  cache's k + 1 buckets when top_k_cache="sparse")."""
   if chunk_size:
     return chunked.distillation_loss(student_out, teacher_out, batch, chunk_size=chunk_size,
                                      divergence=divergence, beta=beta, alpha=alpha, temperature=temperature,
@@ -122,15 +170,24 @@ def distillation_loss(student_out, teacher_out, batch, *, divergence: str, beta:
   metrics = {"ce": ce, "tokens": jnp.sum(weights_BxT),
              "token_accuracy": lm_tokens.masked_mean(predictions == targets_BxT, weights_BxT)}
   total = ce_weight * ce
-  if teacher_out is not None and kd_weight:
+  if teacher_out is not None and kd_weight and top_k_cache == "sparse":
+    if "top_k" not in teacher_out:
+      raise ConfigError("top_k_cache='sparse' reads a top-k teacher cache, but the teacher's outputs hold none: "
+                        "set teacher_cache.enabled=True and teacher_cache.top_k=k > 0, or top_k_cache='dense'")
+    top = {name: teacher_out["top_k"][name][:, :-1] for name in teacher_cache.TOP_K_KEYS}
+    per_token = sparse_token_divergence(student_logits, top, divergence=divergence, beta=beta, alpha=alpha,
+                                        temperature=temperature, where=real_BxT)
+    teacher_predictions = top["top_indices"][..., 0]  # Stored in decreasing order.
+  elif teacher_out is not None and kd_weight:
     teacher_logits = jax.lax.stop_gradient(teacher_out["logits"][:, :-1])
     divergence_fn, extra = losses.TOKEN_DIVERGENCES[divergence]
     extra_kwargs = {extra: {"beta": beta, "alpha": alpha}[extra]} if extra else {}
     per_token = divergence_fn(student_logits, teacher_logits, temperature=temperature, where=real_BxT,
                               **extra_kwargs)
+    teacher_predictions = jnp.argmax(teacher_logits, -1)
+  if teacher_out is not None and kd_weight:
     kd = temperature**2 * lm_tokens.masked_mean(per_token, weights_BxT)
     total = total + kd_weight * kd
     metrics["kd"] = kd
-    metrics["teacher_agreement"] = lm_tokens.masked_mean(
-        predictions == jnp.argmax(teacher_logits, -1), weights_BxT)
+    metrics["teacher_agreement"] = lm_tokens.masked_mean(predictions == teacher_predictions, weights_BxT)
   return total, metrics

@@ -15,6 +15,11 @@ with h the hidden states at `student_features` / `teacher_features` (default: th
 LayerNorm, the paper's last hidden states), every mean over real tokens. The paper's weights are
 5 : 2 : 1 (its training code), at T = 2.
 
+The teacher's outputs can come from the teacher cache (`teacher_cache.enabled`): its logits, or top k
+(`top_k_cache="sparse"` computes the KL on the cache's k + 1 buckets, `kd.methods.lm_common`), and
+its hidden states (the cache stores `features/<teacher_features path>`). The student is then
+initialised by `init_from_teacher`, which needs the teacher's weights, not its cached outputs.
+
 Reference: V. Sanh, L. Debut, J. Chaumond, T. Wolf, "DistilBERT, a distilled version of BERT: smaller,
 faster, cheaper and lighter", NeurIPS 2019 EMC^2 workshop, arXiv:1910.01108, Section 3.
 """
@@ -31,10 +36,12 @@ from kd.methods import lm_common
 
 LANGUAGE_MODEL = True  # Reads next-token targets of a token dataset (kd.lm.check_stages).
 NEEDS_TEACHER = True
+# Reads the teacher's logits and hidden states on the dataset's windows only: kd.teacher_cache holds both.
+CACHEABLE = True
 DEFAULTS: dict[str, Any] = {**lm_common.DIVERGENCE_DEFAULTS, "temperature": 2.0, "kd_weight": 5.0,
                             "ce_weight": 2.0, "cosine_weight": 1.0, "init_from_teacher": True,
                             "student_features": ("final_norm",), "teacher_features": ("final_norm",),
-                            "layer_map": ()}  # (): default_layer_map.
+                            "layer_map": (), "top_k_cache": "dense"}  # layer_map (): default_layer_map.
 
 
 def default_layer_map(num_teacher_layers: int, num_student_layers: int) -> tuple[int, ...]:
@@ -51,6 +58,7 @@ def default_layer_map(num_teacher_layers: int, num_student_layers: int) -> tuple
 
 def check(params: dict[str, Any], where: str) -> None:
   lm_common.check_divergence(params, where)
+  lm_common.check_top_k_cache(params, where)
   if params["cosine_weight"] < 0:
     raise ConfigError(f"{where}.cosine_weight={params['cosine_weight']} must be >= 0")
   layer_map = params["layer_map"]

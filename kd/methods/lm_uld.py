@@ -28,8 +28,14 @@ is the approximation the paper makes (its Sec. 3 and 5.4 discuss it).
 teacher temperatures, both 1 by default); unlike KL-based KD there is no T^2 factor (the paper has
 none). The mean is over the matched positions of the batch, never over batch x length.
 
-Memory: both [B, K, V] probabilities are sorted (K = the shorter sequence), so this is for vocabularies
-that fit; a top-k of the teacher (ULD's tail mass is small) would cut it, but is not done here.
+Teacher cache: the teacher's outputs over its own tokenization can be cached (`teacher_cache.enabled`;
+the cache is built on `teacher_tokens`). With `teacher_cache.top_k = k > 0` the teacher's sorted
+distribution is read without its [B, K, V_t] array: its k largest probabilities as stored, then the
+V_t - k tail entries of the dense rebuild, each the remaining mass spread evenly, tempered in closed form
+(`kd.teacher_cache.teacher_bucket_logits`); the even spread keeps them sorted (each tail entry is at most
+the smallest of the k). The L1 against the student's sorted vector is then summed in closed form
+(`uld_distance_top_k`): equal to ULD against the dense rebuild, and to ULD against the live teacher when
+k = V_t. The student's [B, K, V_s] sorted probabilities remain.
 
 Reference: N. Boizard, K. El Haddad, C. Hudelot, P. Colombo, "Towards Cross-Tokenizer Distillation: the
 Universal Logit Distillation Loss for LLMs", arXiv:2402.12030, Sec. 3; reference code
@@ -42,11 +48,14 @@ import jax
 import jax.numpy as jnp
 
 from kd import losses
+from kd import teacher_cache
 from kd.errors import ConfigError
 from kd.lm import tokens as lm_tokens
 
 LANGUAGE_MODEL = True  # Reads next-token targets of a token dataset (kd.lm.check_stages).
 NEEDS_TEACHER = True
+# Reads the teacher's logits on its own tokenization of the windows only: kd.teacher_cache holds them.
+CACHEABLE = True
 CROSS_TOKENIZER = True  # The teacher reads its own tokenization of the text (batch["teacher_tokens"]).
 DEFAULTS: dict[str, Any] = {"uld_weight": 1.0, "ce_weight": 1.0, "temperature": 1.0}
 
@@ -131,6 +140,30 @@ def uld_distance(student_sorted_BxKxVs: jax.Array, teacher_sorted_BxKxVt: jax.Ar
           + jnp.sum(teacher_sorted_BxKxVt[..., shared:], axis=-1))
 
 
+def uld_distance_top_k(student_sorted_BxKxVs: jax.Array, teacher_head_BxKxk: jax.Array,
+                       teacher_tail_entry_BxK: jax.Array, teacher_vocab_BxK: jax.Array) -> jax.Array:
+  """`uld_distance` against a teacher given as its k largest probabilities (decreasing) followed by
+  V_t - k equal tail entries, without building the teacher's [B, K, V_t] vector: [B, K].
+
+  Args:
+    student_sorted_BxKxVs: the student's probabilities, sorted in decreasing order.
+    teacher_head_BxKxk: the teacher's k largest probabilities, decreasing.
+    teacher_tail_entry_BxK: each tail entry (<= the smallest of the k).
+    teacher_vocab_BxK: V_t, the teacher's number of classes (>= k), per position.
+  """
+  vocab_s, k = student_sorted_BxKxVs.shape[-1], teacher_head_BxKxk.shape[-1]
+  shared = min(vocab_s, k)
+  head = jnp.sum(jnp.abs(student_sorted_BxKxVs[..., :shared] - teacher_head_BxKxk[..., :shared]), axis=-1)
+  # Student entries k..V_s-1 face tail entries up to the teacher's V_t, zeros after.
+  rest = student_sorted_BxKxVs[..., shared:]
+  facing_tail = jnp.arange(shared, vocab_s) < teacher_vocab_BxK[..., None]
+  against_tail = jnp.sum(jnp.where(facing_tail, jnp.abs(rest - teacher_tail_entry_BxK[..., None]), rest), axis=-1)
+  # The teacher's entries beyond the student's vocabulary face zeros: its head beyond V_s, its tail beyond.
+  beyond = (jnp.sum(teacher_head_BxKxk[..., shared:], axis=-1)
+            + teacher_tail_entry_BxK * jnp.maximum(teacher_vocab_BxK - max(vocab_s, k), 0))
+  return head + against_tail + beyond
+
+
 def uld_terms(student_logits_BxTsxVs: jax.Array, student_weights_BxTs: jax.Array,
               teacher_logits_BxTtxVt: jax.Array, teacher_weights_BxTt: jax.Array,
               temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
@@ -154,6 +187,32 @@ def uld_terms(student_logits_BxTsxVs: jax.Array, student_weights_BxTs: jax.Array
   teacher_BxKxV = jnp.take_along_axis(teacher_logits_BxTtxVt, teacher_order[..., None], axis=1)
   per_position = uld_distance(sorted_probabilities(student_BxKxV, temperature),
                               sorted_probabilities(teacher_BxKxV, temperature))
+  matched = jnp.arange(length)[None] < jnp.minimum(student_count, teacher_count)[:, None]
+  return per_position, matched.astype(jnp.float32)
+
+
+def uld_terms_top_k(student_logits_BxTsxVs: jax.Array, student_weights_BxTs: jax.Array,
+                    teacher_top: dict[str, jax.Array], teacher_weights_BxTt: jax.Array,
+                    temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+  """`uld_terms` with the teacher read from a top-k cache (the module docstring).
+
+  Args:
+    student_logits_BxTsxVs, student_weights_BxTs, teacher_weights_BxTt, temperature: as for `uld_terms`.
+    teacher_top: the teacher's cached `top_log_probs` [B, Tt, k], `rest_log_mass` [B, Tt] and
+      `vocab_size` [B, Tt] (`kd.teacher_cache.make_cached_apply`'s `top_k`) at its positions.
+  """
+  length = min(student_logits_BxTsxVs.shape[1], teacher_top["top_log_probs"].shape[1])
+  student_order, student_count = _response_order(student_weights_BxTs, length)
+  teacher_order, teacher_count = _response_order(teacher_weights_BxTt, length)
+  student_BxKxV = jnp.take_along_axis(student_logits_BxTsxVs, student_order[..., None], axis=1)
+  top = {"top_log_probs": jnp.take_along_axis(teacher_top["top_log_probs"], teacher_order[..., None], axis=1),
+         "rest_log_mass": jnp.take_along_axis(teacher_top["rest_log_mass"], teacher_order, axis=1)}
+  vocab_BxK = jnp.take_along_axis(teacher_top["vocab_size"], teacher_order, axis=1)
+  buckets = jax.nn.softmax(teacher_cache.teacher_bucket_logits(top, vocab_BxK, temperature), axis=-1)
+  k = top["top_log_probs"].shape[-1]
+  tail_entry = buckets[..., k] / jnp.maximum(vocab_BxK - k, 1)  # The tail's mass, spread evenly.
+  per_position = uld_distance_top_k(sorted_probabilities(student_BxKxV, temperature), buckets[..., :k],
+                                    tail_entry, vocab_BxK)
   matched = jnp.arange(length)[None] < jnp.minimum(student_count, teacher_count)[:, None]
   return per_position, matched.astype(jnp.float32)
 
@@ -182,9 +241,18 @@ def loss(student_out, teacher_out, batch, *, uld_weight: float, ce_weight: float
     if "teacher_tokens" not in batch:
       raise ConfigError("lm_uld needs the teacher's own tokenization in the batch (teacher_tokens): tokenize "
                         "the data with text_files' teacher_tokenizer=<the teacher's tokenizer>")
-    teacher_logits = jax.lax.stop_gradient(teacher_out["logits"][:, :-1])
-    per_position, matched = uld_terms(student_logits, weights_BxT, teacher_logits, _teacher_targets(batch),
-                                      temperature)
+    if "top_k" in teacher_out:  # A top-k teacher cache: read without the teacher's [B, Tt, V_t] array.
+      if "vocab_size" not in teacher_out["top_k"]:
+        raise ConfigError("lm_uld reads a top-k teacher cache whose teacher vocabulary is unknown: rebuild the "
+                          "cache with this kd (remove the teacher_cache folder), or set teacher_cache.top_k=0")
+      teacher_top = jax.lax.stop_gradient({name: teacher_out["top_k"][name][:, :-1]
+                                           for name in ("top_log_probs", "rest_log_mass", "vocab_size")})
+      per_position, matched = uld_terms_top_k(student_logits, weights_BxT, teacher_top, _teacher_targets(batch),
+                                              temperature)
+    else:
+      teacher_logits = jax.lax.stop_gradient(teacher_out["logits"][:, :-1])
+      per_position, matched = uld_terms(student_logits, weights_BxT, teacher_logits, _teacher_targets(batch),
+                                        temperature)
     uld = lm_tokens.masked_mean(per_position, matched)
     total = total + uld_weight * uld
     metrics.update({"uld": uld, "matched_positions": jnp.sum(matched)})

@@ -1,0 +1,301 @@
+"""The top-k teacher cache for language models: divergences on k + 1 buckets, ULD's sorted tail in closed
+form, the cached loss of each cacheable LM method against the live teacher, and a stage trained from it."""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kd import checkpoint
+from kd import config as config_lib
+from kd import fingerprint
+from kd import losses
+from kd import methods
+from kd import models
+from kd import teacher_cache
+from kd import train
+from kd.data import text_files
+from kd.errors import ConfigError
+from kd.methods import lm_common
+from kd.methods import lm_distilbert
+from kd.methods import lm_kd
+from kd.methods import lm_uld
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "text")
+DIVERGENCES = sorted(losses.TOKEN_DIVERGENCES)
+EXTRA = {"beta": 0.3, "alpha": 0.2}
+
+
+def _dense(student_logits, teacher_logits, temperature):
+  """Every token divergence on the full vocabulary, {name: [...]}."""
+  values = {}
+  for name, (divergence_fn, extra) in losses.TOKEN_DIVERGENCES.items():
+    values[name] = divergence_fn(student_logits, teacher_logits, temperature=temperature,
+                                 **({extra: EXTRA[extra]} if extra else {}))
+  return values
+
+
+def _sparse(student_logits, top, temperature):
+  return {name: lm_common.sparse_token_divergence(student_logits, top, divergence=name, temperature=temperature,
+                                                  **EXTRA) for name in DIVERGENCES}
+
+
+@functools.partial(jax.jit, static_argnames=("k", "temperature"))
+def _both(student_logits, teacher_logits, *, k, temperature):
+  """(sparse on the top-k cache, dense on its rebuild, dense on the teacher's own logits)."""
+  top = teacher_cache.top_k_log_probs(teacher_logits, k)
+  rebuilt = teacher_cache.dense_log_probs(top, teacher_logits.shape[-1])
+  return (_sparse(student_logits, top, temperature), _dense(student_logits, rebuilt, temperature),
+          _dense(student_logits, teacher_logits, temperature))
+
+
+def _kl(p, q):
+  return float(np.sum(p * np.log(p / q)))
+
+
+def test_the_bucketed_divergences_by_hand():
+  # Teacher [.5, .3, .1, .1], k = 2: buckets {0: .5, 1: .3, rest: .2}. Student [.4, .2, .3, .1]: {.4, .2, .4}.
+  teacher, student = np.array([0.5, 0.3, 0.1, 0.1]), np.array([0.4, 0.2, 0.3, 0.1])
+  sparse, _, _ = _both(jnp.log(student)[None], jnp.log(teacher)[None], k=2, temperature=1.0)
+  p, q = np.array([0.5, 0.3, 0.2]), np.array([0.4, 0.2, 0.4])
+  np.testing.assert_allclose(sparse["forward_kl"], [_kl(p, q)], rtol=1e-5)
+  np.testing.assert_allclose(sparse["reverse_kl"], [_kl(q, p)], rtol=1e-5)
+  np.testing.assert_allclose(sparse["tv"], [0.5 * (0.1 + 0.1 + 0.2)], rtol=1e-5)
+  m = 0.3 * p + 0.7 * q  # JSD(beta = 0.3): beta is the teacher's weight.
+  np.testing.assert_allclose(sparse["jsd"], [0.3 * _kl(p, m) + 0.7 * _kl(q, m)], rtol=1e-5)
+  np.testing.assert_allclose(sparse["skew_forward_kl"], [_kl(p, 0.2 * p + 0.8 * q)], rtol=1e-5)
+  np.testing.assert_allclose(sparse["skew_reverse_kl"], [_kl(q, 0.8 * p + 0.2 * q)], rtol=1e-5)
+  # T = 2: the teacher's tail is the even spread's, each of its 2 classes at .1, so (.1)^(1/2) each; the
+  # student's tail is its own two classes, sqrt(.3) + sqrt(.1).
+  sparse, _, _ = _both(jnp.log(student)[None], jnp.log(teacher)[None], k=2, temperature=2.0)
+  p = np.array([np.sqrt(0.5), np.sqrt(0.3), 2 * np.sqrt(0.1)])
+  q = np.array([np.sqrt(0.4), np.sqrt(0.2), np.sqrt(0.3) + np.sqrt(0.1)])
+  np.testing.assert_allclose(sparse["forward_kl"], [_kl(p / p.sum(), q / q.sum())], rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_equal_to_the_dense_divergence_at_k_equal_v_and_at_most_the_rebuilds_below(temperature):
+  rng = np.random.default_rng(0)
+  student = jnp.asarray(rng.normal(size=(3, 5, 9)) * 2, jnp.float32)
+  teacher = jnp.asarray(rng.normal(size=(3, 5, 9)) * 2, jnp.float32)
+  sparse, rebuilt, live = _both(student, teacher, k=9, temperature=temperature)
+  for name in DIVERGENCES:
+    np.testing.assert_allclose(sparse[name], live[name], atol=2e-6, err_msg=name)
+    np.testing.assert_allclose(rebuilt[name], live[name], atol=2e-6, err_msg=name)
+  for k in (1, 4):
+    sparse, rebuilt, _ = _both(student, teacher, k=k, temperature=temperature)
+    for name in DIVERGENCES:  # Data processing: merging the tail never increases an f-divergence.
+      assert np.all(np.asarray(sparse[name]) >= 0), name
+      assert np.all(np.asarray(sparse[name]) <= np.asarray(rebuilt[name]) + 1e-6), name
+      assert np.any(np.asarray(sparse[name]) < np.asarray(rebuilt[name]) - 1e-4), name  # The tails differ.
+  # The student equal to the teacher: zero at k = V.
+  same, _, _ = _both(teacher, teacher, k=9, temperature=temperature)
+  for name in DIVERGENCES:
+    np.testing.assert_allclose(same[name], 0.0, atol=2e-6, err_msg=name)
+
+
+def test_no_gradient_reaches_the_cache_and_the_students_equals_the_dense_one_at_k_equal_v():
+  rng = np.random.default_rng(1)
+  student = jnp.asarray(rng.normal(size=(2, 3, 6)), jnp.float32)
+  top = teacher_cache.top_k_log_probs(jnp.asarray(rng.normal(size=(2, 3, 6)) * 2, jnp.float32), 6)
+
+  def sparse_loss(student, top_log_probs, rest_log_mass):
+    cache = {**top, "top_log_probs": top_log_probs, "rest_log_mass": rest_log_mass}
+    return jnp.sum(lm_common.sparse_token_divergence(student, cache, divergence="jsd", temperature=2.0, **EXTRA))
+
+  grads = jax.jit(jax.grad(sparse_loss, argnums=(0, 1, 2)))(student, top["top_log_probs"], top["rest_log_mass"])
+  assert not np.any(np.asarray(grads[1])) and not np.any(np.asarray(grads[2]))
+  dense = jax.jit(jax.grad(lambda s: jnp.sum(losses.token_generalized_jsd(
+      s, teacher_cache.dense_log_probs(top, 6), beta=0.3, temperature=2.0))))(student)
+  np.testing.assert_allclose(grads[0], dense, atol=1e-6)
+  assert np.abs(np.asarray(grads[0])).max() > 1e-3
+
+
+@pytest.mark.parametrize("vocab_s,vocab_t,k", [(5, 8, 3), (8, 4, 2), (5, 8, 8), (3, 7, 5)])
+def test_uld_against_a_top_k_teacher_equals_uld_against_its_sorted_rebuild(vocab_s, vocab_t, k):
+  rng = np.random.default_rng(vocab_s * 10 + k)
+  student = np.sort(rng.dirichlet(np.ones(vocab_s), size=(2, 3)), axis=-1)[..., ::-1]
+  head = np.sort(rng.dirichlet(np.ones(k + 1), size=(2, 3)), axis=-1)[..., ::-1]
+  mass = head[..., k:].sum(-1) if vocab_t > k else np.zeros((2, 3))  # The tail's mass, spread evenly.
+  head = head[..., :k] / (1.0 if vocab_t > k else head[..., :k].sum(-1, keepdims=True))
+  tail = mass / max(vocab_t - k, 1)
+  head = np.maximum(head, tail[..., None])  # The tail entries are at most the smallest of the k.
+  teacher = np.concatenate([head, np.repeat(tail[..., None], vocab_t - k, axis=-1)], axis=-1)
+  expected = lm_uld.uld_distance(jnp.asarray(student), jnp.asarray(teacher))
+  closed_form = jax.jit(lm_uld.uld_distance_top_k)(jnp.asarray(student), jnp.asarray(head), jnp.asarray(tail),
+                                                  jnp.full((2, 3), vocab_t))
+  np.testing.assert_allclose(closed_form, expected, rtol=1e-5, atol=1e-6)
+
+
+# --- Each cacheable method: its loss from the cache (k = V) equals its loss from the live teacher -----------
+
+
+def _cache_of(teacher_logits_NxLxV, k, features=None):
+  cache = {name: np.asarray(value) for name, value in teacher_cache.top_k_log_probs(teacher_logits_NxLxV, k).items()}
+  cache["vocab_size"] = np.full(len(teacher_logits_NxLxV), teacher_logits_NxLxV.shape[-1], np.int32)
+  cache.update({f"features/{path}": value for path, value in (features or {}).items()})
+  return cache
+
+
+@functools.partial(jax.jit, static_argnames=("name", "params"))
+def _method_loss(student_out, teacher_out, batch, *, name, params):
+  return methods.build_loss(methods.method_config(name, **dict(params)))(student_out, teacher_out, batch)
+
+
+def _same_vocabulary_case(rng, vocab=7):
+  batch = {"tokens": jnp.asarray(rng.integers(0, vocab, (2, 5)), jnp.int32),
+           "mask": jnp.asarray([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], bool), "index": jnp.asarray([2, 0], jnp.int32)}
+  student = {"logits": jnp.asarray(rng.normal(size=(2, 5, vocab)), jnp.float32),
+             "features": {"final_norm": jnp.asarray(rng.normal(size=(2, 5, 4)), jnp.float32)}}
+  teacher_logits = rng.normal(size=(3, 5, vocab)).astype(np.float32) * 2  # Three examples; the batch reads 2, 0.
+  teacher_features = rng.normal(size=(3, 5, 4)).astype(np.float32)
+  live = {"logits": jnp.asarray(teacher_logits[[2, 0]]), "features": {"final_norm": jnp.asarray(teacher_features[[2, 0]])}}
+  return batch, student, teacher_logits, teacher_features, live
+
+
+@pytest.mark.parametrize("name,params", [
+    ("lm_kd", (("divergence", "forward_kl"), ("temperature", 2.0), ("ce_weight", 0.5))),
+    ("lm_kd", (("divergence", "skew_reverse_kl"),)),
+    ("lm_distilbert", (("init_from_teacher", False),)),  # KL at T = 2 and the cosine of the cached hidden states.
+])
+def test_each_same_vocabulary_method_reads_the_cache_as_the_live_teacher(name, params):
+  batch, student, teacher_logits, teacher_features, live = _same_vocabulary_case(np.random.default_rng(2))
+  cache = _cache_of(teacher_logits, 7, {"final_norm": teacher_features})
+  cached = teacher_cache.make_cached_apply(7, 7)(cache, batch)
+  expected, expected_terms = _method_loss(student, live, batch, name=name, params=params)
+  for top_k_cache in ("dense", "sparse"):
+    loss, terms = _method_loss(student, cached, batch, name=name, params=params + (("top_k_cache", top_k_cache),))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5, err_msg=top_k_cache)
+    np.testing.assert_allclose(terms["teacher_agreement"], expected_terms["teacher_agreement"])
+  # k < V: the sparse loss is at most the dense rebuild's (only the KD term differs).
+  cached = teacher_cache.make_cached_apply(7, 3)(_cache_of(teacher_logits, 3, {"final_norm": teacher_features}), batch)
+  sparse = _method_loss(student, cached, batch, name=name, params=params + (("top_k_cache", "sparse"),))[1]["kd"]
+  dense = _method_loss(student, cached, batch, name=name, params=params + (("top_k_cache", "dense"),))[1]["kd"]
+  assert 0 < float(sparse) < float(dense)
+
+
+def test_uld_reads_a_cross_tokenizer_cache_as_the_live_teacher():
+  rng = np.random.default_rng(3)
+  vocab_s, vocab_t = 6, 9
+  batch = {"tokens": jnp.asarray(rng.integers(0, vocab_s, (2, 5)), jnp.int32), "mask": jnp.ones((2, 5), bool),
+           "teacher_tokens": jnp.asarray(rng.integers(0, vocab_t, (2, 7)), jnp.int32),
+           "teacher_mask": jnp.asarray([[0, 1, 1, 1, 1, 1, 0], [1] * 7], bool), "index": jnp.asarray([1, 0], jnp.int32)}
+  student = {"logits": jnp.asarray(rng.normal(size=(2, 5, vocab_s)), jnp.float32)}
+  teacher_logits = rng.normal(size=(2, 7, vocab_t)).astype(np.float32) * 2
+  params = (("temperature", 1.5),)
+  expected = _method_loss(student, {"logits": jnp.asarray(teacher_logits[[1, 0]])}, batch, name="lm_uld",
+                          params=params)[0]
+  # The cache's num_classes is the student's (what the trainer passes); ULD reads the teacher's vocab_size.
+  cached = teacher_cache.make_cached_apply(vocab_s, vocab_t)(_cache_of(teacher_logits, vocab_t), batch)
+  np.testing.assert_allclose(_method_loss(student, cached, batch, name="lm_uld", params=params)[0], expected,
+                             rtol=1e-5)
+  # k < V_t: ULD against the dense rebuild over the teacher's vocabulary.
+  top = _cache_of(teacher_logits, 4)
+  rebuilt = teacher_cache.dense_log_probs({name: jnp.asarray(top[name]) for name in teacher_cache.TOP_K_KEYS}, vocab_t)
+  expected = _method_loss(student, {"logits": rebuilt[jnp.asarray([1, 0])]}, batch, name="lm_uld", params=params)[0]
+  cached = teacher_cache.make_cached_apply(vocab_s, 4)(top, batch)
+  np.testing.assert_allclose(_method_loss(student, cached, batch, name="lm_uld", params=params)[0], expected,
+                             rtol=1e-5)
+
+
+def test_the_cache_builder_feeds_a_cross_tokenizer_teacher_its_own_tokens(tmp_path):
+  table = np.random.default_rng(4).normal(size=(9, 9)).astype(np.float32)
+  teacher_apply = lambda variables, batch, train=False: {"logits": variables["table"][batch["tokens"]]}
+  arrays = {"tokens": np.arange(10, dtype=np.int32).reshape(2, 5) % 6,
+            "teacher_tokens": (np.arange(14, dtype=np.int32).reshape(2, 7) * 5) % 9}
+  cached = teacher_cache.load_or_build(str(tmp_path), "teacher", "a-teacher-fingerprint", dataset="words", split="train",
+                                       image_size=0, arrays=arrays, teacher_apply=teacher_apply,
+                                       teacher_variables={"table": table}, feature_paths=(), top_k=3, batch_size=4)
+  expected = teacher_cache.top_k_log_probs(table[arrays["teacher_tokens"]], 3)
+  np.testing.assert_array_equal(cached["top_indices"], expected["top_indices"])
+  np.testing.assert_allclose(cached["top_log_probs"], expected["top_log_probs"], rtol=1e-6)
+  np.testing.assert_array_equal(cached["vocab_size"], [9, 9])
+
+
+# --- Config: how it is selected, and what cannot work --------------------------------------------------------
+
+
+def _lm_config(**method):
+  config = config_lib.base_config()
+  config.data.name = "stdlib_text"
+  config.stages.teacher = config_lib.stage_config({"name": "transformer_lm"}, {"name": "lm_supervised"}, num_steps=1)
+  config.stages.student = config_lib.stage_config({"name": "transformer_lm"}, {"name": "lm_kd", **method},
+                                                  teacher="teacher", num_steps=1)
+  config.stage_order = ("teacher", "student")
+  config.report.update(teacher="teacher", baseline="teacher", student="student")
+  return config
+
+
+def test_the_sparse_path_is_a_method_parameter_that_needs_a_top_k_cache():
+  config = _lm_config(top_k_cache="sparse")
+  with pytest.raises(ConfigError, match=r"^stages.student.method.top_k_cache='sparse' reads the teacher cache's top k, "
+                                        r"but teacher_cache.enabled=False and top_k=0: set .*, or top_k_cache='dense'$"):
+    config_lib.validate(config)
+  config.teacher_cache.update(enabled=True, top_k=8)
+  config_lib.validate(config)
+  with pytest.raises(ConfigError, match=r"top_k_cache='buckets': choose one of \('dense', 'sparse'\)"):
+    methods.check_method_config(methods.method_config("lm_kd", top_k_cache="buckets"), "method")
+  with pytest.raises(ConfigError, match="top_k_cache='sparse' reads the teacher's cached top k but chunk_size=16"):
+    methods.check_method_config(methods.method_config("lm_kd", top_k_cache="sparse", chunk_size=16), "method")
+  config.stages.student.method = methods.method_config("lm_distilbert")
+  with pytest.raises(ConfigError, match="^stages.student.method.init_from_teacher=True copies the teacher's weights"):
+    config_lib.validate(config)
+  # Every LM method that reads the teacher's distribution offline is cacheable; those that run it are not.
+  assert lm_kd.CACHEABLE and lm_uld.CACHEABLE and lm_distilbert.CACHEABLE
+  assert not any(getattr(methods.METHODS[name], "CACHEABLE", False) for name in ("lm_gkd", "lm_seqkd"))
+
+
+def test_the_default_keeps_the_identity_of_stages_recorded_before_it():
+  config = _lm_config()
+  before = config.stages.student.method.to_dict()
+  del before["top_k_cache"]  # The method block as kd wrote it before the parameter existed.
+  recorded = _lm_config()
+  recorded.stages.student.method = before
+  assert fingerprint.identity(config, "student", 0) == fingerprint.identity(recorded, "student", 0)
+  sparse = _lm_config(top_k_cache="sparse")
+  assert fingerprint.identity(sparse, "student", 0) != fingerprint.identity(config, "student", 0)
+
+
+# --- A stage trained from a sparse top-k cache -------------------------------------------------------------
+
+
+def test_a_tiny_lm_stage_trains_from_a_sparse_top_k_cache(tmp_path):
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("the cat sat on the mat the dog ran on a mat " * 12)
+  name = text_files.dataset_name(train=str(corpus), test=os.path.join(FIXTURES, "story.txt"),
+                                 tokenizer=os.path.join(FIXTURES, "wordlevel"), max_length=12)
+  from kd import data  # pylint: disable=g-import-not-at-top
+  spec = data.load_spec(name)
+  tiny = models.model_config("transformer_lm", num_layers=1, width=16, num_heads=2, max_len=12)
+  teacher_module = models.build_model(tiny, spec.num_classes)
+  variables = models.init_variables(teacher_module, jax.random.key(1), np.zeros((1, 12), np.int32))
+  checkpoint.export_model(str(tmp_path / "teacher"), tiny, spec, jax.device_get(variables))
+  config = config_lib.base_config()
+  config.data.name = name
+  config.data.validation_split, config.data.test_split = "", "test"
+  config.data.batch_size, config.data.eval_batch_size = 4, 16
+  config.teacher_cache.update(enabled=True, top_k=4)
+  config.stages.student = config_lib.stage_config(tiny, {"name": "lm_kd", "top_k_cache": "sparse", "temperature": 2.0},
+                                                  teacher=f"export:{tmp_path / 'teacher'}", num_steps=4,
+                                                  learning_rate=1e-2, warmup_steps=1)
+  config.stage_order = ("student",)
+  config.report.update(teacher="student", baseline="student", student="student")
+  config.log_every_steps = 1
+  config_lib.validate(config)
+  run_dir = str(tmp_path / "run")
+  result = train.train_stage(config, "student", run_dir, seed=0)
+  assert result["step"] == 4 and 1 < result["test/perplexity"] < float("inf")
+  folder = [os.path.join(run_dir, "teacher_cache", entry) for entry in os.listdir(os.path.join(run_dir, "teacher_cache"))]
+  with open(os.path.join(folder[0], teacher_cache.CACHE_JSON)) as f:
+    meta = json.load(f)
+  assert meta["format"] == teacher_cache.FORMAT_VERSION and meta["vocab_size"] == spec.num_classes == 27
+  assert set(meta["shapes"]) == set(teacher_cache.TOP_K_KEYS) and meta["shapes"]["top_indices"] == [12, 4]
+  with open(os.path.join(run_dir, "student", "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f if '"train/kd"' in line]
+  kd_values = [row["train/kd"] for row in rows]
+  assert len(kd_values) == 4 and all(0 < value < float("inf") for value in kd_values)
+  assert kd_values[-1] < kd_values[0], kd_values
