@@ -61,6 +61,7 @@ from kd.methods import dml
 from kd.methods import fitnets
 from kd.methods import fsp
 from kd.methods import ft
+from kd.methods import lm_alm
 from kd.methods import lm_distilbert
 from kd.methods import lm_gkd
 from kd.methods import lm_hidden
@@ -121,6 +122,7 @@ METHODS = {
     "lm_minilm": lm_minilm,  # Self-attention relations (q, k, v) per relation head.
     "lm_tinybert": lm_tinybert,  # Embedding, attention-score, hidden-state and prediction layers.
     "lm_uld": lm_uld,  # Across tokenizers: sorted next-token probabilities (Boizard et al. 2024).
+    "lm_alm": lm_alm,  # Across tokenizers: likelihoods of aligned chunks of text (Minixhofer et al. 2025).
 }
 
 PRETRAINED = ft.PRETRAINED  # The connector collection filled from connector_source.
