@@ -200,7 +200,7 @@ VARIANTS = {
 }
 # Methods whose outputs the harness's CNNs cannot produce (a distillation head, tokens): hand-built.
 HAND_BUILT = ("deit", "lm_kd", "lm_seqkd", "lm_gkd", "lm_distilbert", "lm_hidden", "lm_minilm", "lm_tinybert",
-              "lm_uld")
+              "lm_uld", "lm_alm")
 TEACHER_METHODS = sorted(name for name, module in methods.METHODS.items() if module.NEEDS_TEACHER)
 CNN_CASES = [(name, {**CNN_FEATURES.get(name, {}), **variant})
              for name in TEACHER_METHODS if name not in HAND_BUILT
@@ -304,10 +304,13 @@ def _hand_built_outputs(name, rng):
                            "layers_0/attention/qkv": rng.normal(size=(2, 5, 3, 1, 2))}
     batch = {"tokens": np.array([[1, 4, 2, 6, 3], [5, 0, 2, 0, 0]], np.int32),
              "mask": np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], bool)}
-    if name == "lm_uld":  # The teacher reads its own tokenization: another length and vocabulary.
+    if name in ("lm_uld", "lm_alm"):  # The teacher reads its own tokenization: another length and vocabulary.
       teacher_out = {"logits": rng.normal(size=(2, 6, 9))}
       batch = {**batch, "teacher_tokens": np.zeros((2, 6), np.int32),
                "teacher_mask": np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], bool)}
+    if name == "lm_alm":  # Aligned chunks: each token's chunk (-1: none), as text_files stores them.
+      batch = {**batch, "chunk_ids": np.array([[-1, 0, 1, 1, 2], [-1, 0, 1, -1, -1]], np.int32),
+               "teacher_chunk_ids": np.array([[-1, 0, 0, 1, 2, 2], [-1, 0, 1, 1, -1, -1]], np.int32)}
   as_f32 = lambda tree: jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
   return as_f32(student_out), as_f32(teacher_out), batch
 
@@ -315,7 +318,7 @@ def _hand_built_outputs(name, rng):
 HAND_BUILT_CASES = (
     [("deit", {"distillation": "hard"}), ("deit", {"distillation": "soft"})]
     + [("lm_kd", {"divergence": d}) for d in sorted(losses.TOKEN_DIVERGENCES)]
-    + [("lm_seqkd", {"kd_weight": 1.0}), ("lm_gkd", {}), ("lm_distilbert", {}), ("lm_uld", {})]
+    + [("lm_seqkd", {"kd_weight": 1.0}), ("lm_gkd", {}), ("lm_distilbert", {}), ("lm_uld", {}), ("lm_alm", {})]
     # final_norm [2, 5, 3] read as hidden states, and by MiniLM as a fused q | k | v of width 1 each.
     + [("lm_hidden", {"student_features": ("final_norm",), "teacher_features": ("final_norm",)}),
        ("lm_minilm", {"student_features": ("final_norm",), "teacher_features": ("final_norm",),
