@@ -44,13 +44,19 @@ def _sparse(student_logits, top, temperature):
                                                   **EXTRA) for name in DIVERGENCES}
 
 
-@functools.partial(jax.jit, static_argnames=("k", "temperature"))
-def _both(student_logits, teacher_logits, *, k, temperature):
-  """(sparse on the top-k cache, dense on its rebuild, dense on the teacher's own logits)."""
-  top = teacher_cache.top_k_log_probs(teacher_logits, k)
-  rebuilt = teacher_cache.dense_log_probs(top, teacher_logits.shape[-1])
-  return (_sparse(student_logits, top, temperature), _dense(student_logits, rebuilt, temperature),
-          _dense(student_logits, teacher_logits, temperature))
+# Compiled once per shape (eager ops compile one by one); the values checked do not depend on XLA's passes.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+@functools.partial(jax.jit, static_argnames=("ks",), compiler_options=FAST_COMPILE)
+def _both(student_logits, teacher_logits, temperature, *, ks):
+  """{k: (sparse on the top-k cache, dense on its rebuild)} and dense on the teacher's own logits."""
+  by_k = {}
+  for k in ks:
+    top = teacher_cache.top_k_log_probs(teacher_logits, k)
+    rebuilt = teacher_cache.dense_log_probs(top, teacher_logits.shape[-1])
+    by_k[k] = (_sparse(student_logits, top, temperature), _dense(student_logits, rebuilt, temperature))
+  return by_k, _dense(student_logits, teacher_logits, temperature)
 
 
 def _kl(p, q):
@@ -60,7 +66,7 @@ def _kl(p, q):
 def test_the_bucketed_divergences_by_hand():
   # Teacher [.5, .3, .1, .1], k = 2: buckets {0: .5, 1: .3, rest: .2}. Student [.4, .2, .3, .1]: {.4, .2, .4}.
   teacher, student = np.array([0.5, 0.3, 0.1, 0.1]), np.array([0.4, 0.2, 0.3, 0.1])
-  sparse, _, _ = _both(jnp.log(student)[None], jnp.log(teacher)[None], k=2, temperature=1.0)
+  sparse = _both(jnp.log(student)[None], jnp.log(teacher)[None], 1.0, ks=(2,))[0][2][0]
   p, q = np.array([0.5, 0.3, 0.2]), np.array([0.4, 0.2, 0.4])
   np.testing.assert_allclose(sparse["forward_kl"], [_kl(p, q)], rtol=1e-5)
   np.testing.assert_allclose(sparse["reverse_kl"], [_kl(q, p)], rtol=1e-5)
@@ -71,7 +77,7 @@ def test_the_bucketed_divergences_by_hand():
   np.testing.assert_allclose(sparse["skew_reverse_kl"], [_kl(q, 0.8 * p + 0.2 * q)], rtol=1e-5)
   # T = 2: the teacher's tail is the even spread's, each of its 2 classes at .1, so (.1)^(1/2) each; the
   # student's tail is its own two classes, sqrt(.3) + sqrt(.1).
-  sparse, _, _ = _both(jnp.log(student)[None], jnp.log(teacher)[None], k=2, temperature=2.0)
+  sparse = _both(jnp.log(student)[None], jnp.log(teacher)[None], 2.0, ks=(2,))[0][2][0]
   p = np.array([np.sqrt(0.5), np.sqrt(0.3), 2 * np.sqrt(0.1)])
   q = np.array([np.sqrt(0.4), np.sqrt(0.2), np.sqrt(0.3) + np.sqrt(0.1)])
   np.testing.assert_allclose(sparse["forward_kl"], [_kl(p / p.sum(), q / q.sum())], rtol=1e-5)
@@ -82,18 +88,19 @@ def test_equal_to_the_dense_divergence_at_k_equal_v_and_at_most_the_rebuilds_bel
   rng = np.random.default_rng(0)
   student = jnp.asarray(rng.normal(size=(3, 5, 9)) * 2, jnp.float32)
   teacher = jnp.asarray(rng.normal(size=(3, 5, 9)) * 2, jnp.float32)
-  sparse, rebuilt, live = _both(student, teacher, k=9, temperature=temperature)
+  by_k, live = _both(student, teacher, temperature, ks=(9, 1, 4))
+  sparse, rebuilt = by_k[9]
   for name in DIVERGENCES:
     np.testing.assert_allclose(sparse[name], live[name], atol=2e-6, err_msg=name)
     np.testing.assert_allclose(rebuilt[name], live[name], atol=2e-6, err_msg=name)
   for k in (1, 4):
-    sparse, rebuilt, _ = _both(student, teacher, k=k, temperature=temperature)
+    sparse, rebuilt = by_k[k]
     for name in DIVERGENCES:  # Data processing: merging the tail never increases an f-divergence.
       assert np.all(np.asarray(sparse[name]) >= 0), name
       assert np.all(np.asarray(sparse[name]) <= np.asarray(rebuilt[name]) + 1e-6), name
       assert np.any(np.asarray(sparse[name]) < np.asarray(rebuilt[name]) - 1e-4), name  # The tails differ.
   # The student equal to the teacher: zero at k = V.
-  same, _, _ = _both(teacher, teacher, k=9, temperature=temperature)
+  same = _both(teacher, teacher, temperature, ks=(9, 1, 4))[0][9][0]
   for name in DIVERGENCES:
     np.testing.assert_allclose(same[name], 0.0, atol=2e-6, err_msg=name)
 
@@ -107,10 +114,11 @@ def test_no_gradient_reaches_the_cache_and_the_students_equals_the_dense_one_at_
     cache = {**top, "top_log_probs": top_log_probs, "rest_log_mass": rest_log_mass}
     return jnp.sum(lm_common.sparse_token_divergence(student, cache, divergence="jsd", temperature=2.0, **EXTRA))
 
-  grads = jax.jit(jax.grad(sparse_loss, argnums=(0, 1, 2)))(student, top["top_log_probs"], top["rest_log_mass"])
+  grads = jax.jit(jax.grad(sparse_loss, argnums=(0, 1, 2)), compiler_options=FAST_COMPILE)(
+      student, top["top_log_probs"], top["rest_log_mass"])
   assert not np.any(np.asarray(grads[1])) and not np.any(np.asarray(grads[2]))
   dense = jax.jit(jax.grad(lambda s: jnp.sum(losses.token_generalized_jsd(
-      s, teacher_cache.dense_log_probs(top, 6), beta=0.3, temperature=2.0))))(student)
+      s, teacher_cache.dense_log_probs(top, 6), beta=0.3, temperature=2.0))), compiler_options=FAST_COMPILE)(student)
   np.testing.assert_allclose(grads[0], dense, atol=1e-6)
   assert np.abs(np.asarray(grads[0])).max() > 1e-3
 
@@ -141,9 +149,24 @@ def _cache_of(teacher_logits_NxLxV, k, features=None):
   return cache
 
 
-@functools.partial(jax.jit, static_argnames=("name", "params"))
-def _method_loss(student_out, teacher_out, batch, *, name, params):
-  return methods.build_loss(methods.method_config(name, **dict(params)))(student_out, teacher_out, batch)
+@functools.partial(jax.jit, static_argnames=("name", "runs"), compiler_options=FAST_COMPILE)
+def _method_losses(student_out, batch, live_out, caches, *, name, runs):
+  """[(loss, terms)] of the method for each run (teacher, params); one compile for them all.
+
+  A run's teacher is "live" (live_out), ("cache", i, num_classes, k) (caches[i] read by the trainer's
+  cached apply) or ("rebuilt", i, vocab_size) (caches[i] rebuilt to dense log-probabilities).
+  """
+  results = []
+  for teacher, params in runs:
+    if teacher == "live":
+      teacher_out = live_out
+    elif teacher[0] == "cache":
+      teacher_out = teacher_cache.make_cached_apply(teacher[2], teacher[3])(caches[teacher[1]], batch)
+    else:
+      rows = {key: jnp.take(caches[teacher[1]][key], batch["index"], axis=0) for key in teacher_cache.TOP_K_KEYS}
+      teacher_out = {"logits": teacher_cache.dense_log_probs(rows, teacher[2])}
+    results.append(methods.build_loss(methods.method_config(name, **dict(params)))(student_out, teacher_out, batch))
+  return results
 
 
 def _same_vocabulary_case(rng, vocab=7):
@@ -158,24 +181,27 @@ def _same_vocabulary_case(rng, vocab=7):
 
 
 @pytest.mark.parametrize("name,params", [
-    ("lm_kd", (("divergence", "forward_kl"), ("temperature", 2.0), ("ce_weight", 0.5))),
-    ("lm_kd", (("divergence", "skew_reverse_kl"),)),
+    ("lm_kd", (("divergence", "skew_forward_kl"), ("temperature", 2.0), ("ce_weight", 0.5))),
     ("lm_distilbert", (("init_from_teacher", False),)),  # KL at T = 2 and the cosine of the cached hidden states.
 ])
 def test_each_same_vocabulary_method_reads_the_cache_as_the_live_teacher(name, params):
   batch, student, teacher_logits, teacher_features, live = _same_vocabulary_case(np.random.default_rng(2))
-  cache = _cache_of(teacher_logits, 7, {"final_norm": teacher_features})
-  cached = teacher_cache.make_cached_apply(7, 7)(cache, batch)
-  expected, expected_terms = _method_loss(student, live, batch, name=name, params=params)
-  for top_k_cache in ("dense", "sparse"):
-    loss, terms = _method_loss(student, cached, batch, name=name, params=params + (("top_k_cache", top_k_cache),))
-    np.testing.assert_allclose(loss, expected, rtol=1e-5, err_msg=top_k_cache)
+  caches = (_cache_of(teacher_logits, 7, {"final_norm": teacher_features}),
+            _cache_of(teacher_logits, 3, {"final_norm": teacher_features}))
+  runs = (("live", params),
+          (("cache", 0, 7, 7), params + (("top_k_cache", "dense"),)),
+          (("cache", 0, 7, 7), params + (("top_k_cache", "sparse"),)),
+          (("cache", 1, 7, 3), params + (("top_k_cache", "sparse"),)),
+          (("cache", 1, 7, 3), params + (("top_k_cache", "dense"),)))
+  (expected, expected_terms), *from_cache, (sparse, sparse_terms), (dense, dense_terms) = _method_losses(
+      student, batch, live, caches, name=name, runs=runs)
+  for loss, terms in from_cache:  # k = V: the live teacher's loss, whether rebuilt or bucketed.
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
     np.testing.assert_allclose(terms["teacher_agreement"], expected_terms["teacher_agreement"])
-  # k < V: the sparse loss is at most the dense rebuild's (only the KD term differs).
-  cached = teacher_cache.make_cached_apply(7, 3)(_cache_of(teacher_logits, 3, {"final_norm": teacher_features}), batch)
-  sparse = _method_loss(student, cached, batch, name=name, params=params + (("top_k_cache", "sparse"),))[1]["kd"]
-  dense = _method_loss(student, cached, batch, name=name, params=params + (("top_k_cache", "dense"),))[1]["kd"]
-  assert 0 < float(sparse) < float(dense)
+  # k < V: the sparse KD term is at most the dense rebuild's; the other terms are the same.
+  assert 0 < float(sparse_terms["kd"]) < float(dense_terms["kd"])
+  kd_weight = methods.method_config(name, **dict(params))["kd_weight"]
+  np.testing.assert_allclose(sparse - dense, kd_weight * (sparse_terms["kd"] - dense_terms["kd"]), rtol=1e-4)
 
 
 def test_uld_reads_a_cross_tokenizer_cache_as_the_live_teacher():
@@ -187,19 +213,15 @@ def test_uld_reads_a_cross_tokenizer_cache_as_the_live_teacher():
   student = {"logits": jnp.asarray(rng.normal(size=(2, 5, vocab_s)), jnp.float32)}
   teacher_logits = rng.normal(size=(2, 7, vocab_t)).astype(np.float32) * 2
   params = (("temperature", 1.5),)
-  expected = _method_loss(student, {"logits": jnp.asarray(teacher_logits[[1, 0]])}, batch, name="lm_uld",
-                          params=params)[0]
-  # The cache's num_classes is the student's (what the trainer passes); ULD reads the teacher's vocab_size.
-  cached = teacher_cache.make_cached_apply(vocab_s, vocab_t)(_cache_of(teacher_logits, vocab_t), batch)
-  np.testing.assert_allclose(_method_loss(student, cached, batch, name="lm_uld", params=params)[0], expected,
-                             rtol=1e-5)
-  # k < V_t: ULD against the dense rebuild over the teacher's vocabulary.
-  top = _cache_of(teacher_logits, 4)
-  rebuilt = teacher_cache.dense_log_probs({name: jnp.asarray(top[name]) for name in teacher_cache.TOP_K_KEYS}, vocab_t)
-  expected = _method_loss(student, {"logits": rebuilt[jnp.asarray([1, 0])]}, batch, name="lm_uld", params=params)[0]
-  cached = teacher_cache.make_cached_apply(vocab_s, 4)(top, batch)
-  np.testing.assert_allclose(_method_loss(student, cached, batch, name="lm_uld", params=params)[0], expected,
-                             rtol=1e-5)
+  # The cached apply gets the student's num_classes (what the trainer passes); ULD reads the teacher's vocab_size.
+  runs = (("live", params), (("cache", 0, vocab_s, vocab_t), params),
+          (("rebuilt", 1, vocab_t), params), (("cache", 1, vocab_s, 4), params))
+  (live, _), (cached, _), (rebuilt, _), (top_4, _) = _method_losses(
+      student, batch, {"logits": jnp.asarray(teacher_logits[[1, 0]])},
+      (_cache_of(teacher_logits, vocab_t), _cache_of(teacher_logits, 4)), name="lm_uld", runs=runs)
+  np.testing.assert_allclose(cached, live, rtol=1e-5)  # k = V_t: the live teacher's.
+  np.testing.assert_allclose(top_4, rebuilt, rtol=1e-5)  # k < V_t: ULD against the dense rebuild.
+  assert abs(float(top_4) - float(live)) > 1e-4
 
 
 def test_the_cache_builder_feeds_a_cross_tokenizer_teacher_its_own_tokens(tmp_path):
@@ -272,7 +294,8 @@ def test_a_tiny_lm_stage_trains_from_a_sparse_top_k_cache(tmp_path):
   spec = data.load_spec(name)
   tiny = models.model_config("transformer_lm", num_layers=1, width=16, num_heads=2, max_len=12)
   teacher_module = models.build_model(tiny, spec.num_classes)
-  variables = models.init_variables(teacher_module, jax.random.key(1), np.zeros((1, 12), np.int32))
+  variables = jax.jit(functools.partial(models.init_variables, teacher_module), compiler_options=FAST_COMPILE)(
+      jax.random.key(1), np.zeros((1, 12), np.int32))
   checkpoint.export_model(str(tmp_path / "teacher"), tiny, spec, jax.device_get(variables))
   config = config_lib.base_config()
   config.data.name = name

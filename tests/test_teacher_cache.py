@@ -4,6 +4,8 @@ import functools
 import json
 import os
 
+from array_record.python import array_record_module
+import flax.serialization
 import jax
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from kd import models
 from kd import teacher_cache
 from kd import train
 from kd.errors import ConfigError
+from kd.errors import UserError
 
 MLP = models.model_config("mlp", hidden=(8,))
 
@@ -96,6 +99,44 @@ def test_the_cache_is_built_once_read_by_index_and_rebuilt_when_stale(tmp_path):
   # Top-k: a different key and representation.
   top = _build(root, other, changed, top_k=3)
   assert top["top_log_probs"].shape == (70, 3) and "logits" not in top
+
+
+def test_a_folder_of_another_format_or_with_missing_arrays_is_rebuilt_and_a_newer_one_refused(tmp_path):
+  spec = data.load_spec("synthetic/4x6x3_7_70")
+  arrays = data.load_arrays("synthetic/4x6x3_7_70", "train")
+  teacher = _export_teacher(tmp_path / "teacher", 0, spec)
+  root = tmp_path / "cache"
+  folder = teacher_cache.cache_folder(str(root), "teacher", "train")
+  meta_path, records = os.path.join(folder, teacher_cache.CACHE_JSON), os.path.join(folder, teacher_cache.RECORDS)
+  expected = _build(root, teacher, arrays, top_k=3)
+  with open(meta_path) as f:
+    meta = json.load(f)
+  assert meta["format"] == teacher_cache.FORMAT_VERSION == 1 and meta["vocab_size"] == 7
+  assert sorted(meta["shapes"]) == ["rest_log_mass", "top_indices", "top_log_probs"]
+
+  def rewrite(**changes):
+    with open(meta_path, "w") as f:
+      json.dump({**meta, **changes}, f)
+    return os.stat(records).st_mtime_ns
+
+  # Rebuilt, never misread: an older format, a cache.json without the vocabulary or an array, records without one.
+  for changes in ({"format": 0}, {"vocab_size": None}, {"shapes": {"top_log_probs": [3], "top_indices": [3]}}):
+    stamp = rewrite(**changes)
+    rebuilt = _build(root, teacher, arrays, top_k=3)
+    assert os.stat(records).st_mtime_ns != stamp, changes
+    np.testing.assert_array_equal(rebuilt["top_indices"], expected["top_indices"])
+  writer = array_record_module.ArrayRecordWriter(records, "group_size:1")
+  for row in range(70):  # Records that lack rest_log_mass although cache.json lists it.
+    writer.write(flax.serialization.msgpack_serialize({"top_log_probs": expected["top_log_probs"][row],
+                                                       "top_indices": expected["top_indices"][row]}))
+  writer.close()
+  np.testing.assert_allclose(_build(root, teacher, arrays, top_k=3)["rest_log_mass"], expected["rest_log_mass"])
+  # A newer format is refused with one line, and the folder is left as it is.
+  stamp = rewrite(format=teacher_cache.FORMAT_VERSION + 1)
+  with pytest.raises(UserError, match=r"^teacher cache .* was written in format 2 by a newer kd, and this kd reads "
+                                      r"format 1: point teacher_cache.dir elsewhere, or remove that folder") as error:
+    _build(root, teacher, arrays, top_k=3)
+  assert "\n" not in str(error.value) and os.stat(records).st_mtime_ns == stamp
 
 
 def test_a_cached_teacher_step_equals_a_live_teacher_step(tmp_path):
