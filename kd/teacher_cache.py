@@ -157,9 +157,14 @@ def student_bucket_logits(student_logits_xV: jax.Array, top_indices_xK: jax.Arra
   if k == vocab_size:
     return head
   # The cached classes leave the tail: -inf there, then log-sum-exp over the vocabulary (no subtraction
-  # of probabilities, which would cancel when the top k hold almost all the mass).
-  others = jnp.put_along_axis(scaled, top_indices_xK, -jnp.inf, axis=-1, inplace=False)
-  return jnp.concatenate([head, jax.nn.logsumexp(others, axis=-1, keepdims=True)], axis=-1)
+  # of probabilities, which would cancel when the top k hold almost all the mass). Only a boolean
+  # k-hot mask (one byte per class) is scattered, and XLA fuses the select into the sum: no float [..., V]
+  # copy of the logits is made.
+  cached = jnp.put_along_axis(jnp.zeros(scaled.shape, bool), top_indices_xK, True, axis=-1, inplace=False)
+  # Shifted by the tail's own maximum, so that the sum is >= 1 (never underflows).
+  shift = jax.lax.stop_gradient(jnp.max(jnp.where(cached, -jnp.inf, scaled), axis=-1, keepdims=True))
+  tail = shift + jnp.log(jnp.sum(jnp.where(cached, 0.0, jnp.exp(scaled - shift)), axis=-1, keepdims=True))
+  return jnp.concatenate([head, tail], axis=-1)
 
 
 def _hash_folder(digest, path: str) -> None:

@@ -81,6 +81,12 @@ def test_the_bucketed_divergences_by_hand():
   p = np.array([np.sqrt(0.5), np.sqrt(0.3), 2 * np.sqrt(0.1)])
   q = np.array([np.sqrt(0.4), np.sqrt(0.2), np.sqrt(0.3) + np.sqrt(0.1)])
   np.testing.assert_allclose(sparse["forward_kl"], [_kl(p / p.sum(), q / q.sum())], rtol=1e-5)
+  # A student whose tail is ~1e-26 of its mass: summed, not subtracted from 1, so the KL stays exact.
+  student_logits = np.array([30.0, 28.0, 0.0, 0.0])
+  sparse = _both(jnp.asarray(student_logits, jnp.float32)[None], jnp.log(teacher)[None], 1.0, ks=(2,))[0][2][0]
+  q = np.exp(student_logits - np.logaddexp.reduce(student_logits))
+  p, q = np.array([0.5, 0.3, 0.2]), np.array([q[0], q[1], q[2] + q[3]])
+  np.testing.assert_allclose(sparse["forward_kl"], [_kl(p, q)], rtol=1e-5)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.5])
