@@ -17,8 +17,8 @@ LayerNorm, the paper's last hidden states), every mean over real tokens. The pap
 
 The teacher's outputs can come from the teacher cache (`teacher_cache.enabled`): its logits, or top k
 (`top_k_cache="sparse"` computes the KL on the cache's k + 1 buckets, `kd.methods.lm_common`), and
-its hidden states (the cache stores `features/<teacher_features path>`). The student is then
-initialised by `init_from_teacher`, which needs the teacher's weights, not its cached outputs.
+its hidden states (the cache stores `features/<teacher_features path>`). `init_from_teacher` copies the
+teacher's weights, which the cache does not hold: with the cache it must be False (`kd.config` refuses True).
 
 Reference: V. Sanh, L. Debut, J. Chaumond, T. Wolf, "DistilBERT, a distilled version of BERT: smaller,
 faster, cheaper and lighter", NeurIPS 2019 EMC^2 workshop, arXiv:1910.01108, Section 3.
