@@ -19,8 +19,9 @@ File format (FORMAT_VERSION 1), in `<teacher_cache.dir or <run>/teacher_cache>/<
                            model's window (a cross-tokenizer teacher's own length, as it reads its own
                            tokenization `teacher_tokens`).
     cache.json             {"format": FORMAT_VERSION, "key", "num_examples", "top_k", "vocab_size" (V, the
-                           teacher's number of logits), "shapes" (each record's arrays)}; written last, so
-                           its presence means the records are complete.
+                           teacher's number of logits; caches written before it was recorded lack it),
+                           "shapes" (each record's arrays)}; written last, so its presence means the
+                           records are complete.
 
 The key is a SHA-256 of the teacher's exported files (`model/`, `model.json`) or, for a teacher with no
 export (a checkpoint, a model given in memory), of its variables and model config, the dataset's name,
@@ -275,7 +276,8 @@ def read(folder: str) -> dict[str, np.ndarray]:
   """The cache as stacked arrays, [N, ...] per stored output, indexed by example.
 
   A top-k cache also gets `vocab_size` [N] int32 (from cache.json): the teacher's number of classes,
-  which a cross-tokenizer teacher does not share with the student.
+  which a cross-tokenizer teacher does not share with the student (lm_uld reads it). A cache.json written
+  before it was recorded has none: the same-vocabulary methods do not need it.
   """
   source = grain.sources.ArrayRecordDataSource([os.path.join(folder, RECORDS)])
   examples = [flax.serialization.msgpack_restore(source[i]) for i in range(len(source))]
@@ -301,9 +303,9 @@ def _why_unusable(folder: str, meta: dict[str, Any] | None, key: str, num_exampl
     return "stale (another teacher or other data)"
   shapes = meta.get("shapes")
   missing = [name for name in expected if not isinstance(shapes, dict) or name not in shapes]
-  if missing or (expected[0] == TOP_K_KEYS[0] and not meta.get("vocab_size")):
-    return f"its cache.json lacks {missing or ['vocab_size']} (written by an earlier kd, or cut)"
-  return ""
+  if missing:
+    return f"its cache.json lacks {missing} (cut short, or written by something else)"
+  return ""  # A cache.json of format 1 written before "vocab_size" was recorded is read as it is (see `read`).
 
 
 def load_or_build(root: str, teacher_name: str, teacher_dir: str, *, dataset: str, split: str,

@@ -119,8 +119,11 @@ def test_a_folder_of_another_format_or_with_missing_arrays_is_rebuilt_and_a_newe
       json.dump({**meta, **changes}, f)
     return os.stat(records).st_mtime_ns
 
-  # Rebuilt, never misread: an older format, a cache.json without the vocabulary or an array, records without one.
-  for changes in ({"format": 0}, {"vocab_size": None}, {"shapes": {"top_log_probs": [3], "top_indices": [3]}}):
+  # A cache.json of this format from before the vocabulary was recorded: read as it is, not rebuilt.
+  stamp = rewrite(vocab_size=None)
+  assert "vocab_size" not in _build(root, teacher, arrays, top_k=3) and os.stat(records).st_mtime_ns == stamp
+  # Rebuilt, never misread: an older format, a cache.json without an array, records without one.
+  for changes in ({"format": 0}, {"shapes": {"top_log_probs": [3], "top_indices": [3]}}):
     stamp = rewrite(**changes)
     rebuilt = _build(root, teacher, arrays, top_k=3)
     assert os.stat(records).st_mtime_ns != stamp, changes
