@@ -89,7 +89,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "teacher": "replicated"})
   # Teacher-output cache (kd.teacher_cache): the teacher's outputs over data.train_split are computed
   # once, stored in `dir` (empty: <workdir>/seed_<n>/teacher_cache) and read by example index instead
-  # of running the teacher. top_k > 0 stores the k largest log-probabilities and the remaining mass.
+  # of running the teacher. top_k > 0 stores the k largest log-probabilities and the remaining mass
+  # (LM methods read it rebuilt to [B, L, V], or on k + 1 buckets with method.top_k_cache="sparse").
   # The cache holds un-augmented views: with data.augment on, training refuses unless allow_augment.
   config.teacher_cache = ml_collections.ConfigDict({"enabled": False, "dir": "", "top_k": 0,
                                                     "allow_augment": False})
