@@ -39,8 +39,8 @@ distribution). The trainer's teacher (`make_cached_apply`) then gives methods tw
     evenly over the other V - k classes (each at least MIN_CLASS_PROB), so softmax(log p / T) =
     softmax(logits / T) on the top k for any temperature T, up to that spread. Under `jax.jit` it is
     computed only if a method reads it.
-  * `top_k`: the stored arrays themselves (and `vocab_size`, [...] int32), read without any [..., V]
-    teacher array by methods with a sparse path: `kd.methods.lm_common` (method parameter
+  * `top_k`: the stored arrays themselves (and `vocab_size`, [...] int32), read without any float
+    [..., V] teacher array by methods with a sparse path: `kd.methods.lm_common` (method parameter
     `top_k_cache="sparse"`) compares the two models on the k + 1 buckets {the k cached classes, the
     rest} (`teacher_bucket_logits`, `student_bucket_logits`); lm_uld compares sorted probabilities
     with the tail's entries in closed form.

@@ -17,8 +17,9 @@ With `top_k_cache="sparse"` (lm_kd, lm_distilbert; the teacher read from a top-k
 `teacher_cache.top_k = k > 0`) D is computed on k + 1 buckets instead of the vocabulary: the k classes
 the cache holds for the position, and the rest. The student's rest is its exact mass outside those k
 (a log-sum-exp of its other logits); the teacher's is the cached remaining mass, tempered as the dense
-rebuild's even spread would be, in closed form (`kd.teacher_cache.teacher_bucket_logits`). No [B, L, V]
-teacher array exists in the step. For every divergence here (all f-divergences) the bucketed value is
+rebuild's even spread would be, in closed form (`kd.teacher_cache.teacher_bucket_logits`). No float
+[B, L, V] teacher array exists in the step (a boolean k-hot mask, one byte per entry, selects the student's
+tail). For every divergence here (all f-divergences) the bucketed value is
 <= the value on the dense rebuild (`top_k_cache="dense"`, the default: data processing, Csiszar 1967),
 and equal to it, and to the live teacher's, when k = V. Top-k targets are biased for k < V (Anshumann
 et al., ACL 2025, arXiv:2503.16870); the sparse path changes what is computed, not that bias.

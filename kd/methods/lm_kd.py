@@ -10,8 +10,8 @@ at a time, without either model's [B, L, V] logits (`kd.lm.chunked`; not with th
 which holds logits only).
 
 With a top-k teacher cache (`teacher_cache.top_k = k > 0`), `top_k_cache="sparse"` computes the
-divergence on the cache's k + 1 buckets (the k cached tokens and the rest), so that no [B, L, V] teacher
-array exists; the default "dense" rebuilds the teacher's [B, L, V] log-probabilities from the cache
+divergence on the cache's k + 1 buckets (the k cached tokens and the rest), so that no float [B, L, V]
+teacher array exists; the default "dense" rebuilds the teacher's [B, L, V] log-probabilities from the cache
 (`kd.methods.lm_common` gives the rule and its bound).
 
 References: Hinton, Vinyals & Dean, arXiv:1503.02531; Kim & Rush, EMNLP 2016, arXiv:1606.07947, eq. 3;
