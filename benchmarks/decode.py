@@ -14,7 +14,8 @@ rotary positions, byte vocabulary), freshly initialised: speed does not depend o
    buffer), and their ratio. Both are single compiled programs.
 2. One GKD training step on a batch of 128-byte windows with lambda = 1 (always on-policy), and its
    parts compiled alone: the student's generation (`prepare_batch`), the teacher's scoring forward
-   pass, and the rest (student forward, backward, optimizer update) as the difference.
+   pass, and the rest (student forward, backward, optimizer update) as the difference; and trained
+   tokens/s of that step against the off-policy step (lm_kd with GKD's divergence on the same batch).
 3. Beam search (`kd.lm.sampling.beam_search`, beam 5, KV cache) at the same lengths and batch sizes:
    output tokens/s (the best beam's; each step decodes 5 rows per prompt).
 4. With `--teacher=<exported stage>`: the teacher continues the first 16 bytes of `--num_prompts`
@@ -157,14 +158,25 @@ def gkd_step_figures(teacher_model, student_model, batch_size: int, repeats: int
   step = jax.jit(functools.partial(train.train_step, student_apply=student_apply, teacher_apply=teacher_apply,
                                    loss_fn=methods.build_loss(method), optimizer=optimizer,
                                    learning_rate=schedule, prepare_batch=prepare))
+  # The off-policy step it replaces: the same divergence (GKD's default JSD) on the data's windows (lm_kd).
+  off_policy = methods.method_config("lm_kd", divergence=method["divergence"], beta=method["beta"])
+  off_policy_step = jax.jit(functools.partial(
+      train.train_step, student_apply=student_apply, teacher_apply=teacher_apply,
+      loss_fn=methods.build_loss(off_policy), optimizer=optimizer, learning_rate=schedule,
+      prepare_batch=methods.build_prepare_batch(off_policy, student, teacher)))
   student_variables = train.student_variables(state)
   generation = _median_seconds(jax.jit(prepare), student_variables, teacher_variables, batch,
                                jax.random.key(0), repeats=repeats)
   scoring = _median_seconds(jax.jit(lambda v, b: teacher_apply(v, b, train=False)["logits"]),
                             teacher_variables, batch, repeats=repeats)
   whole = _median_seconds(step, state, teacher_variables, batch, repeats=repeats)
+  off_policy_whole = _median_seconds(off_policy_step, state, teacher_variables, batch, repeats=repeats)
+  trained_tokens = batch_size * (tokens.shape[1] - 1)  # Next-token targets per step, both steps.
   return {"batch_size": batch_size, "step_ms": whole * 1e3, "generation_ms": generation * 1e3,
-          "teacher_scoring_ms": scoring * 1e3, "update_ms": (whole - generation - scoring) * 1e3}
+          "teacher_scoring_ms": scoring * 1e3, "update_ms": (whole - generation - scoring) * 1e3,
+          "off_policy_step_ms": off_policy_whole * 1e3, "tokens_per_s": trained_tokens / whole,
+          "off_policy_tokens_per_s": trained_tokens / off_policy_whole,
+          "on_policy_slowdown": whole / off_policy_whole}
 
 
 def _print_diversity(figures: dict) -> None:
@@ -210,6 +222,9 @@ def main(argv):
   print(f"\nOn-policy GKD step (lambda = 1, batch {gkd['batch_size']} x 128 bytes): {gkd['step_ms']:.1f} ms = "
         f"generation {gkd['generation_ms']:.1f} ms + teacher scoring {gkd['teacher_scoring_ms']:.1f} ms + "
         f"update {gkd['update_ms']:.1f} ms")
+  print(f"Trained tokens/s: on-policy GKD {gkd['tokens_per_s']:,.0f}, off-policy lm_kd (same divergence, same "
+        f"batch) {gkd['off_policy_tokens_per_s']:,.0f} ({gkd['off_policy_step_ms']:.1f} ms/step): on-policy is "
+        f"{gkd['on_policy_slowdown']:.1f}x slower")
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(figures, f, indent=2)

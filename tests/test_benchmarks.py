@@ -7,6 +7,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from conftest import REPO
 from kd import config as config_lib
@@ -41,7 +42,12 @@ def test_decode_benchmark_prints_kv_cache_speedup_and_gkd_split(tmp_path):
   with open(out) as f:
     figures = json.load(f)
   assert set(figures["decode"]) == {"b1", "b32"}
-  assert figures["gkd_step"]["generation_ms"] > 0 and figures["gkd_step"]["teacher_scoring_ms"] > 0
+  gkd = figures["gkd_step"]
+  assert gkd["generation_ms"] > 0 and gkd["teacher_scoring_ms"] > 0
+  assert "off-policy lm_kd" in result.stdout
+  # Both rates count the same trained tokens (2 windows x 127 targets) over their own step times.
+  assert gkd["tokens_per_s"] * gkd["step_ms"] / 1e3 == pytest.approx(2 * 127)
+  assert gkd["off_policy_tokens_per_s"] * gkd["off_policy_step_ms"] / 1e3 == pytest.approx(2 * 127)
 
 
 def test_performance_benchmark_emits_every_figure_and_checks_its_targets(tmp_path):
