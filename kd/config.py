@@ -434,8 +434,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     method = config.stages[name].method if name in config.stages else {}
     if method.get("top_k_cache", "dense") == "sparse" and not (cache.enabled and cache.top_k > 0):
       raise ConfigError(f"stages.{name}.method.top_k_cache='sparse' reads the teacher cache's top k, but "
-                        f"teacher_cache.enabled={cache.enabled} and top_k={cache.top_k}: set teacher_cache.enabled=True "
-                        "and teacher_cache.top_k=k > 0 (e.g. 64), or top_k_cache='dense'")
+                        f"teacher_cache.enabled={cache.enabled} and top_k={cache.top_k}: set "
+                        "teacher_cache.enabled=True and teacher_cache.top_k=k > 0 (e.g. 64), or top_k_cache='dense'")
     if cache.enabled and method.get("init_from_teacher", False):
       raise ConfigError(f"stages.{name}.method.init_from_teacher=True copies the teacher's weights, which the "
                         "teacher cache does not hold: set init_from_teacher=False, or teacher_cache.enabled=False")
