@@ -85,7 +85,8 @@ def _arrays(name: str, shapes, vocab_size: int, top_k: int, seed: int = 0):
   if name == "full_logits":
     cache = {"logits": teacher_logits}
   else:
-    cache = {**teacher_cache.top_k_log_probs(teacher_logits, top_k), "vocab_size": jnp.full((1,), vocab_size, jnp.int32)}
+    cache = {**teacher_cache.top_k_log_probs(teacher_logits, top_k),
+             "vocab_size": jnp.full((1,), vocab_size, jnp.int32)}
   tokens = jnp.asarray(rng.integers(0, vocab_size, shapes[3].shape), jnp.int32)
   return hidden, kernel, cache, tokens
 

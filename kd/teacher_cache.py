@@ -233,7 +233,8 @@ def _teacher_view(batch):
 def build(folder: str, key: str, teacher_apply, teacher_variables, arrays: dict[str, np.ndarray], *,
           top_k: int, batch_size: int) -> None:
   """Runs the teacher over every example of `arrays` (in order) and writes the cache to `folder`."""
-  from kd import data as data_lib  # pylint: disable=g-import-not-at-top  # kd.data imports the methods, which import this module.
+  # Imported here: kd.data imports the methods, which import this module.
+  from kd import data as data_lib  # pylint: disable=g-import-not-at-top
 
   if os.path.exists(folder):
     shutil.rmtree(folder)

@@ -182,7 +182,8 @@ def _same_vocabulary_case(rng, vocab=7):
              "features": {"final_norm": jnp.asarray(rng.normal(size=(2, 5, 4)), jnp.float32)}}
   teacher_logits = rng.normal(size=(3, 5, vocab)).astype(np.float32) * 2  # Three examples; the batch reads 2, 0.
   teacher_features = rng.normal(size=(3, 5, 4)).astype(np.float32)
-  live = {"logits": jnp.asarray(teacher_logits[[2, 0]]), "features": {"final_norm": jnp.asarray(teacher_features[[2, 0]])}}
+  live = {"logits": jnp.asarray(teacher_logits[[2, 0]]),
+          "features": {"final_norm": jnp.asarray(teacher_features[[2, 0]])}}
   return batch, student, teacher_logits, teacher_features, live
 
 
@@ -235,8 +236,8 @@ def test_the_cache_builder_feeds_a_cross_tokenizer_teacher_its_own_tokens(tmp_pa
   teacher_apply = lambda variables, batch, train=False: {"logits": variables["table"][batch["tokens"]]}
   arrays = {"tokens": np.arange(10, dtype=np.int32).reshape(2, 5) % 6,
             "teacher_tokens": (np.arange(14, dtype=np.int32).reshape(2, 7) * 5) % 9}
-  cached = teacher_cache.load_or_build(str(tmp_path), "teacher", "a-teacher-fingerprint", dataset="words", split="train",
-                                       image_size=0, arrays=arrays, teacher_apply=teacher_apply,
+  cached = teacher_cache.load_or_build(str(tmp_path), "teacher", "a-teacher-fingerprint", dataset="words",
+                                       split="train", image_size=0, arrays=arrays, teacher_apply=teacher_apply,
                                        teacher_variables={"table": table}, feature_paths=(), top_k=3, batch_size=4)
   expected = teacher_cache.top_k_log_probs(table[arrays["teacher_tokens"]], 3)
   np.testing.assert_array_equal(cached["top_indices"], expected["top_indices"])
@@ -260,8 +261,9 @@ def _lm_config(**method):
 
 def test_the_sparse_path_is_a_method_parameter_that_needs_a_top_k_cache():
   config = _lm_config(top_k_cache="sparse")
-  with pytest.raises(ConfigError, match=r"^stages.student.method.top_k_cache='sparse' reads the teacher cache's top k, "
-                                        r"but teacher_cache.enabled=False and top_k=0: set .*, or top_k_cache='dense'$"):
+  with pytest.raises(ConfigError, match=r"^stages.student.method.top_k_cache='sparse' reads the teacher cache's top "
+                                        r"k, but teacher_cache.enabled=False and top_k=0: set .*, or "
+                                        r"top_k_cache='dense'$"):
     config_lib.validate(config)
   config.teacher_cache.update(enabled=True, top_k=8)
   config_lib.validate(config)
@@ -318,8 +320,8 @@ def test_a_tiny_lm_stage_trains_from_a_sparse_top_k_cache(tmp_path):
   run_dir = str(tmp_path / "run")
   result = train.train_stage(config, "student", run_dir, seed=0)
   assert result["step"] == 4 and 1 < result["test/perplexity"] < float("inf")
-  folder = [os.path.join(run_dir, "teacher_cache", entry) for entry in os.listdir(os.path.join(run_dir, "teacher_cache"))]
-  with open(os.path.join(folder[0], teacher_cache.CACHE_JSON)) as f:
+  (folder,) = os.listdir(os.path.join(run_dir, "teacher_cache"))
+  with open(os.path.join(run_dir, "teacher_cache", folder, teacher_cache.CACHE_JSON)) as f:
     meta = json.load(f)
   assert meta["format"] == teacher_cache.FORMAT_VERSION and meta["vocab_size"] == spec.num_classes == 27
   assert set(meta["shapes"]) == set(teacher_cache.TOP_K_KEYS) and meta["shapes"]["top_indices"] == [12, 4]
