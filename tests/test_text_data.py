@@ -376,7 +376,7 @@ def test_aligned_chunks_of_bpe_windows_and_their_bytes_partition_the_text(stdlib
           [b for b, c in zip(window_bytes, byte_chunk_ids) if c == chunk])
     # Only the first token, and the tokens past the teacher's last byte, are in no chunk.
     covered = byte_spans[high - 1, 1]
-    whole = [k for k in range(1, len(window_ids)) if spans[start + k, 1] <= covered and spans[start + k, 1] > spans[start + k, 0]]
+    whole = [k for k in range(1, len(window_ids)) if spans[start + k, 0] < spans[start + k, 1] <= covered]
     assert kept.tolist() == whole
     cut_windows += bounds[window + 1] - low > teacher_length
   assert cut_windows > 0  # Some windows' bytes were cut: the edge was exercised.
