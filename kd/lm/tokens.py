@@ -51,9 +51,11 @@ def check_stages(config, spec, stages) -> None:
                         f"data.name={spec.name!r}: use 'transformer_lm'")
     if token_data and config.teacher_cache.enabled and stage.teacher and not getattr(
         methods.METHODS[stage.method.name], "CACHEABLE", False):
+      cacheable = sorted(key for key, module in methods.METHODS.items()
+                         if getattr(module, "CACHEABLE", False) and getattr(module, "LANGUAGE_MODEL", False))
       raise ConfigError(f"stages.{name}.method.name={stage.method.name!r} runs the teacher model itself "
                         "(generation or layers), so its outputs cannot come from the teacher cache: use "
-                        "'lm_kd' or set teacher_cache.enabled=False")
+                        f"one of {cacheable} or set teacher_cache.enabled=False")
     if token_data and config.teacher_cache.enabled and stage.teacher and stage.method.get("chunk_size", 0):
       raise ConfigError(f"stages.{name}.method.chunk_size={stage.method.chunk_size} computes the divergence from "
                         "the teacher's hidden states and head, which the teacher cache does not hold: set "

@@ -221,10 +221,11 @@ def build_prepare_batch(method_config: Mapping[str, Any], student_module, teache
 def build_init_from_teacher(method_config: Mapping[str, Any], where: str):
   """`init(student_params, teacher_params) -> student_params` of the method, or None."""
   module = METHODS[method_config["name"]]
-  if not hasattr(module, "init_from_teacher"):
+  params = {**module.DEFAULTS, **method_params(method_config)}
+  # Switched off: no hook at all, so a stage whose teacher is the cache never reads teacher weights.
+  if not hasattr(module, "init_from_teacher") or not params.get("init_from_teacher", True):
     return None
-  return functools.partial(module.init_from_teacher, {**module.DEFAULTS, **method_params(method_config)},
-                           where=where)
+  return functools.partial(module.init_from_teacher, params, where=where)
 
 
 def exports_connector(method_config: Mapping[str, Any]) -> bool:
