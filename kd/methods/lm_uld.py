@@ -105,12 +105,12 @@ def check_tokenizers(method_name: str, method_module, data_name: str, student_vo
   if data_teacher_vocab:
     raise ConfigError(
         f"{where}.name={method_name!r} compares the two models' probabilities id by id, but data.name carries "
-        f"a second (teacher) tokenization of {data_teacher_vocab} ids: use a cross-tokenizer method (lm_uld), "
+        f"a second (teacher) tokenization of {data_teacher_vocab} ids: use a cross-tokenizer method (lm_uld, lm_alm), "
         "or leave teacher_tokenizer out of the dataset name for a teacher with the student's tokenizer")
   if teacher_vocab_size != student_vocab_size:
     raise ConfigError(
         f"{where}.name={method_name!r} needs one vocabulary, but the student has {student_vocab_size} logits "
-        f"and the teacher {teacher_vocab_size}: the models have different tokenizers; use lm_uld with "
+        f"and the teacher {teacher_vocab_size}: the models have different tokenizers; use lm_uld or lm_alm with "
         "text_files' teacher_tokenizer=<the teacher's tokenizer>")
 
 
