@@ -5,6 +5,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= runs/quickstart
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist); each test file runs whole in one of them, so its module fixtures are built once.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test install install-test notebook clean
 
@@ -14,7 +16,7 @@ $(VENV)/.installed: setup.py
 	$(PY) -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed
+$(VENV)/.installed-test: $(VENV)/.installed setup.py
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
@@ -26,7 +28,7 @@ demo: install
 	$(PY) -m kd.main --config=experiments/quickstart.py --workdir=$(WORKDIR)
 
 test: install-test
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 clean:
 	rm -rf $(VENV) runs

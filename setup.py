@@ -32,7 +32,7 @@ setuptools.setup(
         "jinja2>=3.1",  # Chat templates, rendered as transformers renders them (kd.lm.tokenizer).
     ],
     extras_require={
-        "test": ["pytest>=8", "nbclient>=0.11", "ipykernel>=6", "matplotlib>=3.8"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.11", "ipykernel>=6", "matplotlib>=3.8"],
         "notebook": ["jupyter", "matplotlib>=3.8"],
     },
 )

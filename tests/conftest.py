@@ -5,8 +5,10 @@ import subprocess
 import sys
 import tempfile
 
-# Before anything imports TFDS: it reads TFDS_DATA_DIR once.
-os.environ.setdefault("TFDS_DATA_DIR", tempfile.mkdtemp(prefix="kd-tests-tfds-"))
+# Before anything imports TFDS: it reads TFDS_DATA_DIR once. Each pytest-xdist worker (`make test` runs
+# two) prepares its datasets in its own folder, so two workers never build the same dataset at once.
+if "TFDS_DATA_DIR" not in os.environ or os.environ.get("PYTEST_XDIST_WORKER"):
+  os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="kd-tests-tfds-")
 # One XLA compilation cache for the session, shared with the subprocesses the tests start: many tests
 # compile the same small programs (e.g. the quickstart's steps), which later tests load from disk.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="kd-tests-xla-"))
