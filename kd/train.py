@@ -429,7 +429,8 @@ def _train_stage(config: ml_collections.ConfigDict, stage_name: str, run_dir: st
         image_size=data_config.image_size, arrays=train_arrays, teacher_apply=teacher_apply,
         teacher_variables=teacher_variables, feature_paths=stage_features.teacher_paths,
         top_k=config.teacher_cache.top_k, batch_size=data_config.eval_batch_size)
-    teacher_apply = teacher_cache.make_cached_apply(spec.num_classes, config.teacher_cache.top_k)
+    # Over the teacher's vocabulary: its own tokenizer's on a dataset with two tokenizations.
+    teacher_apply = teacher_cache.make_cached_apply(external.teacher_data_shape(spec)[0], config.teacher_cache.top_k)
     teacher_sharding = jax.tree.map(lambda _: replicated, cached)
     teacher_variables = jax.device_put(cached, teacher_sharding)
   connector = methods.build_connector(stage.method, stage_features.student_shapes,
