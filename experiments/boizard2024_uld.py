@@ -54,7 +54,9 @@ with TEACHER_STEPS / STUDENT_STEPS: the bytes run about 12, the bpe run's five s
     term is about 0.004 next to a cross-entropy of 5.4 nats), and at weight tau it gains 0.022 bits per
     byte on the baseline (see the README). With seed 1 for the bpe stages (the same teacher):
     bpe_baseline 2.813, bpe_alm 2.813, bpe_alm_strong 2.788 (a gain of 0.026). ALM's step costs little:
-    23-28 s of training against 96 s for ULD's sorts and 17 s for the baseline.
+    23-28 s of training against 96 s for ULD's sorts and 17 s for the baseline. The bpe run's report card
+    scores the byte teacher on its own windows of the BPE test split at 2.618 bits per byte: retention of
+    bpe_alm_strong 93.61% (teacher bits/byte / student bits/byte).
 """
 
 import os
