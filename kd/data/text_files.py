@@ -106,6 +106,7 @@ import functools
 import glob
 import hashlib
 import json
+import logging as std_logging
 import os
 import re
 from typing import Any, Iterator
@@ -354,6 +355,21 @@ class TextFilesConfig(tfds.core.BuilderConfig):
       raise DataError(f"{FAMILY}: teacher_tokenizer={source.teacher_tokenizer} is the same tokenizer as "
                       f"tokenizer={source.tokenizer}: leave teacher_tokenizer out (a same-tokenizer method "
                       "such as lm_kd reads the teacher on the student's tokens)")
+
+
+class _QuietCustomConfigs(std_logging.Filter):
+  """Drops TFDS's "Using custom data configuration" warning for a text_files config.
+
+  Every text source is a config made from its dataset name (no fixed list can hold them), and TFDS
+  warns, with the whole name, each time a builder is made from one: dozens of times per run.
+  """
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return not (str(record.msg).startswith("Using custom data configuration")
+                and record.args and isinstance(record.args[0], TextFilesConfig))
+
+
+std_logging.getLogger("absl").addFilter(_QuietCustomConfigs())
 
 
 def builder_config(config_name: str) -> TextFilesConfig:
