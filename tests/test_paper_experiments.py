@@ -46,7 +46,9 @@ SMOKE_RUN_ELSEWHERE = {"quickstart.py": "tests/test_end_to_end.py and conftest.s
                        # stage from init_from: the notebook test runs each (tests/test_notebook_beyond_one_teacher.py).
                        "furlanello2018_ban.py": "tests/test_notebook_beyond_one_teacher.py",
                        "zhang2018_dml.py": "tests/test_notebook_beyond_one_teacher.py",
-                       "hu2022_lora.py": "tests/test_notebook_beyond_one_teacher.py"}
+                       "hu2022_lora.py": "tests/test_notebook_beyond_one_teacher.py",
+                       # Both runs (bytes, then BPE from the bytes run's export) through run_all, on real text.
+                       "boizard2024_uld.py": "tests/test_notebook_cross_tokenizer.py"}
 MOCK_EXAMPLES = 24  # Per split: enough for batches of 8 and CRD's negatives.
 
 
