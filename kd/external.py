@@ -339,21 +339,20 @@ def _stated_preprocess(model_config: Mapping[str, Any], where: str, source: str)
   return text
 
 
-def teacher_data_shape(spec: DatasetSpec) -> tuple[int, tuple[int, ...]]:
-  """(classes, input shape) the teacher reads on a dataset: the student's, or on a dataset that carries the
-  teacher's own tokenization (text_files' teacher_tokenizer) that tokenizer's ids and teacher_max_length."""
+def teacher_data_shape(spec: DatasetSpec) -> tuple[int, tuple[int, ...], bool]:
+  """(classes, input shape, whether they are its own tokenization's) the teacher reads on a dataset: the
+  student's, or on a dataset that carries the teacher's own tokenization (text_files' teacher_tokenizer)
+  that tokenizer's ids and teacher_max_length."""
   from kd.data import text_files  # pylint: disable=g-import-not-at-top  # kd.data imports kd.lm, which imports this.
   teacher_vocab = text_files.teacher_vocab_size_of(spec.name)
   if not teacher_vocab:
-    return spec.num_classes, tuple(spec.input_shape)
-  return teacher_vocab, (text_files.parse(spec.name.partition("/")[2]).teacher_length,)
+    return spec.num_classes, tuple(spec.input_shape), False
+  return teacher_vocab, (text_files.parse(spec.name.partition("/")[2]).teacher_length,), True
 
 
 def _from_export(directory: str, spec: DatasetSpec, kind: str, where: str) -> Teacher:
   loaded = checkpoint.load_model(directory)
-  num_classes, input_shape = teacher_data_shape(spec)
-  from kd.data import text_files  # pylint: disable=g-import-not-at-top
-  cross_tokenizer = bool(text_files.teacher_vocab_size_of(spec.name))
+  num_classes, input_shape, cross_tokenizer = teacher_data_shape(spec)
   # Across tokenizers the teacher's vocabulary may be padded beyond its tokenizer (a HF embedding).
   classes_fit = loaded.spec.num_classes >= num_classes if cross_tokenizer else loaded.spec.num_classes == num_classes
   if not classes_fit or tuple(loaded.spec.input_shape) != input_shape:

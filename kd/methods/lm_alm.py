@@ -49,9 +49,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from kd import losses
 from kd.errors import ConfigError
 from kd.lm import tokens as lm_tokens
+from kd.methods import lm_common
 
 LANGUAGE_MODEL = True  # Reads next-token targets of a token dataset (kd.lm.check_stages).
 NEEDS_TEACHER = True
@@ -173,12 +173,7 @@ def _teacher_targets(batch) -> tuple[jax.Array, jax.Array]:
 def loss(student_out, teacher_out, batch, *, alm_weight: float, ce_weight: float, temperature: float,
          divergence: str) -> tuple[Any, dict[str, Any]]:
   """ce_weight * CE + alm_weight * mean binarised divergence over the aligned chunks; and the terms."""
-  targets_BxT, weights_BxT = lm_tokens.next_token_targets(batch)
-  student_logits = student_out["logits"][:, :-1]
-  ce = lm_tokens.masked_mean(losses.token_cross_entropy(student_logits, targets_BxT, where=weights_BxT > 0),
-                             weights_BxT)
-  metrics = {"ce": ce, "tokens": jnp.sum(weights_BxT),
-             "token_accuracy": lm_tokens.masked_mean(jnp.argmax(student_logits, -1) == targets_BxT, weights_BxT)}
+  student_logits, targets_BxT, weights_BxT, ce, metrics = lm_common.student_terms(student_out, batch)
   total = ce_weight * ce
   if teacher_out is not None and alm_weight:
     missing = [key for key in ("teacher_tokens",) + CHUNK_KEYS if key not in batch]

@@ -153,6 +153,22 @@ def check_decoding(params: dict[str, Any], where: str) -> None:
     raise ConfigError(f"{where}.beam_size={beam_size!r} must be an integer >= 1 (Kim & Rush use 5)")
 
 
+def student_terms(student_out, batch) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, dict[str, jax.Array]]:
+  """What every LM loss measures of the student on the data, over real target tokens.
+
+  Returns:
+    (its next-token logits [B, T, V], the targets [B, T], their weights [B, T], the cross-entropy, and
+    the metrics ce, tokens, token_accuracy).
+  """
+  targets_BxT, weights_BxT = lm_tokens.next_token_targets(batch)
+  student_logits = student_out["logits"][:, :-1]
+  ce = lm_tokens.masked_mean(losses.token_cross_entropy(student_logits, targets_BxT, where=weights_BxT > 0),
+                             weights_BxT)
+  metrics = {"ce": ce, "tokens": jnp.sum(weights_BxT),
+             "token_accuracy": lm_tokens.masked_mean(jnp.argmax(student_logits, -1) == targets_BxT, weights_BxT)}
+  return student_logits, targets_BxT, weights_BxT, ce, metrics
+
+
 def distillation_loss(student_out, teacher_out, batch, *, divergence: str, beta: float, alpha: float,
                       temperature: float, kd_weight: float, ce_weight: float,
                       chunk_size: int = 0, top_k_cache: str = "dense") -> tuple[Any, dict[str, Any]]:
@@ -162,14 +178,9 @@ def distillation_loss(student_out, teacher_out, batch, *, divergence: str, beta:
     return chunked.distillation_loss(student_out, teacher_out, batch, chunk_size=chunk_size,
                                      divergence=divergence, beta=beta, alpha=alpha, temperature=temperature,
                                      kd_weight=kd_weight, ce_weight=ce_weight)
-  targets_BxT, weights_BxT = lm_tokens.next_token_targets(batch)
+  student_logits, targets_BxT, weights_BxT, ce, metrics = student_terms(student_out, batch)
   real_BxT = weights_BxT > 0
-  student_logits = student_out["logits"][:, :-1]
-  ce = lm_tokens.masked_mean(losses.token_cross_entropy(student_logits, targets_BxT, where=real_BxT),
-                             weights_BxT)
   predictions = jnp.argmax(student_logits, -1)
-  metrics = {"ce": ce, "tokens": jnp.sum(weights_BxT),
-             "token_accuracy": lm_tokens.masked_mean(predictions == targets_BxT, weights_BxT)}
   total = ce_weight * ce
   if teacher_out is not None and kd_weight and top_k_cache == "sparse":
     if "top_k" not in teacher_out:
