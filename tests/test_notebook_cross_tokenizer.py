@@ -7,7 +7,6 @@ the byte teacher, read from its export, is scored on its own tokens (its bits pe
 computed here), and an export of another vocabulary than the teacher tokenizer's is one error line.
 """
 
-import importlib.util
 import json
 import math
 import os
@@ -20,16 +19,9 @@ import pytest
 from conftest import REPO
 from kd import checkpoint
 from kd import data
+from kd import experiment
 from kd import external
 from kd.errors import UserError
-
-
-def _experiment():
-  spec = importlib.util.spec_from_file_location("boizard2024_uld", os.path.join(REPO, "experiments",
-                                                                                "boizard2024_uld.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def test_the_cross_tokenizer_notebook_runs_the_experiment_and_its_figures_hold(tmp_path):
@@ -50,7 +42,8 @@ def test_the_cross_tokenizer_notebook_runs_the_experiment_and_its_figures_hold(t
   # The chunks decode to the same text on both sides.
   assert "the same text on both sides: True" in text
   # Every aligned chunk of the first 64 test windows is counted on both sides (the data drops the others).
-  config = _experiment().get_config(f"run=bpe,root={root},smoke")
+  config = experiment.load_config(os.path.join(REPO, "experiments", "boizard2024_uld.py"), f"run=bpe,root={root},smoke",
+                                  validate=False)
   arrays = data.load_arrays(config.data.name, config.data.test_split, config.data.data_dir)
   expected = int(np.sum(arrays["chunk_ids"][:64].max(axis=1) + 1))
   for stage in ("bpe_baseline", "bpe_alm"):

@@ -10,6 +10,7 @@ The renderings, ids and assistant masks written here also equal transformers 5.2
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 
@@ -135,6 +136,15 @@ def test_a_tokenizer_without_a_template_renders_chatml(stdlib_bpe):
 
 def _name(**kwargs) -> str:
   return text_files.dataset_name(tokenizer=WORDS, **kwargs)
+
+
+def test_tfds_custom_config_warning_is_not_printed_for_text_sources(caplog):
+  # Every text source is a config of its own: TFDS would warn with the whole name at each builder.
+  name = _name(train=_fixture("prompt_completion.jsonl"), max_length=10)
+  with caplog.at_level(logging.WARNING):
+    data.load_spec(name)
+    data.load_arrays(name, "train")
+  assert not [r for r in caplog.records if "Using custom data configuration" in r.getMessage()]
 
 
 def test_prompt_completion_masks_exactly_the_completion_tokens():
